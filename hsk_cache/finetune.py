@@ -1,0 +1,54 @@
+"""``hsk finetune``: fine-tune a teacher on a task's labels and save it (save_pretrained)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from hsk_cache import models
+from hsk_cache.config import DataConfig, StageConfig, check_precision
+from hsk_cache.sources import DatasetSource
+from hsk_cache.train import StageResult, fit, stage_loss
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    model: str
+    data: DataConfig
+    out: str
+    epochs: float = 3.0
+    lr: float = 5e-5
+    batch_size: int = 32
+    seed: int = 0
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
+        StageConfig("prediction", self.epochs, self.lr, self.batch_size)  # validates the numbers
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    out: str
+    stage: StageResult
+    elapsed_s: float
+
+
+def run(config: FinetuneConfig, progress=None) -> FinetuneResult:
+    """Load ``config.model`` with a fresh classification head for the task's classes (or keep its
+    head if it already has the task's class names), train with cross-entropy, save to ``config.out``.
+
+    Raises: ModelError for a path with no model; DataError for bad data.
+    """
+    started = time.perf_counter()
+    tokenizer = models.load_tokenizer(config.model)
+    source = DatasetSource(config.data, tokenizer)
+    torch.manual_seed(config.seed)
+    model = models.load_classifier(config.model, label_names=source.label_names)
+    stage = StageConfig("labels", config.epochs, config.lr, config.batch_size)
+    result = fit(model, source, stage, stage_loss("labels", {}, None, 1.0, 0.0), config.seed, config.precision,
+                 progress=progress)
+    models.save(model, tokenizer, config.out)
+    return FinetuneResult(config.out, result, time.perf_counter() - started)

@@ -1,0 +1,59 @@
+"""Depth: student→teacher layer maps for the hidden-state loss.
+
+Layers are numbered as in ``output_hidden_states``: 0 is the embedding output, l the output of
+transformer layer l.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hsk_cache.errors import ConfigError
+
+
+def uniform_layer_map(student_layers: int, top_layer: int) -> dict[int, int]:
+    """g(l, L_top) = round(l · L_top / L_S) for l = 1..L_S, rounding halves up.
+
+    Source: Liu et al. 2021, §4.1 (uniform strategy); TinyBERT (Jiao et al. 2020) §3.3.
+    """
+    return {l: math.floor(l * top_layer / student_layers + 0.5) for l in range(1, student_layers + 1)}
+
+
+def layer_map(text: str, student_layers: int, teacher_layers: int, cached_layers: tuple[int, ...]) -> dict[int, int]:
+    """Resolve ``--layer-map`` against the student's depth and the teacher layers available.
+
+    Args:
+        text: ``uniform`` (g(l, L_T), keeping the pairs whose teacher layer is cached) or an
+            explicit ``s:t,s:t`` list (student layer s ∈ [0, L_S] learns teacher layer t).
+        cached_layers: teacher hidden-state layers in the cache (or extracted online).
+    Returns: {student layer: teacher layer}, never empty.
+    Raises: ConfigError on a malformed map, a student layer out of range, or a teacher layer the
+        cache lacks.
+    """
+    text = text.strip().lower()
+    if text == "uniform":
+        full = uniform_layer_map(student_layers, teacher_layers)
+        kept = {s: t for s, t in full.items() if t in cached_layers}
+        if not kept:
+            raise ConfigError(
+                f"the uniform layer map needs teacher layers {sorted(full.values())} but the cache has "
+                f"{list(cached_layers)}: pass --layer-map s:t pairs over cached layers, or re-extract with --layers all"
+            )
+        return kept
+    pairs = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        s, sep, t = part.partition(":")
+        if not sep or not s.strip().isdigit() or not t.strip().isdigit():
+            raise ConfigError(f"--layer-map {text!r}: use uniform or student:teacher pairs like 1:2,2:4,3:6")
+        pairs[int(s)] = int(t)
+    if not pairs:
+        raise ConfigError("--layer-map is empty: use uniform or student:teacher pairs like 1:2,2:4,3:6")
+    for s, t in pairs.items():
+        if s > student_layers:
+            raise ConfigError(f"--layer-map {s}:{t}: the student has layers 0..{student_layers}")
+        if t not in cached_layers:
+            raise ConfigError(
+                f"--layer-map {s}:{t} needs teacher layer {t} but the cache holds layers {list(cached_layers)}: "
+                "map onto cached layers or re-extract with those layers"
+            )
+    return pairs

@@ -1,0 +1,84 @@
+"""Read a cache: validate its manifest and format version, read arrays by contiguous ranges."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from hsk_cache.errors import CacheError
+from hsk_cache.store import layout
+
+MANIFEST_KEY = "hsk_cache"
+TOKENIZER_DIR = "tokenizer"  # a copy of the teacher tokenizer; plain files beside the Zarr nodes
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of the cache at ``path``, from its root ``zarr.json``.
+
+    Raises: CacheError if there is no cache, it is not an hsk cache, or its format version is unknown.
+    """
+    path = Path(path)
+    meta_file = path / "zarr.json"
+    if not meta_file.is_file():
+        raise CacheError(f"no cache at {str(path)!r} (no zarr.json): run hsk extract first or fix the path")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as err:
+        raise CacheError(f"cannot read {str(meta_file)!r}: {err}") from None
+    manifest = meta.get("attributes", {}).get(MANIFEST_KEY) if isinstance(meta, dict) else None
+    if not isinstance(manifest, dict) or manifest.get("format") != layout.FORMAT_NAME:
+        raise CacheError(f"{str(path)!r} is a Zarr store but not an hsk cache: point at a directory made by hsk extract")
+    version = manifest.get("format_version")
+    if version != layout.FORMAT_VERSION:
+        raise CacheError(
+            f"cache {str(path)!r} has format version {version!r}; this hsk-cache reads version "
+            f"{layout.FORMAT_VERSION}: re-extract it with this version"
+        )
+    return manifest
+
+
+class CacheReader:
+    """Read-only access to one cache."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        self.group = zarr.open_group(str(self.path), mode="r")
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest.get("complete"))
+
+    def committed_shards(self) -> int:
+        if layout.COMMIT_ARRAY not in self.group:
+            return 0
+        return int(self.group[layout.COMMIT_ARRAY][:].sum())
+
+    def require_complete(self) -> None:
+        """Raises: CacheError if extraction has not finished."""
+        if not self.complete:
+            total = self.manifest["layout"]["num_shards"]
+            raise CacheError(
+                f"cache {str(self.path)!r} is incomplete ({self.committed_shards()}/{total} shards): "
+                "rerun the same hsk extract command to finish it"
+            )
+
+    def has(self, name: str) -> bool:
+        return name in self.group
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows start..stop of one array, read as contiguous chunks."""
+        return self.group[name][start:stop]
+
+    def stored_bytes(self) -> int:
+        """Bytes on disk of the Zarr store (metadata and arrays; the tokenizer copy not counted)."""
+        files = (f for f in self.path.rglob("*") if f.is_file())
+        return sum(f.stat().st_size for f in files if TOKENIZER_DIR not in f.relative_to(self.path).parts[:1])
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / TOKENIZER_DIR

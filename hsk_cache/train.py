@@ -1,0 +1,249 @@
+"""``hsk train``: distil a student from a cache (teacher-free) or online (teacher at every step).
+
+Stages run in order (TinyBERT's two-stage recipe, Jiao et al. 2020 §3.2):
+1. ``hidden``: hidden-state MSE between mapped student layers and teacher layers at the kept
+   token positions, through a learned projection W_h when widths differ;
+2. ``prediction``: soft cross-entropy against teacher logits at temperature τ, plus an optional
+   hard-label cross-entropy weight.
+The fine-tuning stage ``labels`` (cross-entropy on gold labels only) serves ``hsk finetune``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from hsk_cache import losses, models
+from hsk_cache.batching import epoch_order
+from hsk_cache.config import DataConfig, ExtractSpec, StageConfig, check_precision
+from hsk_cache.errors import ConfigError
+from hsk_cache.select.depth import layer_map as resolve_layer_map
+from hsk_cache.select.length import gather_tokens
+from hsk_cache.sources import CacheSource, OnlineSource
+from hsk_cache.teacher import autocast
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STAGES = (StageConfig("hidden", 3, 1e-4, 32), StageConfig("prediction", 3, 5e-5, 32))
+STUDENT_KINDS = ("config", "teacher-layers", "pretrained")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """How to build the student.
+
+    kind ``config``: random init with layers/hidden/heads/ffn (defaults: TinyBERT4 shape);
+    ``teacher-layers``: DistilBERT-style copy of ``init_layers`` from the weights at ``path``;
+    ``pretrained``: load ``path``.
+    """
+
+    kind: str = "config"
+    path: str | None = None
+    layers: int = 4
+    hidden: int = 312
+    heads: int = 12
+    ffn: int = 1200
+    init_layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in STUDENT_KINDS:
+            raise ConfigError(f"unknown student kind {self.kind!r}: use one of {', '.join(STUDENT_KINDS)}")
+        if self.kind != "config" and not self.path:
+            raise ConfigError(f"a {self.kind} student needs a model directory (--student-from / --student-pretrained)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str
+    student: StudentConfig = field(default_factory=StudentConfig)
+    cache: str | None = None
+    online_teacher: str | None = None
+    data: DataConfig | None = None
+    spec: ExtractSpec = field(default_factory=ExtractSpec)
+    stages: tuple[StageConfig, ...] = DEFAULT_STAGES
+    layer_map: str = "uniform"
+    temperature: float = 1.0
+    hard_label_weight: float = 0.0
+    seed: int = 0
+    precision: str = "fp32"
+    teacher_precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if (self.cache is None) == (self.online_teacher is None):
+            raise ConfigError("give exactly one of --from-cache CACHE or --online TEACHER")
+        if self.online_teacher is not None and self.data is None:
+            raise ConfigError("--online needs --data")
+        if not self.temperature > 0 or self.hard_label_weight < 0:
+            raise ConfigError(
+                f"--temperature {self.temperature} / --hard-label-weight {self.hard_label_weight}: "
+                "use a temperature > 0 and a weight ≥ 0"
+            )
+        check_precision(self.precision)
+        check_precision(self.teacher_precision)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    kind: str
+    steps: int
+    losses: list[float]
+    elapsed_s: float
+    examples_per_s: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: str
+    stages: list[StageResult]
+    layer_map: dict[int, int]
+    elapsed_s: float
+
+
+def run(config: TrainConfig, progress=None) -> TrainResult:
+    """Build the source and the student, run the stages, save the student (save_pretrained).
+
+    progress: optional factory ``progress(description, total, initial)`` returning a bar with
+    ``update(n)``, ``set_postfix(**kw)`` and ``close()`` (a tqdm bar, for instance), in examples.
+    Raises: CacheError for a missing/incomplete cache; ConfigError for a bad layer map or stage.
+    """
+    started = time.perf_counter()
+    if config.cache is not None:
+        source = CacheSource(config.cache)
+    else:
+        source = OnlineSource(config.online_teacher, config.data, config.spec, config.teacher_precision)
+    torch.manual_seed(config.seed)
+    student = build_student(config.student, source.teacher_config, source.label_names)
+    needs_hidden = any(s.kind == "hidden" and s.epochs > 0 for s in config.stages)
+    mapping, projection = {}, None
+    if needs_hidden:
+        if not source.has_hidden_states:
+            raise ConfigError("the knowledge source has no hidden states: set --hidden-epochs 0 or extract hidden_states")
+        mapping = resolve_layer_map(
+            config.layer_map, student.config.num_hidden_layers, source.teacher_config["num_hidden_layers"], source.layers
+        )
+        projection = make_projection(student.config.hidden_size, source.teacher_config["hidden_size"])
+    log.info("layer map (student:teacher) %s", mapping)
+    results = []
+    for i, stage in enumerate(config.stages):
+        loss_fn = stage_loss(stage.kind, mapping, projection, config.temperature, config.hard_label_weight)
+        extra = list(projection.parameters()) if stage.kind == "hidden" and projection is not None else []
+        results.append(fit(student, source, stage, loss_fn, config.seed + i, config.precision, extra, progress))
+    models.save(student, source.tokenizer, config.out)
+    result = TrainResult(config.out, results, mapping, time.perf_counter() - started)
+    summary = {"config": asdict(config), "result": {**asdict(result), "stages": [_summary(r) for r in results]}}
+    (Path(config.out) / "hsk_train.json").write_text(json.dumps(summary, indent=2, default=str))
+    return result
+
+
+def _summary(stage: StageResult) -> dict:
+    first, last = (stage.losses[0], stage.losses[-1]) if stage.losses else (None, None)
+    return {"kind": stage.kind, "steps": stage.steps, "first_loss": first, "last_loss": last,
+            "elapsed_s": stage.elapsed_s, "examples_per_s": stage.examples_per_s}
+
+
+def build_student(student: StudentConfig, teacher_config: dict, label_names: tuple[str, ...]):
+    """The student model, with the task's classes. Raises ConfigError/ModelError on a bad shape or path."""
+    if student.kind == "pretrained":
+        model = models.load_classifier(student.path)
+        if model.config.num_labels != len(label_names):
+            raise ConfigError(
+                f"pretrained student {student.path!r} has {model.config.num_labels} classes, the task has "
+                f"{len(label_names)}: pick a student for this task"
+            )
+        return model
+    if student.kind == "teacher-layers":
+        depth = models.read_config(student.path)["num_hidden_layers"]
+        layers = student.init_layers or models.default_init_layers(depth, student.layers)
+        model = models.student_from_teacher_layers(student.path, tuple(layers))
+    else:
+        model = models.student_from_config(
+            teacher_config, len(label_names), student.layers, student.hidden, student.heads, student.ffn
+        )
+    if model.config.num_labels != len(label_names):
+        raise ConfigError(f"the student has {model.config.num_labels} classes, the task {len(label_names)}")
+    model.config.id2label = dict(enumerate(label_names))
+    model.config.label2id = {name: i for i, name in enumerate(label_names)}
+    return model
+
+
+def make_projection(student_width: int, teacher_width: int) -> torch.nn.Module | None:
+    """W_h: [D_S → D_T] linear map shared across layers (TinyBERT Eq. 7), None when widths match."""
+    return None if student_width == teacher_width else torch.nn.Linear(student_width, teacher_width)
+
+
+def stage_loss(kind: str, mapping: dict[int, int], projection, temperature: float, hard_weight: float):
+    """The loss of one step: fn(student_outputs, batch, knowledge) → scalar."""
+
+    def hidden(outputs, batch, knowledge):
+        total = 0.0
+        for s, t in mapping.items():
+            i = knowledge.layers.index(t)
+            index = knowledge.token_index[:, i]
+            student = gather_tokens(outputs.hidden_states[s], index)
+            if projection is not None:
+                student = projection(student)
+            total = total + losses.hidden_mse(student, knowledge.hidden_states[:, i], index >= 0)
+        return total
+
+    def prediction(outputs, batch, knowledge):
+        loss = losses.soft_cross_entropy(outputs.logits, knowledge.logits, temperature)
+        if hard_weight:
+            loss = loss + hard_weight * losses.hard_cross_entropy(outputs.logits, batch.labels)
+        return loss
+
+    def labels(outputs, batch, knowledge):
+        return losses.hard_cross_entropy(outputs.logits, batch.labels)
+
+    return {"hidden": hidden, "prediction": prediction, "labels": labels}[kind]
+
+
+def fit(model, source, stage: StageConfig, loss_fn, seed: int, precision: str, extra_params=(), progress=None) -> StageResult:
+    """Train ``model`` for one stage: AdamW, linear warmup then decay, gradient norm clipped to 1.
+
+    The example order of epoch e is ``epoch_order(N, batch_size, seed, e)``; dropout draws from
+    ``torch.manual_seed(seed)``, so a stage is reproducible given the source.
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    n = len(source)
+    steps_per_epoch = math.ceil(n / stage.batch_size)
+    total = round(stage.epochs * steps_per_epoch)
+    if total == 0:
+        return StageResult(stage.kind, 0, [], 0.0, 0.0)
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
+    optimizer = torch.optim.AdamW(params, lr=stage.lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(stage.warmup_ratio * total), total)
+    bar = progress(f"train {stage.kind}", total * stage.batch_size, 0) if progress else None
+    model.train()
+    history, seen, started, order = [], 0, time.perf_counter(), []
+    for step in range(total):
+        epoch, at = divmod(step, steps_per_epoch)
+        if at == 0:
+            order = epoch_order(n, stage.batch_size, seed, epoch)
+        index = order[at]
+        batch, knowledge = source.batch(index)
+        with autocast(precision):
+            outputs = model(**batch.model_inputs(), output_hidden_states=stage.kind == "hidden")
+            loss = loss_fn(outputs, batch, knowledge)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        history.append(float(loss.detach()))
+        seen += len(index)
+        if bar is not None:
+            bar.update(len(index))
+            bar.set_postfix(loss=f"{history[-1]:.4f}")
+    if bar is not None:
+        bar.close()
+    model.eval()
+    elapsed = time.perf_counter() - started
+    return StageResult(stage.kind, total, history, elapsed, seen / max(elapsed, 1e-9))
