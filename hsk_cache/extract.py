@@ -15,7 +15,7 @@ from hsk_cache.batching import Examples, collate, sequential_batches
 from hsk_cache.config import DataConfig, ExtractSpec, check_precision
 from hsk_cache.errors import DataError, ModelError
 from hsk_cache.store import layout
-from hsk_cache.store.reader import TOKENIZER_DIR
+from hsk_cache.store.reader import TOKENIZER_GROUP
 from hsk_cache.store.writer import CacheWriter
 from hsk_cache.teacher import excluded_token_ids, run_teacher, select_knowledge
 
@@ -77,7 +77,7 @@ def run(config: ExtractConfig, progress=None) -> ExtractResult:
     chunk, shard = layout.chunking(specs, dims.n, config.shard_examples)
     manifest = _manifest(config, teacher, tokenizer, split, tokenized, layers, dims, chunk, shard)
     writer = CacheWriter.open(config.out, manifest, specs, overwrite=config.overwrite)
-    tokenizer.save_pretrained(Path(config.out) / TOKENIZER_DIR)
+    writer.write_tokenizer(tokenizer)
     committed = writer.committed()
     done = sum(_shard_size(s, dims.n, shard) for s in np.flatnonzero(committed))
     bar = progress("extract", dims.n, done) if progress is not None else None
@@ -148,7 +148,7 @@ def _manifest(config, teacher, tokenizer, split, tokenized, layers, dims, chunk,
             "num_heads": teacher.config.num_attention_heads,
             "config": teacher.config.to_dict(),
         },
-        "tokenizer": {"path": TOKENIZER_DIR, "name_or_path": tokenizer.name_or_path, "vocab_size": len(tokenizer)},
+        "tokenizer": {"group": TOKENIZER_GROUP, "name_or_path": tokenizer.name_or_path, "vocab_size": len(tokenizer)},
         "data": {
             **config.data.describe(), "task": split.task, "fingerprint": data.fingerprint(tokenized),
             "num_examples": dims.n, "label_names": list(split.label_names),

@@ -71,7 +71,7 @@ class CacheSource:
         reader = CacheReader(path)
         reader.require_complete()
         self.manifest = reader.manifest
-        self.tokenizer = models.load_tokenizer(str(reader.tokenizer_path))
+        self.tokenizer = reader.load_tokenizer()
         self.label_names = tuple(self.manifest["data"]["label_names"])
         self.teacher_config = self.manifest["teacher"]["config"]
         self.layers = tuple(self.manifest["layers"])

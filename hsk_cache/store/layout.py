@@ -15,6 +15,9 @@ of writing (written whole, then committed in ``shard_committed``); a chunk holds
 | hidden_states    | [N, L_k, K, D]   | float32/float16   | teacher states at kept positions          |
 | logits           | [N, C]           | float32           | teacher logits                            |
 | shard_committed  | [S]              | uint8             | 1 once shard s is fully written           |
+| tokenizer/<file> | [bytes]          | uint8             | the teacher tokenizer's files             |
+
+The group attribute ``hsk_cache`` holds the JSON manifest; its ``complete`` is set last.
 """
 
 from __future__ import annotations

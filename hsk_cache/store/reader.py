@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ from hsk_cache.errors import CacheError
 from hsk_cache.store import layout
 
 MANIFEST_KEY = "hsk_cache"
-TOKENIZER_DIR = "tokenizer"  # a copy of the teacher tokenizer; plain files beside the Zarr nodes
+TOKENIZER_GROUP = "tokenizer"  # the teacher tokenizer's files, one uint8 array each
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -75,10 +75,17 @@ class CacheReader:
         return self.group[name][start:stop]
 
     def stored_bytes(self) -> int:
-        """Bytes on disk of the Zarr store (metadata and arrays; the tokenizer copy not counted)."""
+        """Bytes on disk of the knowledge: every file except the tokenizer subgroup's."""
         files = (f for f in self.path.rglob("*") if f.is_file())
-        return sum(f.stat().st_size for f in files if TOKENIZER_DIR not in f.relative_to(self.path).parts[:1])
+        return sum(f.stat().st_size for f in files if f.relative_to(self.path).parts[0] != TOKENIZER_GROUP)
 
-    @property
-    def tokenizer_path(self) -> Path:
-        return self.path / TOKENIZER_DIR
+    def load_tokenizer(self):
+        """The tokenizer stored in the cache. Raises: CacheError if it has none."""
+        from transformers import AutoTokenizer
+
+        if TOKENIZER_GROUP not in self.group:
+            raise CacheError(f"cache {str(self.path)!r} stores no tokenizer: re-extract it")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, array in self.group[TOKENIZER_GROUP].arrays():
+                (Path(tmp) / name).write_bytes(array[:].tobytes())
+            return AutoTokenizer.from_pretrained(tmp)

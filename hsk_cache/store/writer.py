@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from zarr.codecs import ZstdCodec
 
 from hsk_cache.errors import CacheError
 from hsk_cache.store import layout
-from hsk_cache.store.reader import MANIFEST_KEY, read_manifest
+from hsk_cache.store.reader import MANIFEST_KEY, TOKENIZER_GROUP, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,18 @@ class CacheWriter:
             self.group.create_array(
                 layout.COMMIT_ARRAY, shape=(lay["num_shards"],), dtype="uint8", chunks=(1,), compressors=None, fill_value=0
             )
+
+    def write_tokenizer(self, tokenizer) -> None:
+        """Store the tokenizer's files as 1-D uint8 arrays in the ``tokenizer`` subgroup, so the
+        cache alone is enough to train (and save) a student."""
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer.save_pretrained(tmp)
+            group = self.group.require_group(TOKENIZER_GROUP)
+            for file in sorted(Path(tmp).iterdir()):
+                payload = np.frombuffer(file.read_bytes(), dtype=np.uint8)
+                array = group.create_array(file.name, shape=payload.shape, dtype="uint8", chunks=(max(1, len(payload)),),
+                                           compressors=ZstdCodec(level=3), overwrite=True)
+                array[:] = payload
 
     def committed(self) -> np.ndarray:
         """[S] bool: which shards are fully written."""

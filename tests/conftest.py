@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny random BERT teacher with the bundled tokenizer, and small data files."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from hsk_cache import models
+
+SHARED_GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
+WORDS = {
+    "pos": "good great fine lovely superb happy bright warm".split(),
+    "neg": "bad awful poor dreadful grim sad dark cold".split(),
+}
+
+
+def tiny_bert(tokenizer, num_labels=2, layers=2, hidden=32, heads=4, seed=0, names=("neg", "pos")):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=2 * hidden, max_position_embeddings=128, num_labels=num_labels,
+        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+    )
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return models.load_tokenizer(models.BUNDLED_TEACHER)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, tokenizer) -> str:
+    """A saved 2-layer, 32-wide random BERT classifier (classes neg/pos) with the bundled tokenizer."""
+    out = tmp_path_factory.mktemp("tiny_teacher")
+    models.save(tiny_bert(tokenizer), tokenizer, out)
+    return str(out)
+
+
+def write_rows(path: Path, rows: list[dict], delimiter=",") -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def toy_rows(n: int, seed: int = 0) -> list[dict]:
+    """n short sentences labelled neg/pos by their words; lengths vary from 3 to 20 words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 else "neg"
+        words = [rng.choice(WORDS[label]) for _ in range(rng.randint(3, 20))]
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def toy_dir(tmp_path_factory) -> str:
+    """A directory with train.csv (64 rows) and dev.csv (16 rows): columns text, label (neg/pos)."""
+    out = tmp_path_factory.mktemp("toy")
+    write_rows(out / "train.csv", toy_rows(64, seed=0))
+    write_rows(out / "dev.csv", toy_rows(16, seed=1))
+    return str(out)

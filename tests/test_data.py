@@ -1,0 +1,98 @@
+"""Data sources: BBC News split, GLUE layouts, local files, tokenization and fingerprints."""
+
+import json
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from hsk_cache import data
+from hsk_cache.batching import Examples, collate
+from hsk_cache.config import DataConfig
+from hsk_cache.errors import DataError
+from tests.conftest import SHARED_GLUE, write_rows
+
+needs_glue = pytest.mark.skipif(not SHARED_GLUE.is_dir(), reason="../shared/data/glue is not beside this checkout")
+
+
+def test_bbc_news_split_is_stratified_deterministic_and_disjoint():
+    train = data.load_split(DataConfig("bbc-news", "train"))
+    dev = data.load_split(DataConfig("bbc-news", "dev"))
+    assert (len(train.dataset), len(dev.dataset)) == (1701, 426)  # 2,225 less 98 duplicates
+    assert train.label_names == ("business", "entertainment", "politics", "sports", "tech")
+    assert not set(train.dataset["text"]) & set(dev.dataset["text"])
+    full = Counter(train.dataset["label"]) + Counter(dev.dataset["label"])
+    for label, count in Counter(dev.dataset["label"]).items():
+        assert abs(count / len(dev.dataset) - full[label] / 2127) < 0.01  # stratified
+    again = data.load_split(DataConfig("bbc-news", "dev"))
+    assert again.dataset["text"] == dev.dataset["text"]
+
+
+@needs_glue
+@pytest.mark.parametrize("task,first_label", [("SST-2", 0), ("CoLA", 1)])
+def test_glue_directories(task, first_label):
+    split = data.load_split(DataConfig(str(SHARED_GLUE / task), "dev", limit=5))
+    assert len(split.dataset) == 5 and len(split.label_names) == 2
+    assert split.dataset.column_names == ["text", "label"]
+    assert all(isinstance(t, str) and t for t in split.dataset["text"])
+    if task == "CoLA":  # headerless: the 4th column is the sentence
+        assert split.dataset[0]["text"].startswith("The sailors rode the breeze clear of the rocks.")
+        assert split.dataset[0]["label"] == first_label
+
+
+@needs_glue
+def test_glue_sst2_full_train_size():
+    assert len(data.load_split(DataConfig(str(SHARED_GLUE / "SST-2"), "train")).dataset) == 67349
+
+
+def test_glue_layout_sentence_pair_task(tmp_path):
+    rte = tmp_path / "RTE"
+    rte.mkdir()
+    rows = [{"index": i, "sentence1": f"premise {i}", "sentence2": f"hypothesis {i}",
+             "label": "entailment" if i % 2 else "not_entailment"} for i in range(6)]
+    write_rows(rte / "train.tsv", rows, delimiter="\t")
+    write_rows(rte / "dev.tsv", rows[:2], delimiter="\t")
+    split = data.load_split(DataConfig(str(rte), "dev"))
+    assert sorted(split.dataset.column_names) == ["label", "text", "text_pair"]
+    assert split.label_names == ("entailment", "not_entailment") and split.dataset["label"] == [1, 0]
+
+
+@pytest.mark.parametrize("ext", ["csv", "tsv", "jsonl", "parquet"])
+def test_local_files_with_named_columns(tmp_path, ext):
+    rows = [{"review": f"text {i}", "stars": ["low", "high"][i % 2]} for i in range(4)]
+    path = tmp_path / f"train.{ext}"
+    if ext in ("csv", "tsv"):
+        write_rows(path, rows, delimiter="," if ext == "csv" else "\t")
+    elif ext == "jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in rows))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    config = DataConfig(str(path), text_columns=("review",), label_column="stars")
+    split = data.load_split(config)
+    assert split.label_names == ("high", "low") and split.dataset["label"] == [1, 0, 1, 0]
+    # a model's label order wins over the sorted default
+    assert data.load_split(config, label_names=("low", "high")).dataset["label"] == [0, 1, 0, 1]
+    with pytest.raises(DataError, match="does not know"):
+        data.load_split(config, label_names=("low", "mid"))
+    assert data.load_split(DataConfig(str(tmp_path), "train", ("review",), "stars")).dataset["label"] == [1, 0, 1, 0]
+
+
+def test_tokenize_truncates_and_pads_dynamically(tokenizer, toy_dir):
+    split = data.load_split(DataConfig(toy_dir, "train"))
+    tokenized = data.tokenize(split, tokenizer, max_length=8)
+    lengths = [len(ids) for ids in tokenized["input_ids"]]
+    assert max(lengths) == 8 and min(lengths) < 8
+    assert all(ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id for ids in tokenized["input_ids"])
+    examples = Examples.from_dataset(tokenized, 8, tokenizer.pad_token_id)
+    short = [i for i, n in enumerate(lengths) if n < 6][:2]
+    batch = collate(examples, short)
+    assert batch.input_ids.shape[1] == max(lengths[i] for i in short)  # padded to the batch, not to 8
+    assert batch.attention_mask.sum(dim=1).tolist() == [lengths[i] for i in short]
+
+
+def test_fingerprint_tracks_content(tokenizer, toy_dir):
+    split = data.load_split(DataConfig(toy_dir, "train"))
+    a = data.fingerprint(data.tokenize(split, tokenizer, 16))
+    assert a == data.fingerprint(data.tokenize(split, tokenizer, 16))
+    assert a != data.fingerprint(data.tokenize(split, tokenizer, 12))
