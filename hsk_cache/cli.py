@@ -13,14 +13,10 @@ import sys
 
 from hsk_cache.config import DataConfig, ExtractSpec, StageConfig
 from hsk_cache.errors import ConfigError, HskError
+from hsk_cache.progress import bar as _bar
+from hsk_cache.progress import quiet_libraries
 
 TEACHER_HELP = "teacher: a saved model directory, a hub name, or minilm-l6 (the bundled all-MiniLM-L6-v2)"
-
-
-def _bar(description: str, total: int, initial: int = 0):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=description, unit="ex", dynamic_ncols=True, leave=False)
 
 
 def _add_data(p: argparse.ArgumentParser, split: str) -> None:
@@ -95,10 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a student from a cache (or online, as a baseline)",
                        description="Distil a student: stage 1 hidden-state MSE on mapped layers at cached tokens, "
-                       "stage 2 soft cross-entropy on teacher logits. --from-cache never loads the teacher.")
+                       "stage 2 soft cross-entropy on teacher logits. --from-cache never loads the teacher; the data and "
+                       "knowledge options apply to --online only (a cache already fixes them).")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-cache", dest="cache", help="a complete cache made by hsk extract")
-    src.add_argument("--online", dest="online_teacher", help=f"run this teacher at every step instead; {TEACHER_HELP}")
+    src.add_argument("--from-cache", dest="cache", help="a complete cache made by hsk extract (required: this or --online)")
+    src.add_argument("--online", dest="online_teacher", help=f"run this teacher at every step instead; {TEACHER_HELP} "
+                     "(required: this or --from-cache)")
     p.add_argument("--out", required=True, help="directory to save the student to (required)")
     _add_data(p, "train")
     _add_spec(p)
@@ -112,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(copies embeddings and --init-layers; default: random init from the shape options)")
     g.add_argument("--init-layers", default=None, help="comma list of teacher layers (1-based) to copy with "
                    "--student-from (default: round(l·L/L_S) for l = 1..L_S)")
-    g.add_argument("--student-pretrained", default=None, help="load this saved classifier as the student")
+    g.add_argument("--student-pretrained", default=None, help="load this saved classifier as the student (default: none)")
     g = p.add_argument_group("optimization")
     g.add_argument("--hidden-epochs", type=float, default=3.0, help="hidden-state stage epochs; 0 skips it (default: %(default)s)")
     g.add_argument("--hidden-lr", type=float, default=1e-4, help="hidden-state stage learning rate (default: %(default)s)")
@@ -148,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s", force=True)
-    _quiet_libraries(args.verbose)
+    if not args.verbose:
+        quiet_libraries()
     try:
         return COMMANDS[args.command](args)
     except HskError as err:
@@ -157,18 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hsk: interrupted (rerun the same command to resume an extraction)", file=sys.stderr)
         return 130
-
-
-def _quiet_libraries(verbose: bool) -> None:
-    if verbose:
-        return
-    import datasets
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # read errors reach the user as HskError
-    datasets.disable_progress_bars()
 
 
 def _finetune(a) -> int:

@@ -13,7 +13,7 @@ import torch
 from hsk_cache import data, models
 from hsk_cache.batching import Examples, collate, sequential_batches
 from hsk_cache.config import DataConfig, ExtractSpec, check_precision
-from hsk_cache.errors import DataError, ModelError
+from hsk_cache.errors import ConfigError, ModelError
 from hsk_cache.store import layout
 from hsk_cache.store.reader import TOKENIZER_GROUP
 from hsk_cache.store.writer import CacheWriter
@@ -38,10 +38,10 @@ class ExtractConfig:
         check_precision(self.precision)
         self.spec.tokens.check(self.data.max_length)
         if self.batch_size < 1:
-            raise ModelError(f"--batch-size {self.batch_size}: use at least 1")
+            raise ConfigError(f"--batch-size {self.batch_size}: use at least 1")
         s = self.shard_examples
         if s is not None and (s < 1 or s & (s - 1)):
-            raise DataError(f"--shard-examples {s}: use a power of two such as 256")
+            raise ConfigError(f"--shard-examples {s}: use a power of two such as 256")
 
 
 @dataclass(frozen=True)

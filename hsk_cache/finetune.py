@@ -26,7 +26,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
-        StageConfig("prediction", self.epochs, self.lr, self.batch_size)  # validates the numbers
+        StageConfig("labels", self.epochs, self.lr, self.batch_size)  # validates the numbers
 
 
 @dataclass(frozen=True)

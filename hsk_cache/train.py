@@ -220,7 +220,8 @@ def fit(model, source, stage: StageConfig, loss_fn, seed: int, precision: str, e
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
     optimizer = torch.optim.AdamW(params, lr=stage.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(stage.warmup_ratio * total), total)
-    bar = progress(f"train {stage.kind}", total * stage.batch_size, 0) if progress else None
+    examples = sum(min(stage.batch_size, n - (step % steps_per_epoch) * stage.batch_size) for step in range(total))
+    bar = progress(f"train {stage.kind}", examples, 0) if progress else None
     model.train()
     history, seen, started, order = [], 0, time.perf_counter(), []
     for step in range(total):

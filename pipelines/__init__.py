@@ -1,0 +1,1 @@
+"""End-to-end workflows built on hsk_cache (hsk_cache never imports from here)."""
