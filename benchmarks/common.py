@@ -1,0 +1,64 @@
+"""Shared helpers for benchmarks: repeat-and-interleave timing, machine description, result files.
+
+Benchmarks run their competitors in one process, interleaved, several repeats each, and report the
+median with min and max: these machines are shared and noisy, so a side-by-side ratio is the
+figure that counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def interleave(competitors: dict, repeats: int) -> dict[str, list[float]]:
+    """Run each competitor (name → zero-argument callable returning seconds or None) once per round,
+    rounds ``repeats`` times. Returns name → list of seconds."""
+    times = {name: [] for name in competitors}
+    for _ in range(repeats):
+        for name, fn in competitors.items():
+            start = time.perf_counter()
+            measured = fn()
+            times[name].append(measured if measured is not None else time.perf_counter() - start)
+    return times
+
+
+def summarize(seconds: list[float], work: float) -> dict:
+    """Throughput (work/s) median, min, max over repeats."""
+    rates = sorted(work / s for s in seconds)
+    return {"median": statistics.median(rates), "min": rates[0], "max": rates[-1], "repeats": len(rates),
+            "seconds": seconds}
+
+
+def write(name: str, payload: dict, table: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], *sys.argv]),
+               "machine": machine(), **payload}
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    header = f"# {name}\n\nCommand: `{payload['command']}`\n\nMachine: {payload['machine']['cpu']}, " \
+             f"{payload['machine']['cores']} cores, torch {payload['machine']['torch']}\n\n"
+    (RESULTS / f"{name}.md").write_text(header + table + "\n")
+    print(table)
