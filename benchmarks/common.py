@@ -55,7 +55,8 @@ def summarize(seconds: list[float], work: float) -> dict:
 
 def write(name: str, payload: dict, table: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], *sys.argv]),
+    command = ["python", "-m", f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]]
+    payload = {"benchmark": name, "command": " ".join(shlex.quote(a) for a in command),
                "machine": machine(), **payload}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
     header = f"# {name}\n\nCommand: `{payload['command']}`\n\nMachine: {payload['machine']['cpu']}, " \
