@@ -38,19 +38,33 @@ def _data_config(a) -> DataConfig:
 
 def _add_spec(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("knowledge to extract")
-    g.add_argument("--layers", default="last", help="depth: last, all, or a comma list of hidden-state layers, "
-                   "0 = embedding output (default: %(default)s)")
-    g.add_argument("--tokens", default="all", help="length: all, cls, topk:K or topk:P%% — the K tokens (or P%% of "
-                   "each example's length) that receive the most [CLS] attention, never [SEP] or padding "
+    g.add_argument("--layers", default="last", help="depth: hidden-state layers, 0 = embedding output: last, all, "
+                   "uniform:K (round(l·L/K), l=1..K), top:K, bottom:K, or a comma list like 2,4,6 (default: %(default)s)")
+    g.add_argument("--tokens", default="all", help="length: all, cls, or left|random|topk:K — K a count or P%% of each "
+                   "example's real length; topk ranks by the attention tokens receive from [CLS] (mean over heads); "
+                   "padding and [SEP] are never kept unless the +sep variant, e.g. topk+sep:10 (default: %(default)s)")
+    g.add_argument("--dims", default="all", help="width, P in (0, 1]: all, uniform:P, random:P (same dimensions for "
+                   "every token) or magnitude:P (top-P of each example-layer's elements by |h|, stored sparsely) "
                    "(default: %(default)s)")
-    g.add_argument("--dims", default="all", help="width: all (default: %(default)s)")
-    g.add_argument("--knowledge", default="hidden_states,logits",
-                   help="comma list of hidden_states, logits (default: %(default)s)")
-    g.add_argument("--dtype", default="float16", help="stored precision: float32 or float16 (default: %(default)s)")
+    g.add_argument("--knowledge", default="hidden_states,logits", help="comma list of hidden_states, "
+                   "attention_probs, value_relation, logits (default: %(default)s)")
+    g.add_argument("--attention-layers", default="last", help="teacher layers (1..L) whose attention rows of the "
+                   "kept query tokens are stored: last, all, top:K, or a list (default: %(default)s)")
+    g.add_argument("--value-relation-layer", default="last", help="teacher layer (1..L) of the MiniLM value "
+                   "relation softmax(V·Vᵀ/√d_head) (default: %(default)s)")
+    g.add_argument("--importance-layer", default="same", help="layer whose [CLS] attention ranks top-k tokens: same "
+                   "(the stored layer's own; layer 1's for the embeddings) or a number (default: %(default)s)")
+    g.add_argument("--dtype", default="float16", help="stored precision: float32, float16, bfloat16, or int8 with a "
+                   "per-row absmax scale (default: %(default)s)")
+    g.add_argument("--codec", default="none", help="lossless compression of knowledge arrays: none, zstd, blosc "
+                   "(default: %(default)s; real float states compress only ~1.08×)")
+    g.add_argument("--selection-seed", dest="spec_seed", type=int, default=0, help="seed of random token and dimension choices "
+                   "(default: %(default)s)")
 
 
 def _spec(a) -> ExtractSpec:
-    return ExtractSpec.parse(a.layers, a.tokens, a.dims, a.knowledge, a.dtype)
+    return ExtractSpec.parse(a.layers, a.tokens, a.dims, a.knowledge, a.dtype, a.codec, a.attention_layers,
+                             a.value_relation_layer, a.importance_layer, a.spec_seed)
 
 
 def _precision(p, name="--precision", what="forward passes") -> None:
@@ -119,8 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pred-lr", type=float, default=5e-5, help="prediction stage learning rate (default: %(default)s)")
     g.add_argument("--pred-batch-size", type=int, default=32, help="prediction stage batch size (default: %(default)s)")
     g.add_argument("--warmup-ratio", type=float, default=0.1, help="linear warmup fraction of each stage (default: %(default)s)")
-    g.add_argument("--layer-map", default="uniform", help="uniform (g(l) = round(l·L_T/L_S), pairs over cached layers) "
-                   "or student:teacher pairs like 1:2,2:4,3:6 (default: %(default)s)")
+    g.add_argument("--layer-map", default="uniform", help="hidden-state layer map: uniform or uniform:L_top "
+                   "(g(l) = round(l·L_top/L_S), L_top = teacher depth by default; pairs over cached layers) or "
+                   "student:teacher pairs like 1:2,2:4,3:6 (default: %(default)s)")
+    g.add_argument("--attention-map", default="uniform", help="the same for cached attention layers (default: %(default)s)")
+    g.add_argument("--keep-top-pairs", type=int, default=None, help="keep only the k mapped pairs with the highest "
+                   "student layers (default: all)")
+    g.add_argument("--width-target", default="zero", choices=("zero", "ignore"), help="dropped dimensions of kept "
+                   "tokens: compared with zero (as the study) or ignored (default: %(default)s)")
+    g.add_argument("--attention-loss", default="kl", choices=("kl", "mse"), help="attention loss: KL (MiniLM) or "
+                   "MSE (TinyBERT) (default: %(default)s)")
+    g.add_argument("--head-map", default="strict", choices=("strict", "mean", "relation"), help="student and teacher "
+                   "head counts: strict (must match), mean (compare head-averaged maps), relation (value relation: "
+                   "split the student's values into the teacher's heads) (default: %(default)s)")
     g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature τ of the prediction loss (default: %(default)s)")
     g.add_argument("--hard-label-weight", type=float, default=0.0, help="weight of gold-label cross-entropy added to "
                    "the prediction loss (default: %(default)s)")
@@ -203,7 +228,8 @@ def _train(a) -> int:
     online = a.online_teacher is not None
     config = train.TrainConfig(
         a.out, student, a.cache, a.online_teacher, _data_config(a) if online else None,
-        _spec(a) if online else ExtractSpec(), stages, a.layer_map, a.temperature, a.hard_label_weight,
+        _spec(a) if online else ExtractSpec(), stages, a.layer_map, a.attention_map, a.keep_top_pairs,
+        a.width_target, a.attention_loss, a.head_map, a.temperature, a.hard_label_weight,
         a.seed, a.precision, a.teacher_precision,
     )
     r = train.run(config, _bar)
@@ -211,7 +237,8 @@ def _train(a) -> int:
         if s.steps:
             print(f"train {s.kind}: {s.steps} steps, loss {s.losses[0]:.4f} → {s.losses[-1]:.4f}, "
                   f"{s.examples_per_s:.1f} ex/s, {s.elapsed_s:.1f} s")
-    print(f"train: layer map {r.layer_map or '-'}, {r.elapsed_s:.1f} s → {r.out}")
+    maps = f"layer map {r.layer_map or '-'}" + (f", attention map {r.attention_map}" if r.attention_map else "")
+    print(f"train: {maps}, {r.elapsed_s:.1f} s → {r.out}")
     return 0
 
 

@@ -12,70 +12,102 @@ from dataclasses import asdict, dataclass, field
 
 from hsk_cache.errors import ConfigError
 
-DTYPES = ("float32", "float16")
-KNOWLEDGE_KINDS = ("hidden_states", "logits")
+DTYPES = ("float32", "float16", "bfloat16", "int8")
+KNOWLEDGE_KINDS = ("hidden_states", "attention_probs", "value_relation", "logits")
+CODECS = ("none", "zstd", "blosc")
 PRECISIONS = ("fp32", "bf16")
+TOKEN_STRATEGIES = ("all", "cls", "left", "random", "topk")
+DIM_STRATEGIES = ("all", "uniform", "random", "magnitude")
+
+
+def _count(text: str, option: str, value: str) -> int:
+    try:
+        k = int(value)
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: K must be an integer, e.g. {option} top:2") from None
+    if k <= 0:
+        raise ConfigError(f"{option} {text!r}: K must be at least 1")
+    return k
 
 
 @dataclass(frozen=True)
 class LayerSpec:
     """Depth: which teacher hidden-state layers to keep (0 = embedding output).
 
-    ``kind`` is ``last``, ``all`` or ``list``; ``layers`` holds the list for ``list``.
+    ``kind``: ``last``, ``all``, ``list`` (explicit ``layers``), or ``uniform``/``top``/``bottom``
+    with a count ``k``: uniform:K keeps round(l·L/K) for l = 1..K (the layers a K-layer student's
+    uniform map targets), top:K the K highest layers L−K+1..L, bottom:K layers 1..K.
     """
 
     kind: str = "last"
     layers: tuple[int, ...] = ()
+    k: int | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "LayerSpec":
+    def parse(cls, text: str, option: str = "--layers") -> "LayerSpec":
         text = text.strip().lower()
         if text in ("last", "all"):
             return cls(text)
+        name, sep, arg = text.partition(":")
+        if sep and name in ("uniform", "top", "bottom"):
+            return cls(name, k=_count(text, option, arg))
         try:
             layers = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
         except ValueError:
             raise ConfigError(
-                f"unknown --layers value {text!r}: use last, all, or a comma list of layer numbers like 2,4,6"
+                f"unknown {option} value {text!r}: use last, all, uniform:K, top:K, bottom:K, or a comma list like 2,4,6"
             ) from None
         if not layers:
-            raise ConfigError("--layers is empty: use last, all, or a comma list like 2,4,6")
+            raise ConfigError(f"{option} is empty: use last, all, or a comma list like 2,4,6")
         if layers[0] < 0:
-            raise ConfigError(f"--layers {text!r} has a negative layer: layers count from 0 (embedding output)")
+            raise ConfigError(f"{option} {text!r} has a negative layer: layers count from 0 (embedding output)")
         return cls("list", layers)
 
-    def resolve(self, num_layers: int) -> tuple[int, ...]:
-        """Teacher hidden-state layers kept, given the teacher's transformer layer count L.
+    def resolve(self, num_layers: int, first: int = 0) -> tuple[int, ...]:
+        """Layers kept, given the teacher's transformer layer count L; ``first`` is the lowest
+        valid number (0 for hidden states, 1 for attention layers).
 
-        Returns: sorted layer numbers in [0, L]. Raises: ConfigError if a listed layer exceeds L.
+        Raises: ConfigError if a layer or count exceeds the teacher's depth.
         """
         if self.kind == "last":
             return (num_layers,)
         if self.kind == "all":
-            return tuple(range(num_layers + 1))
-        if self.layers[-1] > num_layers:
-            raise ConfigError(
-                f"--layers asks for layer {self.layers[-1]} but the teacher has layers 0..{num_layers}: "
-                f"pick layers from 0 to {num_layers}"
-            )
-        return self.layers
+            return tuple(range(first, num_layers + 1))
+        if self.kind == "list":
+            if self.layers[-1] > num_layers or self.layers[0] < first:
+                raise ConfigError(
+                    f"layers {list(self.layers)} are outside the teacher's {first}..{num_layers}: "
+                    f"pick layers from {first} to {num_layers}"
+                )
+            return self.layers
+        if self.k > num_layers:
+            raise ConfigError(f"{self.describe()} asks for {self.k} layers but the teacher has {num_layers}: use K ≤ {num_layers}")
+        if self.kind == "top":
+            return tuple(range(num_layers - self.k + 1, num_layers + 1))
+        if self.kind == "bottom":
+            return tuple(range(1, self.k + 1))
+        return tuple(sorted({math.floor(l * num_layers / self.k + 0.5) for l in range(1, self.k + 1)}))
 
     def describe(self) -> str:
-        return ",".join(map(str, self.layers)) if self.kind == "list" else self.kind
+        if self.kind == "list":
+            return ",".join(map(str, self.layers))
+        return f"{self.kind}:{self.k}" if self.k is not None else self.kind
 
 
 @dataclass(frozen=True)
 class TokenSpec:
-    """Length: which token positions to keep per example.
+    """Length: which token positions to keep per example (Liu et al. 2021, §4.2).
 
-    ``all``: every real token; ``cls``: position 0; ``topk``: the K tokens receiving the most
-    attention from [CLS] (Liu et al. 2021, §4.2), K a count (``k``) or a percentage of each
-    example's real length (``percent``).
+    ``all``: every real token; ``cls``: position 0; with a count ``k`` or a percentage ``percent``
+    of each example's real length: ``left`` the first K, ``random`` K at random (seeded per
+    example), ``topk`` the K receiving the most attention from [CLS]. Padding is never kept;
+    [SEP] is not kept unless ``with_sep`` (the ``+sep`` suffix: ``topk+sep:10``).
     """
 
     kind: str = "all"
     k: int | None = None
     percent: float | None = None
+    with_sep: bool = False
 
     @classmethod
     def parse(cls, text: str) -> "TokenSpec":
@@ -83,26 +115,30 @@ class TokenSpec:
         if text in ("all", "cls"):
             return cls(text)
         name, _, arg = text.partition(":")
-        if name != "topk" or not arg:
-            raise ConfigError(f"unknown --tokens value {text!r}: use all, cls, topk:K or topk:P%")
+        with_sep = name.endswith("+sep")
+        name = name.removesuffix("+sep")
+        if name not in ("left", "random", "topk") or not arg:
+            raise ConfigError(
+                f"unknown --tokens value {text!r}: use all, cls, or left|random|topk[+sep]:K (K a count or P%)"
+            )
         try:
-            if arg.endswith("%"):
-                percent = float(arg[:-1])
-                if not 0 < percent <= 100 or not math.isfinite(percent):
-                    raise ConfigError(f"--tokens {text!r}: the percentage must be in (0, 100], e.g. topk:10%")
-                return cls("topk", percent=percent)
-            k = int(arg)
+            value = float(arg[:-1]) if arg.endswith("%") else int(arg)
         except ValueError:
             raise ConfigError(f"--tokens {text!r}: K must be an integer count or a percentage like topk:10%") from None
+        if arg.endswith("%"):
+            if not 0 < value <= 100 or not math.isfinite(value):
+                raise ConfigError(f"--tokens {text!r}: the percentage must be in (0, 100], e.g. topk:10%")
+            return cls(name, percent=value, with_sep=with_sep)
+        k = value
         if k <= 0:
             raise ConfigError(f"--tokens {text!r}: K must be at least 1, e.g. topk:10")
-        return cls("topk", k=k)
+        return cls(name, k=k, with_sep=with_sep)
 
     def check(self, max_length: int) -> None:
         """Raises ConfigError if a count K exceeds the max length."""
         if self.k is not None and self.k > max_length:
             raise ConfigError(
-                f"--tokens topk:{self.k} keeps more tokens than --max-length {max_length}: "
+                f"--tokens {self.describe()} keeps more tokens than --max-length {max_length}: "
                 f"use K ≤ {max_length} or raise --max-length"
             )
 
@@ -117,42 +153,77 @@ class TokenSpec:
         return max(1, math.ceil(self.percent / 100 * max_length))
 
     def describe(self) -> str:
-        if self.kind != "topk":
+        if self.kind in ("all", "cls"):
             return self.kind
-        return f"topk:{self.k}" if self.k is not None else f"topk:{self.percent:g}%"
+        name = self.kind + ("+sep" if self.with_sep else "")
+        return f"{name}:{self.k}" if self.k is not None else f"{name}:{self.percent:g}%"
 
 
 @dataclass(frozen=True)
 class DimSpec:
-    """Width: which hidden dimensions to keep. Only ``all`` exists yet; the cache format stores the
-    strategy name so later strategies (uniform, random, magnitude) fit without a format change."""
+    """Width: which hidden dimensions to keep (Liu et al. 2021, §4.3), P a fraction of D.
+
+    ``all``; ``uniform:P`` every (1/P)-th dimension; ``random:P`` a seeded random subset (both the
+    same for every token; the index is stored once); ``magnitude:P`` the top-P fraction of each
+    example-layer's kept elements by |h| (stored sparsely: values plus a bit mask).
+    """
 
     kind: str = "all"
+    fraction: float | None = None
 
     @classmethod
     def parse(cls, text: str) -> "DimSpec":
         text = text.strip().lower()
-        if text != "all":
-            raise ConfigError(f"unknown --dims value {text!r}: use all")
-        return cls(text)
+        if text == "all":
+            return cls("all")
+        name, sep, arg = text.partition(":")
+        if name not in DIM_STRATEGIES[1:] or not sep:
+            raise ConfigError(f"unknown --dims value {text!r}: use all, uniform:P, random:P or magnitude:P (P in (0, 1])")
+        try:
+            fraction = float(arg)
+        except ValueError:
+            raise ConfigError(f"--dims {text!r}: P must be a number in (0, 1], e.g. magnitude:0.1") from None
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"--dims {text!r}: P must be in (0, 1], e.g. magnitude:0.1")
+        return cls(name, fraction)
+
+    def kept_dims(self, hidden_size: int) -> int:
+        """D', dimensions kept per token for uniform/random (≥ 1); D for all and magnitude."""
+        if self.kind in ("uniform", "random"):
+            return max(1, round(self.fraction * hidden_size))
+        return hidden_size
 
     def describe(self) -> str:
-        return self.kind
+        return self.kind if self.kind == "all" else f"{self.kind}:{self.fraction:g}"
 
 
 @dataclass(frozen=True)
 class ExtractSpec:
-    """What knowledge to take from the teacher and how to store it."""
+    """What knowledge to take from the teacher and how to store it.
+
+    attention_layers: teacher layers (1..L) whose attention probabilities are stored, for the
+    kept query tokens over all keys. value_relation_layer: the layer (1..L, None = last) whose
+    value relation softmax(V·Vᵀ/√d_head) is stored (MiniLM). importance_layer: the layer whose
+    [CLS] attention ranks tokens for top-k (None = the stored layer itself). seed: random token
+    and dimension choices.
+    """
 
     layers: LayerSpec = field(default_factory=LayerSpec)
     tokens: TokenSpec = field(default_factory=TokenSpec)
     dims: DimSpec = field(default_factory=DimSpec)
-    knowledge: tuple[str, ...] = KNOWLEDGE_KINDS
+    knowledge: tuple[str, ...] = ("hidden_states", "logits")
     dtype: str = "float16"
+    codec: str = "none"
+    attention_layers: LayerSpec = field(default_factory=LayerSpec)
+    value_relation_layer: int | None = None
+    importance_layer: int | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown --dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.codec not in CODECS:
+            raise ConfigError(f"unknown --codec {self.codec!r}: use one of {', '.join(CODECS)}")
         unknown = set(self.knowledge) - set(KNOWLEDGE_KINDS)
         if unknown or not self.knowledge:
             raise ConfigError(
@@ -161,22 +232,47 @@ class ExtractSpec:
 
     @property
     def needs_attention(self) -> bool:
-        return self.tokens.kind == "topk" and "hidden_states" in self.knowledge
+        """The teacher must return attention probabilities (eager attention)."""
+        ranks = self.tokens.kind == "topk" and any(k in self.knowledge for k in ("hidden_states", "attention_probs", "value_relation"))
+        return ranks or "attention_probs" in self.knowledge
 
     def describe(self) -> dict:
         """The canonical JSON form stored in the manifest and compared on resume."""
-        return {
+        out = {
             "layers": self.layers.describe(),
             "tokens": self.tokens.describe(),
             "dims": self.dims.describe(),
             "knowledge": list(self.knowledge),
             "dtype": self.dtype,
+            "codec": self.codec,
+            "importance_layer": self.importance_layer,
+            "seed": self.seed,
         }
+        if "attention_probs" in self.knowledge:
+            out["attention_layers"] = self.attention_layers.describe()
+        if "value_relation" in self.knowledge:
+            out["value_relation_layer"] = self.value_relation_layer
+        return out
 
     @classmethod
-    def parse(cls, layers="last", tokens="all", dims="all", knowledge="hidden_states,logits", dtype="float16"):
+    def parse(cls, layers="last", tokens="all", dims="all", knowledge="hidden_states,logits", dtype="float16",
+              codec="none", attention_layers="last", value_relation_layer=None, importance_layer=None, seed=0):
         kinds = tuple(k.strip() for k in knowledge.split(",") if k.strip()) if isinstance(knowledge, str) else tuple(knowledge)
-        return cls(LayerSpec.parse(layers), TokenSpec.parse(tokens), DimSpec.parse(dims), kinds, dtype)
+        return cls(LayerSpec.parse(layers), TokenSpec.parse(tokens), DimSpec.parse(dims), kinds, dtype, codec,
+                   LayerSpec.parse(attention_layers, "--attention-layers"), _layer_number(value_relation_layer),
+                   _layer_number(importance_layer), seed)
+
+
+def _layer_number(value) -> int | None:
+    if value is None or value == "last" or value == "same":
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"layer {value!r}: use a layer number ≥ 1 or last") from None
+    if number < 1:
+        raise ConfigError(f"layer {value!r}: attention layers count from 1")
+    return number
 
 
 @dataclass(frozen=True)

@@ -8,19 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from hsk_cache import data, models
 from hsk_cache.batching import Examples, collate, sequential_batches
 from hsk_cache.config import DataConfig, ExtractSpec, check_precision
 from hsk_cache.errors import ConfigError, ModelError
-from hsk_cache.store import layout
+from hsk_cache.select import width
+from hsk_cache.store import codec, layout
 from hsk_cache.store.reader import TOKENIZER_GROUP
 from hsk_cache.store.writer import CacheWriter
-from hsk_cache.teacher import excluded_token_ids, run_teacher, select_knowledge
+from hsk_cache.teacher import Plan, run_teacher, select_knowledge
 
 log = logging.getLogger(__name__)
-FLOAT_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,18 @@ class ExtractResult:
     elapsed_s: float
 
 
+def dims_for(spec: ExtractSpec, config, examples: Examples, plan: Plan, max_length: int) -> layout.Dims:
+    """The stored sizes for ``spec`` on a teacher with ``config`` (a transformers config)."""
+    k = spec.tokens.kept_tokens(max_length)
+    return layout.Dims(
+        n=len(examples), t=max_length, layers=len(plan.layers), k=k, d=config.hidden_size, c=config.num_labels,
+        token_types=examples.token_type_ids is not None, knowledge=spec.knowledge, dtype=spec.dtype,
+        codec=spec.codec, width=spec.dims.kind, kept_dims=spec.dims.kept_dims(config.hidden_size),
+        slots=width.max_kept_elements(spec.dims.fraction, k, config.hidden_size) if spec.dims.kind == "magnitude" else 0,
+        attention_layers=len(plan.attention_layers), heads=config.num_attention_heads,
+    )
+
+
 def run(config: ExtractConfig, progress=None) -> ExtractResult:
     """Extract: load teacher and data, open (or resume) the cache, write missing shards, finish.
 
@@ -64,27 +75,25 @@ def run(config: ExtractConfig, progress=None) -> ExtractResult:
     teacher = models.load_classifier(config.teacher, attention=config.spec.needs_attention)
     split = data.load_split(config.data, label_names=models.task_label_names(teacher))
     _check_classes(split, teacher)
-    layers = config.spec.layers.resolve(teacher.config.num_hidden_layers)
+    plan = Plan.make(config.spec, teacher.config, tokenizer)
     tokenized = data.tokenize(split, tokenizer, config.data.max_length)
     examples = Examples.from_dataset(tokenized, config.data.max_length, tokenizer.pad_token_id)
-    dims = layout.Dims(
-        n=len(examples), t=config.data.max_length, layers=len(layers),
-        k=config.spec.tokens.kept_tokens(config.data.max_length), d=teacher.config.hidden_size,
-        c=teacher.config.num_labels, token_types=examples.token_type_ids is not None,
-        knowledge=config.spec.knowledge, dtype=config.spec.dtype,
-    )
+    run_teacher(teacher, collate(examples, np.arange(1)), plan, config.precision)  # fails early on a model that can't
+    dims = dims_for(config.spec, teacher.config, examples, plan, config.data.max_length)
     specs = layout.arrays(dims)
     chunk, shard = layout.chunking(specs, dims.n, config.shard_examples)
-    manifest = _manifest(config, teacher, tokenizer, split, tokenized, layers, dims, chunk, shard)
+    manifest = _manifest(config, teacher, tokenizer, split, tokenized, plan, dims, chunk, shard)
     writer = CacheWriter.open(config.out, manifest, specs, overwrite=config.overwrite)
     writer.write_tokenizer(tokenizer)
+    dim_index = None if plan.dim_index is None else plan.dim_index.numpy()
+    if dim_index is not None:
+        writer.write_global("dim_index", dim_index.astype(np.int16))
     committed = writer.committed()
     done = sum(_shard_size(s, dims.n, shard) for s in np.flatnonzero(committed))
     bar = progress("extract", dims.n, done) if progress is not None else None
-    excluded = excluded_token_ids(tokenizer)
     for s in np.flatnonzero(~committed):
         start, stop = layout.shard_range(int(s), dims.n, shard)
-        block = _extract_shard(teacher, examples, start, stop, config, layers, excluded, dims, bar)
+        block = _extract_shard(teacher, examples, start, stop, config, plan, dims, dim_index, bar)
         writer.write_shard(int(s), start, block)
     if bar is not None:
         bar.close()
@@ -98,7 +107,7 @@ def _shard_size(shard: int, n: int, shard_examples: int) -> int:
     return stop - start
 
 
-def _extract_shard(teacher, examples, start, stop, config, layers, excluded, dims, bar) -> dict[str, np.ndarray]:
+def _extract_shard(teacher, examples, start, stop, config, plan, dims, dim_index, bar) -> dict[str, np.ndarray]:
     rows = np.arange(start, stop)
     block = {
         "input_ids": examples.input_ids[rows], "lengths": examples.lengths[rows],
@@ -106,24 +115,15 @@ def _extract_shard(teacher, examples, start, stop, config, layers, excluded, dim
     }
     if examples.token_type_ids is not None:
         block["token_type_ids"] = examples.token_type_ids[rows]
-    if "hidden_states" in config.spec.knowledge:
-        block["token_index"] = np.full((len(rows), dims.layers, dims.k), -1, dtype=np.int16)
-        block["hidden_states"] = np.zeros((len(rows), dims.layers, dims.k, dims.d), dtype=FLOAT_DTYPES[dims.dtype])
-    if "logits" in config.spec.knowledge:
-        block["logits"] = np.zeros((len(rows), dims.c), dtype=np.float32)
+    parts = []
     for index in sequential_batches(stop, config.batch_size, start):
         batch = collate(examples, index)
-        outputs = run_teacher(teacher, batch, config.spec.needs_attention, config.precision)
-        knowledge = select_knowledge(outputs, batch, config.spec, layers, excluded)
-        at = index - start
-        if knowledge.hidden_states is not None:
-            k = knowledge.token_index.shape[-1]
-            block["token_index"][at, :, :k] = knowledge.token_index.numpy()
-            block["hidden_states"][at, :, :k] = knowledge.hidden_states.numpy()
-        if knowledge.logits is not None:
-            block["logits"][at] = knowledge.logits.numpy()
+        outputs = run_teacher(teacher, batch, plan, config.precision)
+        parts.append(codec.encode(select_knowledge(outputs, batch, plan), dims, dim_index))
         if bar is not None:
             bar.update(len(index))
+    for name in parts[0]:
+        block[name] = np.concatenate([part[name] for part in parts])
     return block
 
 
@@ -135,7 +135,7 @@ def _check_classes(split, teacher) -> None:
         )
 
 
-def _manifest(config, teacher, tokenizer, split, tokenized, layers, dims, chunk, shard) -> dict:
+def _manifest(config, teacher, tokenizer, split, tokenized, plan, dims, chunk, shard) -> dict:
     teacher_path = models.resolve(config.teacher)
     return {
         "format": layout.FORMAT_NAME,
@@ -155,10 +155,12 @@ def _manifest(config, teacher, tokenizer, split, tokenized, layers, dims, chunk,
         },
         "max_length": config.data.max_length,
         "spec": config.spec.describe(),
-        "layers": list(layers),
-        "kept_tokens": dims.k,
+        "layers": list(plan.layers),
+        "attention_layers": list(plan.attention_layers),
+        "value_relation_layer": plan.value_relation_layer,
+        "dims": {"kept_tokens": dims.k, "hidden_size": dims.d, "kept_dims": dims.kept_dims, "slots": dims.slots,
+                 "heads": dims.heads, "classes": dims.c, "token_types": dims.token_types},
         "precision": config.precision,
-        "codec": {"hidden_states": None, "logits": None, "ids": "zstd:3"},
         "layout": {"chunk_examples": chunk, "shard_examples": shard, "num_shards": layout.num_shards(dims.n, shard)},
         "counts": {},
         "complete": False,

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from hsk_cache import models
+from hsk_cache import models, objectives
 from hsk_cache.config import DataConfig, StageConfig, check_precision
 from hsk_cache.sources import DatasetSource
-from hsk_cache.train import StageResult, fit, stage_loss
+from hsk_cache.train import StageResult, fit
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,6 @@ def run(config: FinetuneConfig, progress=None) -> FinetuneResult:
     torch.manual_seed(config.seed)
     model = models.load_classifier(config.model, label_names=source.label_names)
     stage = StageConfig("labels", config.epochs, config.lr, config.batch_size)
-    result = fit(model, source, stage, stage_loss("labels", {}, None, 1.0, 0.0), config.seed, config.precision,
-                 progress=progress)
+    result = fit(model, source, stage, objectives.labels, config.seed, config.precision, progress=progress)
     models.save(model, tokenizer, config.out)
     return FinetuneResult(config.out, result, time.perf_counter() - started)

@@ -13,19 +13,50 @@ import torch.nn.functional as F
 
 
 def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked mean squared error between student and teacher hidden states at kept tokens.
+    """Masked mean squared error between student and teacher hidden states.
 
-    L_hidn = Σ_{b,k: mask} ‖h_S W_h − h_T‖² / (n_kept · D)      (TinyBERT, Jiao et al. 2020, Eq. 7)
+    L_hidn = Σ_{mask} (h_S W_h − h_T)² / |mask|      (TinyBERT, Jiao et al. 2020, Eq. 7, restricted
+    to the kept elements; Liu et al. 2021 §4.3 compare dropped elements to zero targets instead,
+    which is ``mask`` = all dimensions of the kept tokens with zeros in ``teacher``)
 
     Args:
         student: [B, K, D] float, already projected to the teacher width D (h_S W_h).
-        teacher: [B, K, D] float. mask: [B, K] bool, True at kept tokens.
+        teacher: [B, K, D] float. mask: [B, K] bool (kept tokens, every dimension) or
+            [B, K, D] bool (kept elements).
     Returns: scalar float32; 0 when nothing is kept.
     """
-    weight = mask.to(student.dtype)[:, :, None]
+    weight = (mask[:, :, None] if mask.dim() == 2 else mask).expand_as(student).float()
     squared = (student.float() - teacher.float()).pow(2) * weight
-    kept = weight.sum() * student.shape[-1]
-    return squared.sum() / kept.clamp(min=1)
+    return squared.sum() / weight.sum().clamp(min=1)
+
+
+def distribution_kl(student_probs: torch.Tensor, teacher_probs: torch.Tensor, row_valid: torch.Tensor) -> torch.Tensor:
+    """KL(teacher ‖ student) of attention-like rows, averaged over heads and valid rows.
+
+    L = mean_{b,h,q valid} Σ_t A_T[t] (log A_T[t] − log A_S[t])
+    (MiniLM, Wang et al. 2020, Eq. 3 for attention and Eq. 5 for value relation; 0·log 0 = 0,
+    student probabilities clamped at 1e-12.)
+
+    Args: student_probs, teacher_probs: [B, H, K, T] float, rows summing to 1 (or all-zero rows
+        where invalid). row_valid: [B, K] bool.
+    Returns: scalar float32.
+    """
+    t, s = teacher_probs.float(), student_probs.float()
+    pointwise = torch.where(t > 0, t * (torch.log(t.clamp(min=1e-12)) - torch.log(s.clamp(min=1e-12))), torch.zeros_like(t))
+    weight = row_valid[:, None, :].float().expand(t.shape[:3])
+    return (pointwise.sum(-1) * weight).sum() / weight.sum().clamp(min=1)
+
+
+def distribution_mse(student_probs: torch.Tensor, teacher_probs: torch.Tensor, row_valid: torch.Tensor) -> torch.Tensor:
+    """Squared error of attention rows summed over keys, averaged over heads and valid rows.
+
+    L = mean_{b,h,q valid} Σ_t (A_S[t] − A_T[t])²      (TinyBERT, Jiao et al. 2020, Eq. 6, per row)
+
+    Args: as ``distribution_kl``. Returns: scalar float32.
+    """
+    squared = (student_probs.float() - teacher_probs.float()).pow(2).sum(-1)
+    weight = row_valid[:, None, :].float().expand(squared.shape)
+    return (squared * weight).sum() / weight.sum().clamp(min=1)
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

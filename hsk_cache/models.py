@@ -83,7 +83,7 @@ def load_classifier(path: str, label_names: tuple[str, ...] | None = None, atten
 
     path = resolve(path)
     _check_model_dir(path)
-    kwargs = {"attn_implementation": "eager"} if attention else {}
+    kwargs = _attention_kwargs(attention)
     if label_names is not None:
         kwargs.update(
             num_labels=len(label_names),
@@ -127,7 +127,8 @@ def weights_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def student_from_config(teacher_config: dict, num_labels: int, layers: int, hidden: int, heads: int, ffn: int):
+def student_from_config(teacher_config: dict, num_labels: int, layers: int, hidden: int, heads: int, ffn: int,
+                        attention: bool = False):
     """A randomly initialized student of the teacher's architecture with a new shape.
 
     Raises: ConfigError if hidden is not a multiple of heads.
@@ -144,10 +145,14 @@ def student_from_config(teacher_config: dict, num_labels: int, layers: int, hidd
     config = AutoConfig.for_model(**fields)
     config.num_labels = num_labels
     config.id2label, config.label2id = teacher_config.get("id2label"), teacher_config.get("label2id")
-    return AutoModelForSequenceClassification.from_config(config)
+    return AutoModelForSequenceClassification.from_config(config, **_attention_kwargs(attention))
 
 
-def student_from_teacher_layers(teacher_path: str, layers: tuple[int, ...]):
+def _attention_kwargs(attention: bool) -> dict:
+    return {"attn_implementation": "eager"} if attention else {}
+
+
+def student_from_teacher_layers(teacher_path: str, layers: tuple[int, ...], attention: bool = False):
     """DistilBERT-style student: copy embeddings and teacher transformer layers ``layers``
     (1-based, as in hidden_states numbering) from the teacher's weight files.
 
@@ -175,7 +180,7 @@ def student_from_teacher_layers(teacher_path: str, layers: tuple[int, ...]):
             new = source_to_student[int(match.group(2))]
             renamed[key[: match.start(2)] + str(new) + key[match.end(2):]] = value
     config.num_hidden_layers = len(layers)
-    student = AutoModelForSequenceClassification.from_config(config)
+    student = AutoModelForSequenceClassification.from_config(config, **_attention_kwargs(attention))
     missing, _ = student.load_state_dict(renamed, strict=False)
     if missing:
         log.info("student keys not in the teacher (left at random init): %s", missing)

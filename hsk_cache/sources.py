@@ -16,8 +16,9 @@ import torch
 from hsk_cache import data, models
 from hsk_cache.batching import Batch, Examples, collate
 from hsk_cache.config import DataConfig, ExtractSpec
+from hsk_cache.store import codec, layout
 from hsk_cache.store.reader import CacheReader
-from hsk_cache.teacher import Knowledge, excluded_token_ids, run_teacher, select_knowledge
+from hsk_cache.teacher import Knowledge, Plan, run_teacher, select_knowledge
 
 
 class DatasetSource:
@@ -46,19 +47,20 @@ class OnlineSource(DatasetSource):
         self.teacher = models.load_classifier(teacher_path, attention=spec.needs_attention)
         names = models.task_label_names(self.teacher)
         super().__init__(data_config, models.load_tokenizer(teacher_path), names)
-        self.spec, self.precision = spec, precision
+        self.precision = precision
         self.teacher_config = self.teacher.config.to_dict()
-        self.layers = spec.layers.resolve(self.teacher.config.num_hidden_layers)
-        self.excluded = excluded_token_ids(self.tokenizer)
+        self.plan = Plan.make(spec, self.teacher.config, self.tokenizer)
+        self.layers, self.attention_layers = self.plan.layers, self.plan.attention_layers
+        self.value_relation_layer = self.plan.value_relation_layer
 
     def batch(self, index: np.ndarray) -> tuple[Batch, Knowledge]:
         batch = collate(self.examples, index)
-        outputs = run_teacher(self.teacher, batch, self.spec.needs_attention, self.precision)
-        return batch, select_knowledge(outputs, batch, self.spec, self.layers, self.excluded)
+        outputs = run_teacher(self.teacher, batch, self.plan, self.precision)
+        return batch, select_knowledge(outputs, batch, self.plan)
 
     @property
     def has_hidden_states(self) -> bool:
-        return "hidden_states" in self.spec.knowledge
+        return bool(self.plan.layers)
 
 
 class CacheSource:
@@ -70,34 +72,34 @@ class CacheSource:
     def __init__(self, path: str) -> None:
         reader = CacheReader(path)
         reader.require_complete()
-        self.manifest = reader.manifest
+        m = self.manifest = reader.manifest
         self.tokenizer = reader.load_tokenizer()
-        self.label_names = tuple(self.manifest["data"]["label_names"])
-        self.teacher_config = self.manifest["teacher"]["config"]
-        self.layers = tuple(self.manifest["layers"])
+        self.label_names = tuple(m["data"]["label_names"])
+        self.teacher_config = m["teacher"]["config"]
+        self.layers = tuple(m["layers"])
+        self.attention_layers = tuple(m["attention_layers"])
+        self.value_relation_layer = m["value_relation_layer"]
         types = reader.read("token_type_ids") if reader.has("token_type_ids") else None
         self.examples = Examples(
             reader.read("input_ids"), types, reader.read("lengths"), reader.read("labels"), reader.read("example_ids")
         )
-        self.token_index = reader.read("token_index") if reader.has("token_index") else None
-        self.hidden_states = reader.read("hidden_states") if reader.has("hidden_states") else None
-        self.logits = reader.read("logits") if reader.has("logits") else None
+        dims = layout.dims_from_manifest(m)
+        specs = [s for s in layout.arrays(dims) if s.name not in _EXAMPLE_ARRAYS]
+        self.arrays = {s.name: reader.read(s.name) for s in specs if s.per_example}
+        dim_index = reader.read("dim_index").astype(np.int64) if reader.has("dim_index") else None
+        self.decoding = codec.Decoding(dims, self.layers, self.attention_layers, self.value_relation_layer, dim_index)
 
     def __len__(self) -> int:
         return len(self.examples)
 
     @property
     def has_hidden_states(self) -> bool:
-        return self.hidden_states is not None
+        return "token_index" in self.arrays
 
     def batch(self, index: np.ndarray) -> tuple[Batch, Knowledge]:
         batch = collate(self.examples, index)
-        token_index = hidden = logits = None
-        if self.hidden_states is not None:
-            token_index = torch.from_numpy(self.token_index[index].astype(np.int64))
-            width = max(1, int((token_index >= 0).sum(dim=-1).max()))  # −1 entries trail: trim them
-            token_index = token_index[..., :width]
-            hidden = torch.from_numpy(self.hidden_states[index][:, :, :width].astype(np.float32))
-        if self.logits is not None:
-            logits = torch.from_numpy(self.logits[index])
-        return batch, Knowledge(self.layers, token_index, hidden, logits)
+        rows = {name: values[index] for name, values in self.arrays.items()}
+        return batch, codec.decode(rows, self.decoding, batch.input_ids.shape[1])
+
+
+_EXAMPLE_ARRAYS = {"input_ids", "token_type_ids", "lengths", "labels", "example_ids"}

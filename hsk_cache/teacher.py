@@ -11,34 +11,82 @@ from dataclasses import dataclass
 
 import torch
 
+from hsk_cache import relations
 from hsk_cache.batching import Batch
 from hsk_cache.config import ExtractSpec
-from hsk_cache.select import length
+from hsk_cache.errors import ConfigError, ModelError
+from hsk_cache.select import length, width
 
 
 @dataclass
 class TeacherOutputs:
     """hidden_states: L+1 tensors [B, T, D] (0 = embedding output). attentions: L tensors
-    [B, H, T, T] (softmax over keys) or None. logits: [B, C]."""
+    [B, H, T, T] (softmax over keys) or None. values: [B, T, D] value projection of the
+    value-relation layer, or None. logits: [B, C]."""
 
     hidden_states: tuple[torch.Tensor, ...]
     attentions: tuple[torch.Tensor, ...] | None
+    values: torch.Tensor | None
     logits: torch.Tensor
 
 
 @dataclass
 class Knowledge:
-    """The selected teacher knowledge of one batch.
+    """The selected teacher knowledge of one batch; absent kinds are None.
 
-    layers: teacher hidden-state layer numbers kept (L_k of them).
-    token_index: [B, L_k, K] int64 kept positions, −1 = none. hidden_states: [B, L_k, K, D] float
-    (zero where token_index is −1). logits: [B, C] float32. Absent kinds are None.
+    layers: teacher hidden-state layers kept (L_k). token_index: [B, L_k, K] int64, −1 = none.
+    hidden_states: [B, L_k, K, D] float32, zero at dropped tokens and dimensions. hidden_mask:
+    [B, L_k, K, D] bool kept elements, or None when every dimension of a kept token is kept.
+    attention_layers: teacher layers (1..L) of attention_probs [B, L_a, H, K, T] float32 (rows of
+    the queries attention_index [B, L_a, K]). value_relation_layer: layer of value_relation
+    [B, H, K, T] float32 (rows of the queries value_index [B, K]). logits: [B, C] float32.
     """
 
+    layers: tuple[int, ...] = ()
+    token_index: torch.Tensor | None = None
+    hidden_states: torch.Tensor | None = None
+    hidden_mask: torch.Tensor | None = None
+    attention_layers: tuple[int, ...] = ()
+    attention_index: torch.Tensor | None = None
+    attention_probs: torch.Tensor | None = None
+    value_relation_layer: int | None = None
+    value_index: torch.Tensor | None = None
+    value_relation: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A spec resolved against one teacher: layer numbers, dimension index, excluded token ids."""
+
+    spec: ExtractSpec
     layers: tuple[int, ...]
-    token_index: torch.Tensor | None
-    hidden_states: torch.Tensor | None
-    logits: torch.Tensor | None
+    attention_layers: tuple[int, ...]
+    value_relation_layer: int | None
+    heads: int
+    dim_index: torch.Tensor | None
+    excluded_ids: tuple[int, ...]
+
+    @classmethod
+    def make(cls, spec: ExtractSpec, config, tokenizer) -> "Plan":
+        """Raises: ConfigError for layers beyond the teacher's depth."""
+        depth = config.num_hidden_layers
+        layers = spec.layers.resolve(depth) if "hidden_states" in spec.knowledge else ()
+        attention = spec.attention_layers.resolve(depth, first=1) if "attention_probs" in spec.knowledge else ()
+        value_layer = None
+        if "value_relation" in spec.knowledge:
+            value_layer = _check_layer(spec.value_relation_layer or depth, depth, "--value-relation-layer")
+        if spec.importance_layer is not None:
+            _check_layer(spec.importance_layer, depth, "--importance-layer")
+        index = width.dim_index(spec.dims, config.hidden_size, spec.seed)
+        return cls(spec, layers, attention, value_layer, config.num_attention_heads,
+                   None if index is None else torch.from_numpy(index), excluded_token_ids(tokenizer))
+
+
+def _check_layer(layer: int, depth: int, option: str) -> int:
+    if not 1 <= layer <= depth:
+        raise ConfigError(f"{option} {layer}: the teacher has attention layers 1..{depth}")
+    return layer
 
 
 def autocast(precision: str, device: str = "cpu"):
@@ -48,56 +96,83 @@ def autocast(precision: str, device: str = "cpu"):
     return contextlib.nullcontext()
 
 
-def run_teacher(model, batch: Batch, attention: bool, precision: str = "fp32") -> TeacherOutputs:
+def run_teacher(model, batch: Batch, plan: Plan, precision: str = "fp32") -> TeacherOutputs:
     """One teacher forward in eval mode without autograd; outputs in float32.
 
-    Raises: ModelError-free; the caller loads the model with eager attention when ``attention``.
+    Raises: ModelError when attention knowledge is needed and the model returns none.
     """
     model.eval()
     device = next(model.parameters()).device
-    with torch.no_grad(), autocast(precision, device.type):
+    attention = plan.spec.needs_attention
+    with torch.no_grad(), autocast(precision, device.type), relations.capture_values(model, plan.value_relation_layer) as values:
         out = model(**batch.to(device).model_inputs(), output_hidden_states=True, output_attentions=attention)
-    hidden = tuple(h.float() for h in out.hidden_states)
-    attentions = tuple(a.float() for a in out.attentions) if attention and out.attentions else None
-    return TeacherOutputs(hidden, attentions, out.logits.float())
+    if attention and not out.attentions:
+        raise ModelError(
+            f"{type(model).__name__} returned no attention probabilities: it cannot give attention knowledge or "
+            "top-k tokens; use --tokens all|cls|left|random and --knowledge hidden_states,logits"
+        )
+    hidden = tuple(h.float().cpu() for h in out.hidden_states)
+    attentions = tuple(a.float().cpu() for a in out.attentions) if attention else None
+    return TeacherOutputs(hidden, attentions, values[0].float().cpu() if values else None, out.logits.float().cpu())
 
 
 def excluded_token_ids(tokenizer) -> tuple[int, ...]:
-    """Ids top-k never keeps: the tokenizer's separator (and end-of-sequence) tokens."""
+    """Ids never kept unless the ``+sep`` variant: the separator (and end-of-sequence) tokens."""
     ids = {tokenizer.sep_token_id, tokenizer.eos_token_id} - {None, tokenizer.cls_token_id}
     return tuple(sorted(ids))
 
 
-def select_knowledge(outputs: TeacherOutputs, batch: Batch, spec: ExtractSpec, layers: tuple[int, ...],
-                     excluded_ids: tuple[int, ...]) -> Knowledge:
-    """Apply the spec's depth and length selection to one batch of teacher outputs.
-
-    Args:
-        layers: teacher hidden-state layers to keep (resolved from spec.layers).
-        excluded_ids: token ids top-k never keeps ([SEP]); padding is never kept.
-    Returns: Knowledge with K = spec.tokens.kept_tokens(T) for the batch width T; for top-k,
-        importance for hidden-state layer l comes from the attention inside layer max(l, 1).
-    """
-    logits = outputs.logits.cpu() if "logits" in spec.knowledge else None
-    if "hidden_states" not in spec.knowledge:
-        return Knowledge(layers, None, None, logits)
+def select_tokens(outputs: TeacherOutputs, batch: Batch, plan: Plan, importance_layer: int) -> torch.Tensor:
+    """token_index [B, K] for the spec's length strategy; top-k ranks by the [CLS] attention of
+    ``importance_layer`` (1-based)."""
+    spec = plan.spec.tokens
     mask = batch.attention_mask.bool()
     lengths = mask.sum(dim=1)
-    k = spec.tokens.kept_tokens(mask.shape[1])
-    per_layer = []
-    for layer in layers:
-        if spec.tokens.kind == "all":
-            index = length.all_tokens(lengths, k)
-        elif spec.tokens.kind == "cls":
-            index = length.cls_token(lengths)
-        else:
-            eligible = mask & ~torch.isin(batch.input_ids, torch.tensor(excluded_ids, dtype=batch.input_ids.dtype))
-            importance = length.cls_importance(outputs.attentions[max(layer, 1) - 1].cpu())
-            index = length.topk_tokens(importance, eligible, length.tokens_per_example(spec.tokens, lengths), k)
-        per_layer.append(index)
-    token_index = torch.stack(per_layer, dim=1)
-    hidden = torch.stack(
-        [length.gather_tokens(outputs.hidden_states[layer].cpu(), token_index[:, i]) for i, layer in enumerate(layers)],
-        dim=1,
-    )
-    return Knowledge(layers, token_index, hidden, logits)
+    k = spec.kept_tokens(mask.shape[1])
+    if spec.kind == "all":
+        return length.all_tokens(lengths, k)
+    if spec.kind == "cls":
+        return length.cls_token(lengths)
+    eligible = mask
+    if not spec.with_sep:
+        eligible = mask & ~torch.isin(batch.input_ids, torch.tensor(plan.excluded_ids, dtype=batch.input_ids.dtype))
+    if spec.kind == "left":
+        scores = length.left_scores(eligible)
+    elif spec.kind == "random":
+        scores = length.random_scores(eligible, batch.example_ids, plan.spec.seed)
+    else:
+        scores = length.cls_importance(outputs.attentions[importance_layer - 1])
+    return length.topk_tokens(scores, eligible, length.tokens_per_example(spec, lengths), k)
+
+
+def select_knowledge(outputs: TeacherOutputs, batch: Batch, plan: Plan) -> Knowledge:
+    """Apply the spec's depth, length and width selection to one batch of teacher outputs.
+
+    Token importance for hidden-state layer l comes from the attention inside layer max(l, 1),
+    for attention/value-relation layer l from layer l, unless the spec fixes an importance layer.
+    """
+    spec, fixed = plan.spec, plan.spec.importance_layer
+    knowledge = Knowledge(logits=outputs.logits if "logits" in spec.knowledge else None)
+    if plan.layers:
+        index = torch.stack([select_tokens(outputs, batch, plan, fixed or max(l, 1)) for l in plan.layers], dim=1)
+        hidden = torch.stack([length.gather_tokens(outputs.hidden_states[l], index[:, i]) for i, l in enumerate(plan.layers)], dim=1)
+        valid = index >= 0
+        mask = None
+        if spec.dims.kind == "magnitude":
+            mask = width.magnitude_mask(hidden, valid, spec.dims.fraction)
+        elif plan.dim_index is not None:
+            mask = torch.zeros_like(hidden, dtype=torch.bool)
+            mask[..., plan.dim_index] = valid[..., None]
+        knowledge.layers, knowledge.token_index = plan.layers, index
+        knowledge.hidden_states, knowledge.hidden_mask = (hidden if mask is None else hidden * mask), mask
+    if plan.attention_layers:
+        index = torch.stack([select_tokens(outputs, batch, plan, fixed or l) for l in plan.attention_layers], dim=1)
+        rows = [relations.gather_rows(outputs.attentions[l - 1], index[:, i]) for i, l in enumerate(plan.attention_layers)]
+        knowledge.attention_layers, knowledge.attention_index = plan.attention_layers, index
+        knowledge.attention_probs = torch.stack(rows, dim=1)
+    if plan.value_relation_layer is not None:
+        index = select_tokens(outputs, batch, plan, fixed or plan.value_relation_layer)
+        vr = relations.value_relation(outputs.values, plan.heads, batch.attention_mask)
+        knowledge.value_relation_layer, knowledge.value_index = plan.value_relation_layer, index
+        knowledge.value_relation = relations.gather_rows(vr, index)
+    return knowledge

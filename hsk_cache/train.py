@@ -19,12 +19,11 @@ from pathlib import Path
 
 import torch
 
-from hsk_cache import losses, models
+from hsk_cache import models, objectives
 from hsk_cache.batching import epoch_order
 from hsk_cache.config import DataConfig, ExtractSpec, StageConfig, check_precision
 from hsk_cache.errors import ConfigError
 from hsk_cache.select.depth import layer_map as resolve_layer_map
-from hsk_cache.select.length import gather_tokens
 from hsk_cache.sources import CacheSource, OnlineSource
 from hsk_cache.teacher import autocast
 
@@ -68,6 +67,11 @@ class TrainConfig:
     spec: ExtractSpec = field(default_factory=ExtractSpec)
     stages: tuple[StageConfig, ...] = DEFAULT_STAGES
     layer_map: str = "uniform"
+    attention_map: str = "uniform"
+    keep_top_pairs: int | None = None
+    width_target: str = "zero"
+    attention_loss: str = "kl"
+    head_map: str = "strict"
     temperature: float = 1.0
     hard_label_weight: float = 0.0
     seed: int = 0
@@ -75,6 +79,10 @@ class TrainConfig:
     teacher_precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.width_target not in objectives.WIDTH_TARGETS:
+            raise ConfigError(f"unknown --width-target {self.width_target!r}: use zero or ignore")
+        if self.attention_loss not in objectives.ATTENTION_LOSSES:
+            raise ConfigError(f"unknown --attention-loss {self.attention_loss!r}: use kl or mse")
         if (self.cache is None) == (self.online_teacher is None):
             raise ConfigError("give exactly one of --from-cache CACHE or --online TEACHER")
         if self.online_teacher is not None and self.data is None:
@@ -102,6 +110,7 @@ class TrainResult:
     out: str
     stages: list[StageResult]
     layer_map: dict[int, int]
+    attention_map: dict[int, int]
     elapsed_s: float
 
 
@@ -118,24 +127,19 @@ def run(config: TrainConfig, progress=None) -> TrainResult:
     else:
         source = OnlineSource(config.online_teacher, config.data, config.spec, config.teacher_precision)
     torch.manual_seed(config.seed)
-    student = build_student(config.student, source.teacher_config, source.label_names)
-    needs_hidden = any(s.kind == "hidden" and s.epochs > 0 for s in config.stages)
-    mapping, projection = {}, None
-    if needs_hidden:
-        if not source.has_hidden_states:
-            raise ConfigError("the knowledge source has no hidden states: set --hidden-epochs 0 or extract hidden_states")
-        mapping = resolve_layer_map(
-            config.layer_map, student.config.num_hidden_layers, source.teacher_config["num_hidden_layers"], source.layers
-        )
-        projection = make_projection(student.config.hidden_size, source.teacher_config["hidden_size"])
-    log.info("layer map (student:teacher) %s", mapping)
+    attention = bool(source.attention_layers) or source.value_relation_layer is not None
+    student = build_student(config.student, source.teacher_config, source.label_names, attention)
+    hidden = hidden_objective(config, student, source) if any(s.kind == "hidden" and s.epochs > 0 for s in config.stages) else None
+    log.info("layer maps (student:teacher): hidden %s, attention %s", hidden and hidden.hidden_map, hidden and hidden.attention_map)
     results = []
     for i, stage in enumerate(config.stages):
-        loss_fn = stage_loss(stage.kind, mapping, projection, config.temperature, config.hard_label_weight)
-        extra = list(projection.parameters()) if stage.kind == "hidden" and projection is not None else []
-        results.append(fit(student, source, stage, loss_fn, config.seed + i, config.precision, extra, progress))
+        objective = {"hidden": hidden, "labels": objectives.labels,
+                     "prediction": objectives.prediction(config.temperature, config.hard_label_weight)}[stage.kind]
+        extra = list(hidden.projection.parameters()) if stage.kind == "hidden" and hidden and hidden.projection else []
+        results.append(fit(student, source, stage, objective, config.seed + i, config.precision, extra, progress))
     models.save(student, source.tokenizer, config.out)
-    result = TrainResult(config.out, results, mapping, time.perf_counter() - started)
+    result = TrainResult(config.out, results, hidden.hidden_map if hidden else {}, hidden.attention_map if hidden else {},
+                         time.perf_counter() - started)
     summary = {"config": asdict(config), "result": {**asdict(result), "stages": [_summary(r) for r in results]}}
     (Path(config.out) / "hsk_train.json").write_text(json.dumps(summary, indent=2, default=str))
     return result
@@ -147,10 +151,34 @@ def _summary(stage: StageResult) -> dict:
             "elapsed_s": stage.elapsed_s, "examples_per_s": stage.examples_per_s}
 
 
-def build_student(student: StudentConfig, teacher_config: dict, label_names: tuple[str, ...]):
-    """The student model, with the task's classes. Raises ConfigError/ModelError on a bad shape or path."""
+def hidden_objective(config: TrainConfig, student, source) -> objectives.HiddenObjective:
+    """Resolve layer maps and head handling for the intermediate-layer stage.
+
+    Raises: ConfigError if the source has no intermediate knowledge, a map needs an uncached
+    layer, or head counts differ without a usable --head-map.
+    """
+    depth, s_layers = source.teacher_config["num_hidden_layers"], student.config.num_hidden_layers
+    if not (source.layers or source.attention_layers or source.value_relation_layer):
+        raise ConfigError("the knowledge source has no hidden states, attention or value relation: "
+                          "set --hidden-epochs 0 or extract them")
+    hidden_map = resolve_layer_map(config.layer_map, s_layers, depth, source.layers, config.keep_top_pairs) if source.layers else {}
+    attention_map = {}
+    if source.attention_layers:
+        attention_map = resolve_layer_map(config.attention_map, s_layers, depth, source.attention_layers, config.keep_top_pairs)
+        attention_map.pop(0, None)  # the embedding layer has no attention
+    value_relation = (s_layers, source.value_relation_layer) if source.value_relation_layer else None
+    teacher_heads = source.teacher_config["num_attention_heads"]
+    objectives.check_heads(student.config, teacher_heads, config.head_map, bool(attention_map), bool(value_relation))
+    projection = make_projection(student.config.hidden_size, source.teacher_config["hidden_size"]) if hidden_map else None
+    return objectives.HiddenObjective(hidden_map, attention_map, value_relation, projection, config.width_target,
+                                      config.attention_loss, config.head_map, teacher_heads)
+
+
+def build_student(student: StudentConfig, teacher_config: dict, label_names: tuple[str, ...], attention: bool = False):
+    """The student model, with the task's classes; eager attention when ``attention`` (so
+    attention probabilities can be returned). Raises ConfigError/ModelError on a bad shape or path."""
     if student.kind == "pretrained":
-        model = models.load_classifier(student.path)
+        model = models.load_classifier(student.path, attention=attention)
         if model.config.num_labels != len(label_names):
             raise ConfigError(
                 f"pretrained student {student.path!r} has {model.config.num_labels} classes, the task has "
@@ -160,10 +188,10 @@ def build_student(student: StudentConfig, teacher_config: dict, label_names: tup
     if student.kind == "teacher-layers":
         depth = models.read_config(student.path)["num_hidden_layers"]
         layers = student.init_layers or models.default_init_layers(depth, student.layers)
-        model = models.student_from_teacher_layers(student.path, tuple(layers))
+        model = models.student_from_teacher_layers(student.path, tuple(layers), attention)
     else:
         model = models.student_from_config(
-            teacher_config, len(label_names), student.layers, student.hidden, student.heads, student.ffn
+            teacher_config, len(label_names), student.layers, student.hidden, student.heads, student.ffn, attention
         )
     if model.config.num_labels != len(label_names):
         raise ConfigError(f"the student has {model.config.num_labels} classes, the task {len(label_names)}")
@@ -177,33 +205,7 @@ def make_projection(student_width: int, teacher_width: int) -> torch.nn.Module |
     return None if student_width == teacher_width else torch.nn.Linear(student_width, teacher_width)
 
 
-def stage_loss(kind: str, mapping: dict[int, int], projection, temperature: float, hard_weight: float):
-    """The loss of one step: fn(student_outputs, batch, knowledge) → scalar."""
-
-    def hidden(outputs, batch, knowledge):
-        total = 0.0
-        for s, t in mapping.items():
-            i = knowledge.layers.index(t)
-            index = knowledge.token_index[:, i]
-            student = gather_tokens(outputs.hidden_states[s], index)
-            if projection is not None:
-                student = projection(student)
-            total = total + losses.hidden_mse(student, knowledge.hidden_states[:, i], index >= 0)
-        return total
-
-    def prediction(outputs, batch, knowledge):
-        loss = losses.soft_cross_entropy(outputs.logits, knowledge.logits, temperature)
-        if hard_weight:
-            loss = loss + hard_weight * losses.hard_cross_entropy(outputs.logits, batch.labels)
-        return loss
-
-    def labels(outputs, batch, knowledge):
-        return losses.hard_cross_entropy(outputs.logits, batch.labels)
-
-    return {"hidden": hidden, "prediction": prediction, "labels": labels}[kind]
-
-
-def fit(model, source, stage: StageConfig, loss_fn, seed: int, precision: str, extra_params=(), progress=None) -> StageResult:
+def fit(model, source, stage: StageConfig, objective, seed: int, precision: str, extra_params=(), progress=None) -> StageResult:
     """Train ``model`` for one stage: AdamW, linear warmup then decay, gradient norm clipped to 1.
 
     The example order of epoch e is ``epoch_order(N, batch_size, seed, e)``; dropout draws from
@@ -231,8 +233,7 @@ def fit(model, source, stage: StageConfig, loss_fn, seed: int, precision: str, e
         index = order[at]
         batch, knowledge = source.batch(index)
         with autocast(precision):
-            outputs = model(**batch.model_inputs(), output_hidden_states=stage.kind == "hidden")
-            loss = loss_fn(outputs, batch, knowledge)
+            loss = objective(model, batch, knowledge)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

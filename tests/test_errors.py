@@ -33,11 +33,17 @@ def extract_args(tiny_teacher, toy_dir, tmp_path):
 @pytest.mark.parametrize("option,value,needle", [
     ("--tokens", "first:3", "unknown --tokens value 'first:3'"),
     ("--layers", "top", "unknown --layers value 'top'"),
-    ("--dims", "magnitude:0.1", "unknown --dims value"),
+    ("--dims", "largest:0.1", "unknown --dims value"),
+    ("--dims", "magnitude:1.5", "P must be in (0, 1]"),
+    ("--dims", "random:0", "P must be in (0, 1]"),
+    ("--tokens", "topk:0%", "percentage must be in (0, 100]"),
+    ("--tokens", "left:150%", "percentage must be in (0, 100]"),
+    ("--layers", "top:3", "asks for 3 layers but the teacher has 2"),
+    ("--codec", "lz4", "unknown --codec 'lz4'"),
     ("--dtype", "int4", "unknown --dtype 'int4'"),
     ("--tokens", "topk:0", "K must be at least 1"),
     ("--tokens", "topk:33", "topk:33 keeps more tokens than --max-length 32"),
-    ("--layers", "0,5", "layers 0..2"),
+    ("--layers", "0,5", "outside the teacher's 0..2"),
 ])
 def test_bad_extraction_spec(capsys, extract_args, tmp_path, option, value, needle):
     _fails(capsys, extract_args(option, value), needle)

@@ -80,7 +80,7 @@ def test_layer_spec_resolves(text, resolved):
     assert LayerSpec.parse(text).resolve(6) == resolved
 
 
-@pytest.mark.parametrize("bad", ["topk:0", "topk:-3", "topk:x", "topk:0%", "topk:101%", "first:3", "topk"])
+@pytest.mark.parametrize("bad", ["topk:0", "topk:-3", "topk:x", "topk:0%", "topk:101%", "first:3", "topk", "left+sop:3"])
 def test_token_spec_rejects_bad_values(bad):
     with pytest.raises(ConfigError):
         TokenSpec.parse(bad)
@@ -89,5 +89,5 @@ def test_token_spec_rejects_bad_values(bad):
 def test_token_spec_rejects_k_beyond_max_length():
     with pytest.raises(ConfigError, match="max-length 16"):
         TokenSpec.parse("topk:17").check(16)
-    with pytest.raises(ConfigError, match="layers 0..6"):
+    with pytest.raises(ConfigError, match="outside the teacher's 0..6"):
         LayerSpec.parse("7").resolve(6)

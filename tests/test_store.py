@@ -55,8 +55,8 @@ def test_layout_is_standard_zarr_v3_with_a_json_manifest(tiny_teacher, toy_dir, 
     assert meta["zarr_format"] == 3 and meta["node_type"] == "group"
     manifest = meta["attributes"]["hsk_cache"]
     assert manifest["complete"] and manifest["format_version"] == layout.FORMAT_VERSION
-    assert manifest["spec"] == {"layers": "all", "tokens": "topk:50%", "dims": "all",
-                                "knowledge": ["hidden_states", "logits"], "dtype": "float16"}
+    assert manifest["spec"] == {"layers": "all", "tokens": "topk:50%", "dims": "all", "knowledge": ["hidden_states", "logits"],
+                                "dtype": "float16", "codec": "none", "importance_layer": None, "seed": 0}
     assert manifest["teacher"]["weights_sha256"] == models.weights_sha256(tiny_teacher)
     group = zarr.open_group(str(out), mode="r")
     hidden = group["hidden_states"]

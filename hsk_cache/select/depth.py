@@ -19,25 +19,43 @@ def uniform_layer_map(student_layers: int, top_layer: int) -> dict[int, int]:
     return {l: math.floor(l * top_layer / student_layers + 0.5) for l in range(1, student_layers + 1)}
 
 
-def layer_map(text: str, student_layers: int, teacher_layers: int, cached_layers: tuple[int, ...]) -> dict[int, int]:
+def layer_map(text: str, student_layers: int, teacher_layers: int, cached_layers: tuple[int, ...],
+              keep_top: int | None = None) -> dict[int, int]:
     """Resolve ``--layer-map`` against the student's depth and the teacher layers available.
 
     Args:
-        text: ``uniform`` (g(l, L_T), keeping the pairs whose teacher layer is cached) or an
-            explicit ``s:t,s:t`` list (student layer s ∈ [0, L_S] learns teacher layer t).
-        cached_layers: teacher hidden-state layers in the cache (or extracted online).
+        text: ``uniform`` or ``uniform:L_top`` (g(l, L_top), L_top defaulting to the teacher's
+            depth; L_top < L_T maps the student onto lower teacher layers), keeping the pairs
+            whose teacher layer is cached; or an explicit ``s:t,s:t`` list (student layer
+            s ∈ [0, L_S] learns teacher layer t).
+        cached_layers: teacher layers in the cache (or extracted online).
+        keep_top: keep only the k pairs with the highest student layers (the study's top-k).
     Returns: {student layer: teacher layer}, never empty.
     Raises: ConfigError on a malformed map, a student layer out of range, or a teacher layer the
         cache lacks.
     """
-    text = text.strip().lower()
-    if text == "uniform":
-        full = uniform_layer_map(student_layers, teacher_layers)
+    pairs = _parse_map(text.strip().lower(), student_layers, teacher_layers, cached_layers)
+    if keep_top is not None:
+        if keep_top < 1:
+            raise ConfigError(f"--keep-top-pairs {keep_top}: keep at least 1 pair")
+        pairs = dict(sorted(pairs.items())[-keep_top:])
+    return pairs
+
+
+def _parse_map(text, student_layers, teacher_layers, cached_layers) -> dict[int, int]:
+    name, _, arg = text.partition(":")
+    if name == "uniform":
+        top = teacher_layers
+        if arg:
+            if not arg.isdigit() or not 1 <= int(arg) <= teacher_layers:
+                raise ConfigError(f"--layer-map {text!r}: L_top must be in 1..{teacher_layers}, e.g. uniform:{teacher_layers}")
+            top = int(arg)
+        full = uniform_layer_map(student_layers, top)
         kept = {s: t for s, t in full.items() if t in cached_layers}
         if not kept:
             raise ConfigError(
                 f"the uniform layer map needs teacher layers {sorted(full.values())} but the cache has "
-                f"{list(cached_layers)}: pass --layer-map s:t pairs over cached layers, or re-extract with --layers all"
+                f"{list(cached_layers)}: pass --layer-map s:t pairs over cached layers, or re-extract those layers"
             )
         return kept
     pairs = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from hsk_cache.config import TokenSpec
@@ -34,8 +35,21 @@ def cls_importance(attention_probs: torch.Tensor) -> torch.Tensor:
     return attention_probs[:, :, 0, :].float().mean(dim=1)
 
 
+def left_scores(eligible: torch.Tensor) -> torch.Tensor:
+    """Scores ranking positions left to right (the study's "left" strategy). Returns [B, T] float."""
+    return -torch.arange(eligible.shape[1], dtype=torch.float32).expand(eligible.shape)
+
+
+def random_scores(eligible: torch.Tensor, example_ids: torch.Tensor, seed: int) -> torch.Tensor:
+    """Uniform random scores, drawn per example from (seed, example id): the same example gets
+    the same tokens in any batch. Returns [B, T] float32."""
+    width = eligible.shape[1]
+    rows = [np.random.default_rng([seed, int(i)]).random(width, dtype=np.float32) for i in example_ids.tolist()]
+    return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, width)
+
+
 def topk_tokens(importance: torch.Tensor, eligible: torch.Tensor, k_per_example: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep each example's most important eligible tokens, in descending importance.
+    """Keep each example's highest-scoring eligible tokens, in descending score.
 
     Args:
         importance: [B, T] float. eligible: [B, T] bool (False for padding and excluded tokens).

@@ -12,8 +12,16 @@ of writing (written whole, then committed in ``shard_committed``); a chunk holds
 | labels           | [N]              | int64             | gold label ids                            |
 | example_ids      | [N]              | int64             | row in the source split                   |
 | token_index      | [N, L_k, K]      | int16             | kept positions, −1 = none                 |
-| hidden_states    | [N, L_k, K, D]   | float32/float16   | teacher states at kept positions          |
+| hidden_states    | [N, L_k, K, D']  | stored dtype (q)  | states at kept tokens (D' = D or kept dims)|
+| dim_index        | [D']             | int16             | kept dimensions (uniform/random width)    |
+| hidden_values    | [N, L_k, M]      | q                 | magnitude width: kept values, row-major   |
+| hidden_mask      | [N, L_k, K, D/8] | uint8             | magnitude width: packed bit mask          |
+| attention_index  | [N, L_a, K]      | int16             | kept query positions per attention layer  |
+| attention_probs  | [N, L_a, H, K, T]| q                 | attention rows of kept queries, all keys  |
+| value_index      | [N, K]           | int16             | kept query positions (value relation)     |
+| value_relation   | [N, H, K, T]     | q                 | softmax(V·Vᵀ/√d_head) rows (MiniLM)       |
 | logits           | [N, C]           | float32           | teacher logits                            |
+| *_scale          | leading axes     | float32           | int8 only: per-row absmax / 127           |
 | shard_committed  | [S]              | uint8             | 1 once shard s is fully written           |
 | tokenizer/<file> | [bytes]          | uint8             | the teacher tokenizer's files             |
 
@@ -24,6 +32,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from hsk_cache import quantize
 
 FORMAT_NAME = "hsk-cache"
 FORMAT_VERSION = 1
@@ -36,21 +46,32 @@ IDENTITY_KEYS = (
 )
 
 
+ITEMSIZE = {"int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "float16": 2, "int32": 4, "float32": 4, "int64": 8}
+
+
 @dataclass(frozen=True)
 class ArraySpec:
+    """One stored array. ``codec``: none, zstd or blosc. ``per_example``: chunked along N (False
+    for small global arrays such as dim_index, stored as one chunk)."""
+
     name: str
     shape: tuple[int, ...]
     dtype: str
-    compress: bool  # zstd for ids (mostly padding); raw for float knowledge (compresses ~1.08×)
+    codec: str
+    per_example: bool = True
 
     def row_bytes(self) -> int:
-        itemsize = {"int8": 1, "uint8": 1, "int16": 2, "float16": 2, "int32": 4, "float32": 4, "int64": 8}[self.dtype]
-        return itemsize * math.prod(self.shape[1:])
+        return ITEMSIZE[self.dtype] * math.prod(self.shape[1:])
+
+    def nbytes(self) -> int:
+        return ITEMSIZE[self.dtype] * math.prod(self.shape)
 
 
 @dataclass(frozen=True)
 class Dims:
-    """Sizes fixed at extraction: N examples, T max length, L_k layers, K tokens, D width, C classes."""
+    """Sizes fixed at extraction. n examples, t max length, layers L_k, k kept tokens, d hidden
+    width, kept_dims D' (uniform/random width), slots M (magnitude values per example-layer),
+    attention_layers L_a, heads H, c classes."""
 
     n: int
     t: int
@@ -61,24 +82,65 @@ class Dims:
     token_types: bool
     knowledge: tuple[str, ...]
     dtype: str
+    codec: str = "none"
+    width: str = "all"
+    kept_dims: int = 0
+    slots: int = 0
+    attention_layers: int = 0
+    heads: int = 0
 
 
 def arrays(dims: Dims) -> list[ArraySpec]:
-    """The arrays a cache of these sizes holds (without shard_committed)."""
+    """The arrays a cache of these sizes holds (without shard_committed and the tokenizer)."""
+    n, q = dims.n, quantize.STORAGE_DTYPE[dims.dtype]
+    int8 = quantize.needs_scale(dims.dtype)
     out = [
-        ArraySpec("input_ids", (dims.n, dims.t), "int32", True),
-        ArraySpec("lengths", (dims.n,), "int32", True),
-        ArraySpec("labels", (dims.n,), "int64", True),
-        ArraySpec("example_ids", (dims.n,), "int64", True),
+        ArraySpec("input_ids", (n, dims.t), "int32", "zstd"),
+        ArraySpec("lengths", (n,), "int32", "zstd"),
+        ArraySpec("labels", (n,), "int64", "zstd"),
+        ArraySpec("example_ids", (n,), "int64", "zstd"),
     ]
     if dims.token_types:
-        out.append(ArraySpec("token_type_ids", (dims.n, dims.t), "int8", True))
+        out.append(ArraySpec("token_type_ids", (n, dims.t), "int8", "zstd"))
     if "hidden_states" in dims.knowledge:
-        out.append(ArraySpec("token_index", (dims.n, dims.layers, dims.k), "int16", True))
-        out.append(ArraySpec("hidden_states", (dims.n, dims.layers, dims.k, dims.d), dims.dtype, False))
+        out.append(ArraySpec("token_index", (n, dims.layers, dims.k), "int16", "zstd"))
+        if dims.width == "magnitude":
+            out.append(ArraySpec("hidden_values", (n, dims.layers, dims.slots), q, dims.codec))
+            out.append(ArraySpec("hidden_mask", (n, dims.layers, dims.k, math.ceil(dims.d / 8)), "uint8", dims.codec))
+            if int8:
+                out.append(ArraySpec("hidden_values_scale", (n, dims.layers), "float32", dims.codec))
+        else:
+            width = dims.kept_dims if dims.width in ("uniform", "random") else dims.d
+            out.append(ArraySpec("hidden_states", (n, dims.layers, dims.k, width), q, dims.codec))
+            if int8:
+                out.append(ArraySpec("hidden_states_scale", (n, dims.layers, dims.k), "float32", dims.codec))
+            if dims.width in ("uniform", "random"):
+                out.append(ArraySpec("dim_index", (width,), "int16", "zstd", per_example=False))
+    if "attention_probs" in dims.knowledge:
+        out.append(ArraySpec("attention_index", (n, dims.attention_layers, dims.k), "int16", "zstd"))
+        out.append(ArraySpec("attention_probs", (n, dims.attention_layers, dims.heads, dims.k, dims.t), q, dims.codec))
+        if int8:
+            out.append(ArraySpec("attention_probs_scale", (n, dims.attention_layers, dims.heads, dims.k), "float32", dims.codec))
+    if "value_relation" in dims.knowledge:
+        out.append(ArraySpec("value_index", (n, dims.k), "int16", "zstd"))
+        out.append(ArraySpec("value_relation", (n, dims.heads, dims.k, dims.t), q, dims.codec))
+        if int8:
+            out.append(ArraySpec("value_relation_scale", (n, dims.heads, dims.k), "float32", dims.codec))
     if "logits" in dims.knowledge:
-        out.append(ArraySpec("logits", (dims.n, dims.c), "float32", False))
+        out.append(ArraySpec("logits", (n, dims.c), "float32", dims.codec))
     return out
+
+
+def dims_from_manifest(manifest: dict) -> Dims:
+    """The Dims an extraction recorded in its manifest."""
+    d, spec = manifest["dims"], manifest["spec"]
+    return Dims(
+        n=manifest["data"]["num_examples"], t=manifest["max_length"], layers=len(manifest["layers"]),
+        k=d["kept_tokens"], d=d["hidden_size"], c=d["classes"], token_types=d["token_types"],
+        knowledge=tuple(spec["knowledge"]), dtype=spec["dtype"], codec=spec["codec"],
+        width=spec["dims"].split(":")[0], kept_dims=d["kept_dims"], slots=d["slots"],
+        attention_layers=len(manifest["attention_layers"]), heads=d["heads"],
+    )
 
 
 def chunking(specs: list[ArraySpec], n: int, shard_examples: int | None = None) -> tuple[int, int]:
@@ -86,7 +148,7 @@ def chunking(specs: list[ArraySpec], n: int, shard_examples: int | None = None) 
 
     An explicit ``shard_examples`` (a power of two) is honoured, its chunk at most that size.
     """
-    widest = max(spec.row_bytes() for spec in specs)
+    widest = max(spec.row_bytes() for spec in specs if spec.per_example)
     chunk = _pow2_floor(max(1, TARGET_CHUNK_BYTES // widest))
     chunk = min(chunk, MAX_CHUNK_EXAMPLES, _pow2_ceil(n))
     if shard_examples is None:

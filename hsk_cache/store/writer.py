@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
+from zarr.codecs import BloscCodec, ZstdCodec
 
 from hsk_cache.errors import CacheError
 from hsk_cache.store import layout
@@ -63,16 +63,22 @@ class CacheWriter:
         for spec in specs:
             if spec.name in present:
                 continue
+            if spec.per_example:
+                chunks, shards = (chunk, *spec.shape[1:]), (shard, *spec.shape[1:])
+            else:
+                chunks, shards = spec.shape, None
             self.group.create_array(
-                spec.name, shape=spec.shape, dtype=spec.dtype,
-                chunks=(chunk, *spec.shape[1:]), shards=(shard, *spec.shape[1:]),
-                compressors=ZstdCodec(level=3) if spec.compress else None,
-                fill_value=-1 if spec.name == "token_index" else 0,
+                spec.name, shape=spec.shape, dtype=spec.dtype, chunks=chunks, shards=shards,
+                compressors=compressors(spec.codec), fill_value=-1 if spec.name.endswith("_index") else 0,
             )
         if layout.COMMIT_ARRAY not in present:
             self.group.create_array(
                 layout.COMMIT_ARRAY, shape=(lay["num_shards"],), dtype="uint8", chunks=(1,), compressors=None, fill_value=0
             )
+
+    def write_global(self, name: str, values: np.ndarray) -> None:
+        """Write a small array that is not chunked along N (dim_index), whole."""
+        self.group[name][...] = values
 
     def write_tokenizer(self, tokenizer) -> None:
         """Store the tokenizer's files as 1-D uint8 arrays in the ``tokenizer`` subgroup, so the
@@ -103,6 +109,15 @@ class CacheWriter:
         self.manifest = {**self.manifest, "counts": counts, "complete": True}
         self.group.attrs[MANIFEST_KEY] = self.manifest
         return self.manifest
+
+
+def compressors(codec: str):
+    """Zarr v3 compressors for a codec name: none, zstd (level 3), or blosc (zstd, byte shuffle)."""
+    if codec == "zstd":
+        return ZstdCodec(level=3)
+    if codec == "blosc":
+        return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+    return None
 
 
 def _existing_manifest(path: Path) -> dict | None:

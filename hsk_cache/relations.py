@@ -1,0 +1,67 @@
+"""Value relations (MiniLM) and attention-row gathering, for teachers and students alike."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+
+import torch
+
+from hsk_cache.errors import ModelError
+
+
+def value_module(model, layer: int) -> torch.nn.Module:
+    """The value projection of transformer layer ``layer`` (1-based) of a BERT-style encoder.
+
+    Raises: ModelError if the model has no ``…layer.<layer−1>.attention.self.value`` module.
+    """
+    pattern = re.compile(rf"(^|\.)layer\.{layer - 1}\.attention\.self\.value$")
+    for name, module in model.named_modules():
+        if pattern.search(name):
+            return module
+    raise ModelError(
+        f"{type(model).__name__} has no value projection for layer {layer} (expected a BERT-style "
+        "'layer.N.attention.self.value'): value relation needs such a model"
+    )
+
+
+@contextlib.contextmanager
+def capture_values(model, layer: int | None):
+    """Within the block, ``captured[0]`` is the value projection output [B, T, D] of ``layer``
+    after a forward pass (kept in the autograd graph). Yields an empty list when layer is None."""
+    captured: list[torch.Tensor] = []
+    if layer is None:
+        yield captured
+        return
+    handle = value_module(model, layer).register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def value_relation(values: torch.Tensor, heads: int, attention_mask: torch.Tensor) -> torch.Tensor:
+    """VR = softmax(V·Vᵀ / √d_head) per head, over real key positions.
+
+    Args: values: [B, T, D] float (D = heads · d_head). attention_mask: [B, T] (1 = real token).
+    Returns: [B, H, T, T] float32; padded keys get probability 0.
+    Raises: ModelError if D is not a multiple of ``heads``.
+    Source: MiniLM (Wang et al. 2020), Eq. 5 (value-relation transfer).
+    """
+    b, t, d = values.shape
+    if d % heads:
+        raise ModelError(f"width {d} is not a multiple of {heads} relation heads: pick a head count dividing it")
+    v = values.float().view(b, t, heads, d // heads).transpose(1, 2)  # [B, H, T, d_head]
+    scores = v @ v.transpose(-1, -2) / math.sqrt(d // heads)
+    scores = scores.masked_fill(~attention_mask.bool()[:, None, None, :], -math.inf)
+    return torch.softmax(scores, dim=-1)
+
+
+def gather_rows(probs: torch.Tensor, token_index: torch.Tensor) -> torch.Tensor:
+    """Query rows of [B, H, T, T] probabilities at token_index [B, K] (−1 = none) → [B, H, K, T],
+    zero rows where −1."""
+    b, h, _, t = probs.shape
+    index = token_index.clamp(min=0)[:, None, :, None].expand(b, h, token_index.shape[1], t)
+    rows = probs.gather(2, index)
+    return rows * (token_index >= 0)[:, None, :, None].to(rows.dtype)
