@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="examples per shard, a power of two (default: sized to ~32 MiB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache with another spec, teacher "
                    "or data (default: refuse)")
+    p.add_argument("--dry-run", action="store_true", help="predict the stored bytes and exit, writing nothing; the "
+                   "teacher runs only on a 64-example sample, and only with a compressing --codec (default: off)")
 
     p = sub.add_parser("train", help="train a student from a cache (or online, as a baseline)",
                        description="Distil a student: stage 1 hidden-state MSE on mapped layers at cached tokens, "
@@ -199,6 +201,13 @@ def _extract(a) -> int:
 
     config = extract.ExtractConfig(a.teacher, _data_config(a), a.out, _spec(a), a.batch_size, a.precision,
                                    a.overwrite, a.shard_examples)
+    if a.dry_run:
+        e = extract.dry_run(config)
+        for name, size in sorted(e.arrays.items(), key=lambda item: -item[1]):
+            print(f"  {name:<22} {_size(size):>10}")
+        print(f"extract --dry-run: {e.examples} examples, predicted {_size(e.total_bytes)} "
+              f"({_size(e.bytes_per_example)}/example); nothing written")
+        return 0
     r = extract.run(config, _bar)
     from hsk_cache.store.reader import CacheReader
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hsk_cache import data, models
+from hsk_cache import data, estimate, models
 from hsk_cache.batching import Examples, collate, sequential_batches
 from hsk_cache.config import DataConfig, ExtractSpec, check_precision
 from hsk_cache.errors import ConfigError, ModelError
@@ -63,43 +63,90 @@ def dims_for(spec: ExtractSpec, config, examples: Examples, plan: Plan, max_leng
     )
 
 
+@dataclass
+class Prepared:
+    """Everything extraction decides before running the teacher."""
+
+    tokenizer: object
+    teacher: object | None  # None for a dry run: only the config is loaded
+    teacher_config: object
+    split: data.Split
+    tokenized: object
+    examples: Examples
+    plan: Plan
+    dims: layout.Dims
+    specs: list
+    chunk: int
+    shard: int
+
+
+def prepare(config: ExtractConfig, load_weights: bool = True) -> Prepared:
+    """Load tokenizer, teacher (or only its config), data; resolve the spec; size the arrays.
+
+    Raises: ModelError, DataError, ConfigError.
+    """
+    tokenizer = models.load_tokenizer(config.teacher)
+    if load_weights:
+        teacher = models.load_classifier(config.teacher, attention=config.spec.needs_attention)
+        teacher_config = teacher.config
+    else:
+        teacher, teacher_config = None, models.load_config(config.teacher)
+    split = data.load_split(config.data, label_names=models.task_label_names_of_config(teacher_config))
+    _check_classes(split, teacher_config)
+    plan = Plan.make(config.spec, teacher_config, tokenizer)
+    tokenized = data.tokenize(split, tokenizer, config.data.max_length)
+    examples = Examples.from_dataset(tokenized, config.data.max_length, tokenizer.pad_token_id)
+    dims = dims_for(config.spec, teacher_config, examples, plan, config.data.max_length)
+    specs = layout.arrays(dims)
+    chunk, shard = layout.chunking(specs, dims.n, config.shard_examples)
+    return Prepared(tokenizer, teacher, teacher_config, split, tokenized, examples, plan, dims, specs, chunk, shard)
+
+
 def run(config: ExtractConfig, progress=None) -> ExtractResult:
-    """Extract: load teacher and data, open (or resume) the cache, write missing shards, finish.
+    """Extract: prepare, open (or resume) the cache, write missing shards, finish.
 
     progress: optional factory ``progress(description, total, initial)`` returning a bar with
     ``update(n)`` and ``close()`` (a tqdm bar, for instance), counted in examples.
     Raises: ModelError, DataError, ConfigError, CacheError; before anything is written.
     """
     started = time.perf_counter()
-    tokenizer = models.load_tokenizer(config.teacher)
-    teacher = models.load_classifier(config.teacher, attention=config.spec.needs_attention)
-    split = data.load_split(config.data, label_names=models.task_label_names(teacher))
-    _check_classes(split, teacher)
-    plan = Plan.make(config.spec, teacher.config, tokenizer)
-    tokenized = data.tokenize(split, tokenizer, config.data.max_length)
-    examples = Examples.from_dataset(tokenized, config.data.max_length, tokenizer.pad_token_id)
-    run_teacher(teacher, collate(examples, np.arange(1)), plan, config.precision)  # fails early on a model that can't
-    dims = dims_for(config.spec, teacher.config, examples, plan, config.data.max_length)
-    specs = layout.arrays(dims)
-    chunk, shard = layout.chunking(specs, dims.n, config.shard_examples)
-    manifest = _manifest(config, teacher, tokenizer, split, tokenized, plan, dims, chunk, shard)
-    writer = CacheWriter.open(config.out, manifest, specs, overwrite=config.overwrite)
-    writer.write_tokenizer(tokenizer)
-    dim_index = None if plan.dim_index is None else plan.dim_index.numpy()
+    p = prepare(config)
+    run_teacher(p.teacher, collate(p.examples, np.arange(1)), p.plan, config.precision)  # fails early if it can't
+    manifest = _manifest(config, p)
+    writer = CacheWriter.open(config.out, manifest, p.specs, overwrite=config.overwrite)
+    writer.write_tokenizer(p.tokenizer)
+    dim_index = None if p.plan.dim_index is None else p.plan.dim_index.numpy()
     if dim_index is not None:
         writer.write_global("dim_index", dim_index.astype(np.int16))
     committed = writer.committed()
-    done = sum(_shard_size(s, dims.n, shard) for s in np.flatnonzero(committed))
-    bar = progress("extract", dims.n, done) if progress is not None else None
+    n = p.dims.n
+    done = sum(_shard_size(s, n, p.shard) for s in np.flatnonzero(committed))
+    bar = progress("extract", n, done) if progress is not None else None
     for s in np.flatnonzero(~committed):
-        start, stop = layout.shard_range(int(s), dims.n, shard)
-        block = _extract_shard(teacher, examples, start, stop, config, plan, dims, dim_index, bar)
+        start, stop = layout.shard_range(int(s), n, p.shard)
+        block = _extract_shard(p, start, stop, config, dim_index, bar)
         writer.write_shard(int(s), start, block)
     if bar is not None:
         bar.close()
-    final = writer.finish({"examples": dims.n, "shards": len(committed), "chunk_examples": chunk})
+    final = writer.finish({"examples": n, "shards": len(committed), "chunk_examples": p.chunk})
     elapsed = time.perf_counter() - started
     return ExtractResult(final, int((~committed).sum()), int(committed.sum()), elapsed)
+
+
+DRY_RUN_SAMPLE = 64
+
+
+def dry_run(config: ExtractConfig) -> estimate.Estimate:
+    """Predict the stored bytes of ``config`` without writing anything. Uncompressed specs need
+    only the teacher's config; with a compressing --codec the teacher runs on the first
+    ``DRY_RUN_SAMPLE`` examples to measure how its knowledge compresses."""
+    sample_needed = config.spec.codec != "none"
+    p = prepare(config, load_weights=sample_needed)
+    sample = None
+    if sample_needed:
+        dim_index = None if p.plan.dim_index is None else p.plan.dim_index.numpy()
+        sample = _extract_shard(p, 0, min(DRY_RUN_SAMPLE, p.dims.n), config, dim_index, None)
+    return estimate.estimate(p.specs, p.examples, p.dims, p.chunk, p.shard, config.spec.tokens, sample)
 
 
 def _shard_size(shard: int, n: int, shard_examples: int) -> int:
@@ -107,7 +154,8 @@ def _shard_size(shard: int, n: int, shard_examples: int) -> int:
     return stop - start
 
 
-def _extract_shard(teacher, examples, start, stop, config, plan, dims, dim_index, bar) -> dict[str, np.ndarray]:
+def _extract_shard(p: Prepared, start, stop, config, dim_index, bar) -> dict[str, np.ndarray]:
+    examples, plan = p.examples, p.plan
     rows = np.arange(start, stop)
     block = {
         "input_ids": examples.input_ids[rows], "lengths": examples.lengths[rows],
@@ -118,8 +166,8 @@ def _extract_shard(teacher, examples, start, stop, config, plan, dims, dim_index
     parts = []
     for index in sequential_batches(stop, config.batch_size, start):
         batch = collate(examples, index)
-        outputs = run_teacher(teacher, batch, plan, config.precision)
-        parts.append(codec.encode(select_knowledge(outputs, batch, plan), dims, dim_index))
+        outputs = run_teacher(p.teacher, batch, plan, config.precision)
+        parts.append(codec.encode(select_knowledge(outputs, batch, plan), p.dims, dim_index))
         if bar is not None:
             bar.update(len(index))
     for name in parts[0]:
@@ -127,15 +175,16 @@ def _extract_shard(teacher, examples, start, stop, config, plan, dims, dim_index
     return block
 
 
-def _check_classes(split, teacher) -> None:
-    if len(split.label_names) != teacher.config.num_labels:
+def _check_classes(split, teacher_config) -> None:
+    if len(split.label_names) != teacher_config.num_labels:
         raise ModelError(
-            f"the teacher has {teacher.config.num_labels} classes but {split.source!r} has {len(split.label_names)}: "
+            f"the teacher has {teacher_config.num_labels} classes but {split.source!r} has {len(split.label_names)}: "
             "fine-tune a teacher on this task first (hsk finetune)"
         )
 
 
-def _manifest(config, teacher, tokenizer, split, tokenized, plan, dims, chunk, shard) -> dict:
+def _manifest(config: ExtractConfig, p: Prepared) -> dict:
+    tokenizer, split, plan, dims = p.tokenizer, p.split, p.plan, p.dims
     teacher_path = models.resolve(config.teacher)
     return {
         "format": layout.FORMAT_NAME,
@@ -143,14 +192,14 @@ def _manifest(config, teacher, tokenizer, split, tokenized, plan, dims, chunk, s
         "teacher": {
             "path": str(Path(teacher_path).resolve()) if Path(teacher_path).exists() else teacher_path,
             "weights_sha256": models.weights_sha256(teacher_path),
-            "num_layers": teacher.config.num_hidden_layers,
-            "hidden_size": teacher.config.hidden_size,
-            "num_heads": teacher.config.num_attention_heads,
-            "config": teacher.config.to_dict(),
+            "num_layers": p.teacher_config.num_hidden_layers,
+            "hidden_size": p.teacher_config.hidden_size,
+            "num_heads": p.teacher_config.num_attention_heads,
+            "config": p.teacher_config.to_dict(),
         },
         "tokenizer": {"group": TOKENIZER_GROUP, "name_or_path": tokenizer.name_or_path, "vocab_size": len(tokenizer)},
         "data": {
-            **config.data.describe(), "task": split.task, "fingerprint": data.fingerprint(tokenized),
+            **config.data.describe(), "task": split.task, "fingerprint": data.fingerprint(p.tokenized),
             "num_examples": dims.n, "label_names": list(split.label_names),
         },
         "max_length": config.data.max_length,
@@ -161,7 +210,7 @@ def _manifest(config, teacher, tokenizer, split, tokenized, plan, dims, chunk, s
         "dims": {"kept_tokens": dims.k, "hidden_size": dims.d, "kept_dims": dims.kept_dims, "slots": dims.slots,
                  "heads": dims.heads, "classes": dims.c, "token_types": dims.token_types},
         "precision": config.precision,
-        "layout": {"chunk_examples": chunk, "shard_examples": shard, "num_shards": layout.num_shards(dims.n, shard)},
+        "layout": {"chunk_examples": p.chunk, "shard_examples": p.shard, "num_shards": layout.num_shards(dims.n, p.shard)},
         "counts": {},
         "complete": False,
     }

@@ -102,11 +102,28 @@ def label_names_of(model) -> tuple[str, ...]:
     return tuple(model.config.id2label[i] for i in range(model.config.num_labels))
 
 
+
 def task_label_names(model) -> tuple[str, ...] | None:
     """The model's class names, or None when they are transformers' placeholders LABEL_i
     (a model not yet fine-tuned on a task)."""
-    names = label_names_of(model)
+    return task_label_names_of_config(model.config)
+
+
+def task_label_names_of_config(config) -> tuple[str, ...] | None:
+    names = tuple(config.id2label[i] for i in range(config.num_labels))
     return None if all(name == f"LABEL_{i}" for i, name in enumerate(names)) else names
+
+
+def load_config(path: str):
+    """A model's transformers config, without its weights. Raises ModelError when there is none."""
+    from transformers import AutoConfig
+
+    path = resolve(path)
+    _check_model_dir(path)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except Exception as err:
+        raise _load_error(path, err, "model config") from None
 
 
 def weight_files(path: str) -> list[Path]:

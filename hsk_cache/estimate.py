@@ -1,0 +1,106 @@
+"""Predict a cache's stored bytes before running the teacher (``hsk extract --dry-run``).
+
+Uncompressed arrays are sized exactly (plus each shard's chunk index). Compressed id arrays are
+compressed for real in memory, chunk by chunk (the token ids are known before the teacher runs).
+Index arrays are synthesized from the example lengths (their −1 padding is what compresses).
+Compressed float knowledge compresses as a sample of it does: the caller runs the teacher on a
+few examples and passes their encoded rows; without a sample, ``FLOAT_RATIO`` (1.08×, measured on
+real float16 hidden states with zstd) is assumed for the kept rows and padding rows vanish.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numcodecs import Blosc, Zstd
+
+from hsk_cache.batching import Examples
+from hsk_cache.config import TokenSpec
+from hsk_cache.store.layout import ArraySpec, Dims
+
+ARRAY_METADATA_BYTES = 700  # one array's zarr.json
+GROUP_METADATA_BYTES = 6000  # the group's zarr.json with the manifest (teacher config included)
+SHARD_INDEX_BYTES_PER_CHUNK = 16  # offset + length, uint64 each
+FLOAT_RATIO = 1.08
+EXAMPLE_ARRAYS = ("input_ids", "token_type_ids", "lengths", "labels", "example_ids")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    arrays: dict[str, int]  # predicted bytes on disk per array
+    total_bytes: int
+    examples: int
+
+    @property
+    def bytes_per_example(self) -> float:
+        return self.total_bytes / max(self.examples, 1)
+
+
+def estimate(specs: list[ArraySpec], examples: Examples, dims: Dims, chunk: int, shard: int, tokens: TokenSpec,
+             sample: dict[str, np.ndarray] | None = None) -> Estimate:
+    """Predicted bytes of every array (metadata included; the tokenizer copy excluded, as in
+    ``CacheReader.stored_bytes``). ``sample``: encoded knowledge rows of a few examples, from
+    which compressed float arrays take their compression ratio."""
+    kept = _kept_counts(examples, dims, tokens)
+    ordered = tokens.kind in ("all", "cls", "left")  # index positions ascending, else scattered
+    shards = math.ceil(dims.n / shard)
+    sizes = {}
+    for spec in specs:
+        if not spec.per_example:
+            sizes[spec.name] = spec.nbytes() + ARRAY_METADATA_BYTES
+            continue
+        index_bytes = shards * ((shard // chunk) * SHARD_INDEX_BYTES_PER_CHUNK + 4)
+        if sample is not None and spec.codec != "none" and spec.name in sample:
+            rows = sample[spec.name]
+            ratio = rows.nbytes / max(1, _compressed(rows, chunk, spec.codec))
+            data = int(spec.nbytes() / ratio)
+        else:
+            data = _data_bytes(spec, examples, dims, kept, chunk, ordered)
+        sizes[spec.name] = data + index_bytes + ARRAY_METADATA_BYTES
+    commit = math.ceil(dims.n / shard) * 1 + ARRAY_METADATA_BYTES
+    total = sum(sizes.values()) + commit + GROUP_METADATA_BYTES
+    return Estimate(sizes, total, dims.n)
+
+
+def _data_bytes(spec: ArraySpec, examples: Examples, dims: Dims, kept: np.ndarray, chunk: int, ordered: bool) -> int:
+    if spec.codec == "none":  # Zarr stores the edge chunk at full size
+        return spec.nbytes() // max(dims.n, 1) * math.ceil(dims.n / chunk) * chunk
+    if spec.name in EXAMPLE_ARRAYS:
+        values = getattr(examples, spec.name if spec.name != "labels" else "labels")
+        return _compressed(values, chunk)
+    if spec.name.endswith("_index"):
+        return _compressed(_synthetic_index(spec.shape, kept, ordered), chunk)
+    # float knowledge: the rows of kept tokens are incompressible, padding rows vanish
+    fraction = kept.sum() / max(dims.n * dims.k, 1)
+    if spec.name in ("attention_probs", "value_relation"):
+        fraction *= float(np.mean(examples.lengths)) / dims.t
+    return int(spec.nbytes() * fraction / FLOAT_RATIO)
+
+
+def _kept_counts(examples: Examples, dims: Dims, tokens: TokenSpec) -> np.ndarray:
+    """[N] tokens each example keeps (padding and, unless +sep, one [SEP] never kept)."""
+    lengths = examples.lengths.astype(np.int64)
+    if tokens.kind == "all":
+        return np.minimum(lengths, dims.k)
+    if tokens.kind == "cls":
+        return np.ones_like(lengths)
+    per = np.full_like(lengths, tokens.k) if tokens.k is not None else np.maximum(1, np.ceil(lengths * tokens.percent / 100))
+    eligible = lengths - (0 if tokens.with_sep else 1)
+    return np.minimum(per, eligible).astype(np.int64)
+
+
+def _synthetic_index(shape: tuple[int, ...], kept: np.ndarray, ordered: bool) -> np.ndarray:
+    """Positions with the real −1 padding; ascending for all/cls/left, scattered for topk/random."""
+    n, k = shape[0], shape[-1]
+    positions = np.arange(k)[None, :] if ordered else np.random.default_rng(0).permuted(np.tile(np.arange(4 * k), (n, 1)), axis=1)[:, :k]
+    index = np.where(np.arange(k)[None, :] < kept[:, None], positions, -1).astype(np.int16)
+    middle = shape[1:-1]
+    return np.broadcast_to(index.reshape(n, *([1] * len(middle)), k), shape)
+
+
+def _compressed(values: np.ndarray, chunk: int, codec_name: str = "zstd") -> int:
+    """Bytes of ``values`` compressed chunk by chunk as the writer does (writer.compressors)."""
+    codec = Blosc(cname="zstd", clevel=3, shuffle=Blosc.SHUFFLE) if codec_name == "blosc" else Zstd(level=3)
+    return sum(len(codec.encode(np.ascontiguousarray(values[i : i + chunk]))) for i in range(0, len(values), chunk))
