@@ -118,3 +118,29 @@ def test_training_refuses_unknown_format_version_and_missing_layers(capsys, extr
     _fails(capsys, ["train", "--from-cache", str(copy), "--out", student], "format version 99")
     _fails(capsys, ["train", "--from-cache", str(tmp_path / "nothing"), "--out", student], "no cache at")
     assert not os.path.exists(student)
+
+
+def test_attention_from_a_model_that_cannot_return_it(capsys, extract_args, tmp_path, monkeypatch):
+    from hsk_cache import models
+    original = models.load_classifier
+    monkeypatch.setattr(models, "load_classifier", lambda path, label_names=None, attention=False: original(path, label_names))
+    _fails(capsys, extract_args("--knowledge", "attention_probs,logits"), "returned no attention probabilities")
+    _fails(capsys, extract_args("--tokens", "topk:3"), "returned no attention probabilities")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_attention_layers_out_of_range(capsys, extract_args, tmp_path):
+    _fails(capsys, extract_args("--knowledge", "attention_probs", "--attention-layers", "0,1"), "outside the teacher's 1..2")
+    _fails(capsys, extract_args("--knowledge", "value_relation", "--value-relation-layer", "3"), "attention layers 1..2")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_value_relation_with_mismatched_heads_needs_a_head_map(capsys, extract_args, tmp_path):
+    assert main(extract_args("--knowledge", "value_relation,logits", "--tokens", "cls")) == 0
+    student = ["train", "--from-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "s"), "--student-layers", "1",
+               "--student-hidden", "16", "--student-heads", "2", "--student-ffn", "16", "--hidden-epochs", "1",
+               "--pred-epochs", "0"]
+    _fails(capsys, student, "value relation with 2 student heads vs 4 teacher heads", "--head-map relation")
+    assert not (tmp_path / "s").exists()
+    assert main(student + ["--head-map", "relation"]) == 0
+    assert main(student + ["--head-map", "mean", "--out", str(tmp_path / "s2")]) == 0
