@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="examples per shard, a power of two (default: sized to ~32 MiB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache with another spec, teacher "
                    "or data (default: refuse)")
+    p.add_argument("--device", default="cpu", help="where the teacher runs: cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="predict the stored bytes and exit, writing nothing; the "
                    "teacher runs only on a 64-example sample, and only with a compressing --codec (default: off)")
 
@@ -154,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed for init, order and dropout (default: %(default)s)")
     _precision(p, what="the student")
     _precision(p, "--teacher-precision", "the online teacher")
+    g = p.add_argument_group("performance")
+    g.add_argument("--device", default="cpu", help="where the student (and an online teacher) run: cpu, cuda or "
+                   "cuda:N (default: %(default)s)")
+    g.add_argument("--num-workers", type=int, default=1, help="batches assembled ahead in a background thread; 0 "
+                   "assembles them inline (default: %(default)s)")
+    g.add_argument("--memory-budget-gb", type=float, default=4.0, help="cache knowledge held in memory: the whole "
+                   "cache if it fits (full shuffle), else a window of shards (shard-window shuffle) (default: %(default)s)")
 
     p = sub.add_parser("eval", help="accuracy and Matthews correlation on a split",
                        description="Evaluate a saved classifier: accuracy and Matthews correlation (CoLA's metric).")
@@ -200,7 +208,7 @@ def _extract(a) -> int:
     from hsk_cache import extract
 
     config = extract.ExtractConfig(a.teacher, _data_config(a), a.out, _spec(a), a.batch_size, a.precision,
-                                   a.overwrite, a.shard_examples)
+                                   a.overwrite, a.shard_examples, a.device)
     if a.dry_run:
         e = extract.dry_run(config)
         for name, size in sorted(e.arrays.items(), key=lambda item: -item[1]):
@@ -239,7 +247,7 @@ def _train(a) -> int:
         a.out, student, a.cache, a.online_teacher, _data_config(a) if online else None,
         _spec(a) if online else ExtractSpec(), stages, a.layer_map, a.attention_map, a.keep_top_pairs,
         a.width_target, a.attention_loss, a.head_map, a.temperature, a.hard_label_weight,
-        a.seed, a.precision, a.teacher_precision,
+        a.seed, a.precision, a.teacher_precision, a.device, a.num_workers, int(a.memory_budget_gb * (1 << 30)),
     )
     r = train.run(config, _bar)
     for s in r.stages:

@@ -323,6 +323,17 @@ class StageConfig:
             )
 
 
+def check_device(device: str) -> str:
+    """Raises ConfigError for a device other than cpu, cuda or cuda:N, or cuda without a GPU."""
+    import torch
+
+    if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"unknown --device {device!r}: use cpu, cuda or cuda:N")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+    return device
+
+
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown --precision {precision!r}: use one of {', '.join(PRECISIONS)}")

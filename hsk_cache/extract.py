@@ -11,7 +11,7 @@ import numpy as np
 
 from hsk_cache import data, estimate, models
 from hsk_cache.batching import Examples, collate, sequential_batches
-from hsk_cache.config import DataConfig, ExtractSpec, check_precision
+from hsk_cache.config import DataConfig, ExtractSpec, check_device, check_precision
 from hsk_cache.errors import ConfigError, ModelError
 from hsk_cache.select import width
 from hsk_cache.store import codec, layout
@@ -32,9 +32,11 @@ class ExtractConfig:
     precision: str = "fp32"
     overwrite: bool = False
     shard_examples: int | None = None  # power of two; None sizes shards to ~32 MiB
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        check_device(self.device)
         self.spec.tokens.check(self.data.max_length)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size}: use at least 1")
@@ -87,7 +89,7 @@ def prepare(config: ExtractConfig, load_weights: bool = True) -> Prepared:
     """
     tokenizer = models.load_tokenizer(config.teacher)
     if load_weights:
-        teacher = models.load_classifier(config.teacher, attention=config.spec.needs_attention)
+        teacher = models.load_classifier(config.teacher, attention=config.spec.needs_attention).to(config.device)
         teacher_config = teacher.config
     else:
         teacher, teacher_config = None, models.load_config(config.teacher)

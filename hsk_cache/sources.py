@@ -15,10 +15,14 @@ import torch
 
 from hsk_cache import data, models
 from hsk_cache.batching import Batch, Examples, collate
+from hsk_cache.loader import Sampler
 from hsk_cache.config import DataConfig, ExtractSpec
 from hsk_cache.store import codec, layout
 from hsk_cache.store.reader import CacheReader
 from hsk_cache.teacher import Knowledge, Plan, run_teacher, select_knowledge
+
+
+DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes of knowledge held in memory before shard windows are used
 
 
 class DatasetSource:
@@ -35,6 +39,14 @@ class DatasetSource:
     def __len__(self) -> int:
         return len(self.examples)
 
+    def sampler(self, batch_size: int, seed: int) -> Sampler:
+        """Full-permutation epochs (the order a cache that fits in memory uses too)."""
+        return Sampler(len(self), batch_size, seed)
+
+    def fetch(self, item) -> tuple[Batch, Knowledge | None]:
+        """One step's (shards, example ids) from the sampler → the batch and its knowledge."""
+        return self.batch(item[1])
+
     def batch(self, index: np.ndarray) -> tuple[Batch, Knowledge | None]:
         return collate(self.examples, index), None
 
@@ -42,9 +54,10 @@ class DatasetSource:
 class OnlineSource(DatasetSource):
     """Runs the teacher on every batch and selects knowledge with ``spec``."""
 
-    def __init__(self, teacher_path: str, data_config: DataConfig, spec: ExtractSpec, precision: str = "fp32") -> None:
+    def __init__(self, teacher_path: str, data_config: DataConfig, spec: ExtractSpec, precision: str = "fp32",
+                 device: str = "cpu") -> None:
         spec.tokens.check(data_config.max_length)
-        self.teacher = models.load_classifier(teacher_path, attention=spec.needs_attention)
+        self.teacher = models.load_classifier(teacher_path, attention=spec.needs_attention).to(device)
         names = models.task_label_names(self.teacher)
         super().__init__(data_config, models.load_tokenizer(teacher_path), names)
         self.precision = precision
@@ -64,13 +77,15 @@ class OnlineSource(DatasetSource):
 
 
 class CacheSource:
-    """A complete cache held in memory (read as contiguous chunks); no teacher, no dataset.
+    """A complete cache; no teacher, no dataset. The examples' token ids live in memory; the
+    knowledge arrays too when they fit ``memory_budget_bytes`` (read once, as contiguous chunks),
+    otherwise a window of shards at a time (see ``loader``).
 
     Raises: CacheError if the cache is missing, incomplete or of an unknown format version.
     """
 
-    def __init__(self, path: str) -> None:
-        reader = CacheReader(path)
+    def __init__(self, path: str, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET) -> None:
+        self.reader = reader = CacheReader(path)
         reader.require_complete()
         m = self.manifest = reader.manifest
         self.tokenizer = reader.load_tokenizer()
@@ -84,8 +99,15 @@ class CacheSource:
             reader.read("input_ids"), types, reader.read("lengths"), reader.read("labels"), reader.read("example_ids")
         )
         dims = layout.dims_from_manifest(m)
-        specs = [s for s in layout.arrays(dims) if s.name not in _EXAMPLE_ARRAYS]
-        self.arrays = {s.name: reader.read(s.name) for s in specs if s.per_example}
+        specs = [s for s in layout.arrays(dims) if s.per_example and s.name not in _EXAMPLE_ARRAYS]
+        self.names = [s.name for s in specs]
+        self.shard_examples = m["layout"]["shard_examples"]
+        shard_bytes = self.shard_examples * sum(s.row_bytes() for s in specs)
+        total_bytes = dims.n * sum(s.row_bytes() for s in specs)
+        self.window = None if total_bytes <= memory_budget_bytes else max(1, memory_budget_bytes // max(shard_bytes, 1))
+        self.arrays, self.rows, self.loaded = {}, np.arange(dims.n), None
+        if self.window is None:
+            self.arrays = {name: reader.read(name) for name in self.names}
         dim_index = reader.read("dim_index").astype(np.int64) if reader.has("dim_index") else None
         self.decoding = codec.Decoding(dims, self.layers, self.attention_layers, self.value_relation_layer, dim_index)
 
@@ -94,11 +116,34 @@ class CacheSource:
 
     @property
     def has_hidden_states(self) -> bool:
-        return "token_index" in self.arrays
+        return "token_index" in self.names
+
+    def sampler(self, batch_size: int, seed: int) -> Sampler:
+        """Full-permutation epochs when the knowledge is in memory, else shard-window shuffles."""
+        return Sampler(len(self), batch_size, seed, self.shard_examples, self.window)
+
+    def fetch(self, item) -> tuple[Batch, Knowledge]:
+        shards, index = item
+        if shards is not None:
+            self._load(tuple(int(s) for s in shards))
+        return self.batch(index)
+
+    def _load(self, shards: tuple[int, ...]) -> None:
+        """Hold exactly these shards' knowledge rows in memory (contiguous reads, one per shard)."""
+        if shards == self.loaded:
+            return
+        ranges = [layout.shard_range(s, len(self), self.shard_examples) for s in shards]
+        self.arrays = {name: np.concatenate([self.reader.read(name, a, b) for a, b in ranges]) for name in self.names}
+        self.rows = np.full(len(self), -1, dtype=np.int64)
+        ids = np.concatenate([np.arange(a, b) for a, b in ranges])
+        self.rows[ids] = np.arange(len(ids))
+        self.loaded = shards
 
     def batch(self, index: np.ndarray) -> tuple[Batch, Knowledge]:
+        """Examples ``index`` (all in the loaded shards) → their batch and decoded knowledge."""
         batch = collate(self.examples, index)
-        rows = {name: values[index] for name, values in self.arrays.items()}
+        local = self.rows[index]
+        rows = {name: values[local] for name, values in self.arrays.items()}
         return batch, codec.decode(rows, self.decoding, batch.input_ids.shape[1])
 
 

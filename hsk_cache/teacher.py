@@ -7,7 +7,7 @@ online distillation feeds it straight to the loss, so both train on the same num
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -53,6 +53,11 @@ class Knowledge:
     value_index: torch.Tensor | None = None
     value_relation: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+
+    def to(self, device) -> "Knowledge":
+        """A copy with every tensor on ``device``."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Knowledge(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()})
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from hsk_cache import models, objectives
-from hsk_cache.batching import epoch_order
-from hsk_cache.config import DataConfig, ExtractSpec, StageConfig, check_precision
+from hsk_cache.loader import prefetch
+from hsk_cache.config import DataConfig, ExtractSpec, StageConfig, check_device, check_precision
 from hsk_cache.errors import ConfigError
 from hsk_cache.select.depth import layer_map as resolve_layer_map
-from hsk_cache.sources import CacheSource, OnlineSource
+from hsk_cache.sources import DEFAULT_MEMORY_BUDGET, CacheSource, OnlineSource
 from hsk_cache.teacher import autocast
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,14 @@ class TrainConfig:
     seed: int = 0
     precision: str = "fp32"
     teacher_precision: str = "fp32"
+    device: str = "cpu"
+    num_workers: int = 1
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
 
     def __post_init__(self) -> None:
+        check_device(self.device)
+        if self.num_workers < 0:
+            raise ConfigError(f"--num-workers {self.num_workers}: use 0 (inline) or more")
         if self.width_target not in objectives.WIDTH_TARGETS:
             raise ConfigError(f"unknown --width-target {self.width_target!r}: use zero or ignore")
         if self.attention_loss not in objectives.ATTENTION_LOSSES:
@@ -123,21 +129,24 @@ def run(config: TrainConfig, progress=None) -> TrainResult:
     """
     started = time.perf_counter()
     if config.cache is not None:
-        source = CacheSource(config.cache)
+        source = CacheSource(config.cache, config.memory_budget_bytes)
     else:
-        source = OnlineSource(config.online_teacher, config.data, config.spec, config.teacher_precision)
+        source = OnlineSource(config.online_teacher, config.data, config.spec, config.teacher_precision, config.device)
     torch.manual_seed(config.seed)
     attention = bool(source.attention_layers) or source.value_relation_layer is not None
-    student = build_student(config.student, source.teacher_config, source.label_names, attention)
+    student = build_student(config.student, source.teacher_config, source.label_names, attention).to(config.device)
     hidden = hidden_objective(config, student, source) if any(s.kind == "hidden" and s.epochs > 0 for s in config.stages) else None
+    if hidden is not None and hidden.projection is not None:
+        hidden.projection.to(config.device)
     log.info("layer maps (student:teacher): hidden %s, attention %s", hidden and hidden.hidden_map, hidden and hidden.attention_map)
     results = []
     for i, stage in enumerate(config.stages):
         objective = {"hidden": hidden, "labels": objectives.labels,
                      "prediction": objectives.prediction(config.temperature, config.hard_label_weight)}[stage.kind]
         extra = list(hidden.projection.parameters()) if stage.kind == "hidden" and hidden and hidden.projection else []
-        results.append(fit(student, source, stage, objective, config.seed + i, config.precision, extra, progress))
-    models.save(student, source.tokenizer, config.out)
+        results.append(fit(student, source, stage, objective, config.seed + i, config.precision, extra, progress,
+                           config.num_workers, config.device))
+    models.save(student.to("cpu"), source.tokenizer, config.out)
     result = TrainResult(config.out, results, hidden.hidden_map if hidden else {}, hidden.attention_map if hidden else {},
                          time.perf_counter() - started)
     summary = {"config": asdict(config), "result": {**asdict(result), "stages": [_summary(r) for r in results]}}
@@ -205,16 +214,18 @@ def make_projection(student_width: int, teacher_width: int) -> torch.nn.Module |
     return None if student_width == teacher_width else torch.nn.Linear(student_width, teacher_width)
 
 
-def fit(model, source, stage: StageConfig, objective, seed: int, precision: str, extra_params=(), progress=None) -> StageResult:
+def fit(model, source, stage: StageConfig, objective, seed: int, precision: str, extra_params=(), progress=None,
+        num_workers: int = 1, device: str = "cpu") -> StageResult:
     """Train ``model`` for one stage: AdamW, linear warmup then decay, gradient norm clipped to 1.
 
-    The example order of epoch e is ``epoch_order(N, batch_size, seed, e)``; dropout draws from
+    Batches come from ``source.sampler(batch_size, seed)`` (a pure function of (seed, epoch)),
+    assembled ``num_workers`` steps ahead in a background thread (0: inline); dropout draws from
     ``torch.manual_seed(seed)``, so a stage is reproducible given the source.
     """
     from transformers import get_linear_schedule_with_warmup
 
-    n = len(source)
-    steps_per_epoch = math.ceil(n / stage.batch_size)
+    sampler = source.sampler(stage.batch_size, seed)
+    steps_per_epoch = sampler.steps_per_epoch()
     total = round(stage.epochs * steps_per_epoch)
     if total == 0:
         return StageResult(stage.kind, 0, [], 0.0, 0.0)
@@ -222,30 +233,42 @@ def fit(model, source, stage: StageConfig, objective, seed: int, precision: str,
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
     optimizer = torch.optim.AdamW(params, lr=stage.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(stage.warmup_ratio * total), total)
-    examples = sum(min(stage.batch_size, n - (step % steps_per_epoch) * stage.batch_size) for step in range(total))
-    bar = progress(f"train {stage.kind}", examples, 0) if progress else None
+    full, rest = divmod(total, steps_per_epoch)
+    bar = progress(f"train {stage.kind}", full * len(source) + min(rest * stage.batch_size, len(source)), 0) if progress else None
     model.train()
-    history, seen, started, order = [], 0, time.perf_counter(), []
-    for step in range(total):
-        epoch, at = divmod(step, steps_per_epoch)
-        if at == 0:
-            order = epoch_order(n, stage.batch_size, seed, epoch)
-        index = order[at]
-        batch, knowledge = source.batch(index)
-        with autocast(precision):
-            loss = objective(model, batch, knowledge)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        history.append(float(loss.detach()))
-        seen += len(index)
+    history, seen, started = [], 0, time.perf_counter()
+    stream = prefetch(_steps(source, sampler, total), num_workers)
+    try:
+        for batch, knowledge in stream:
+            if device != "cpu":
+                batch, knowledge = batch.to(device), knowledge.to(device) if knowledge is not None else None
+            with autocast(precision, device.split(":")[0]):
+                loss = objective(model, batch, knowledge)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            history.append(float(loss.detach()))
+            seen += len(batch.labels)
+            if bar is not None:
+                bar.update(len(batch.labels))
+                bar.set_postfix(loss=f"{history[-1]:.4f}")
+    finally:
+        stream.close()
         if bar is not None:
-            bar.update(len(index))
-            bar.set_postfix(loss=f"{history[-1]:.4f}")
-    if bar is not None:
-        bar.close()
+            bar.close()
     model.eval()
     elapsed = time.perf_counter() - started
     return StageResult(stage.kind, total, history, elapsed, seen / max(elapsed, 1e-9))
+
+
+def _steps(source, sampler, total: int):
+    """``total`` steps of batches, epoch after epoch."""
+    produced = 0
+    while produced < total:
+        for item in sampler:
+            yield source.fetch(item)
+            produced += 1
+            if produced == total:
+                return
