@@ -38,7 +38,7 @@ class Estimate:
         return self.total_bytes / max(self.examples, 1)
 
 
-def estimate(specs: list[ArraySpec], examples: Examples, dims: Dims, chunk: int, shard: int, tokens: TokenSpec,
+def estimate(specs: list[ArraySpec], examples: Examples, dims: Dims, chunks: dict[str, int], shard: int, tokens: TokenSpec,
              sample: dict[str, np.ndarray] | None = None) -> Estimate:
     """Predicted bytes of every array (metadata included; the tokenizer copy excluded, as in
     ``CacheReader.stored_bytes``). ``sample``: encoded knowledge rows of a few examples, from
@@ -51,6 +51,7 @@ def estimate(specs: list[ArraySpec], examples: Examples, dims: Dims, chunk: int,
         if not spec.per_example:
             sizes[spec.name] = spec.nbytes() + ARRAY_METADATA_BYTES
             continue
+        chunk = chunks[spec.name]
         index_bytes = shards * ((shard // chunk) * SHARD_INDEX_BYTES_PER_CHUNK + 4)
         if sample is not None and spec.codec != "none" and spec.name in sample:
             rows = sample[spec.name]

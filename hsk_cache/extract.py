@@ -78,7 +78,7 @@ class Prepared:
     plan: Plan
     dims: layout.Dims
     specs: list
-    chunk: int
+    chunk: dict[str, int]
     shard: int
 
 
@@ -130,7 +130,7 @@ def run(config: ExtractConfig, progress=None) -> ExtractResult:
         writer.write_shard(int(s), start, block)
     if bar is not None:
         bar.close()
-    final = writer.finish({"examples": n, "shards": len(committed), "chunk_examples": p.chunk})
+    final = writer.finish({"examples": n, "shards": len(committed)})
     elapsed = time.perf_counter() - started
     return ExtractResult(final, int((~committed).sum()), int(committed.sum()), elapsed)
 

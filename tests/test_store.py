@@ -75,6 +75,7 @@ def test_layout_is_standard_zarr_v3_with_a_json_manifest(tiny_teacher, toy_dir, 
 def test_chunking_is_shard_aligned():
     specs = layout.arrays(layout.Dims(n=5000, t=128, layers=1, k=16, d=768, c=2, token_types=True,
                                       knowledge=("hidden_states", "logits"), dtype="float16"))
-    chunk, shard = layout.chunking(specs, 5000)
-    assert shard % chunk == 0 and chunk >= 32
+    chunks, shard = layout.chunking(specs, 5000)
+    assert all(shard % chunk == 0 for chunk in chunks.values())
+    assert chunks["hidden_states"] == 32 and chunks["lengths"] == min(shard, 512)  # ~1 MiB, ≤ N/8
     assert layout.chunking(specs, 5000, shard_examples=64)[1] == 64

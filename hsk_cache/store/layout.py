@@ -1,8 +1,8 @@
 """Cache layout: array names, shapes, dtypes and chunking, and the manifest's identity. Pure.
 
 Every array is chunked along N (examples). A shard holds ``shard_examples`` rows and is the unit
-of writing (written whole, then committed in ``shard_committed``); a chunk holds
-``chunk_examples`` rows and is the unit of reading.
+of writing (written whole, then committed in ``shard_committed``); each array's chunk (about
+1 MiB of its rows) is the unit of reading.
 
 | array            | shape            | dtype             | content                                  |
 |------------------|------------------|-------------------|------------------------------------------|
@@ -40,7 +40,6 @@ FORMAT_VERSION = 1
 COMMIT_ARRAY = "shard_committed"
 TARGET_CHUNK_BYTES = 1 << 20  # 1 MiB of the widest array per chunk: cheap contiguous reads
 TARGET_SHARD_BYTES = 32 << 20  # 32 MiB per shard: one write, a bounded amount of work lost on a kill
-MAX_CHUNK_EXAMPLES = 1024
 IDENTITY_KEYS = (
     "format_version", "teacher.weights_sha256", "data.fingerprint", "max_length", "spec", "precision", "layout",
 )
@@ -143,19 +142,23 @@ def dims_from_manifest(manifest: dict) -> Dims:
     )
 
 
-def chunking(specs: list[ArraySpec], n: int, shard_examples: int | None = None) -> tuple[int, int]:
-    """(chunk_examples, shard_examples): powers of two sized by the widest row, shard a multiple of chunk.
+def chunking(specs: list[ArraySpec], n: int, shard_examples: int | None = None) -> tuple[dict[str, int], int]:
+    """({array: chunk_examples}, shard_examples), powers of two.
 
-    An explicit ``shard_examples`` (a power of two) is honoured, its chunk at most that size.
+    The shard (the unit of writing, shared by all arrays) is sized by the widest row to about
+    TARGET_SHARD_BYTES; each array's chunk (the unit of reading) to about TARGET_CHUNK_BYTES of
+    its own rows, at most the shard and at most N/8 (Zarr stores the edge chunk at full size, so
+    this bounds the waste to ~12%). An explicit ``shard_examples`` is honoured.
     """
-    widest = max(spec.row_bytes() for spec in specs if spec.per_example)
-    chunk = _pow2_floor(max(1, TARGET_CHUNK_BYTES // widest))
-    # Zarr stores the edge chunk at full size: ≤ 1/8 of N per chunk bounds that waste to ~12%
-    chunk = min(chunk, MAX_CHUNK_EXAMPLES, _pow2_floor(max(1, n // 8)))
+    per_example = [spec for spec in specs if spec.per_example]
+    widest = max(spec.row_bytes() for spec in per_example)
     if shard_examples is None:
-        shard_examples = max(chunk, _pow2_floor(max(1, TARGET_SHARD_BYTES // widest)))
-        shard_examples = min(shard_examples, max(chunk, _pow2_ceil(n)))
-    return min(chunk, shard_examples), shard_examples
+        shard_examples = _pow2_floor(max(1, TARGET_SHARD_BYTES // widest))
+        shard_examples = min(shard_examples, _pow2_ceil(n))
+    edge = _pow2_floor(max(1, n // 8))
+    chunks = {spec.name: min(shard_examples, edge, _pow2_floor(max(1, TARGET_CHUNK_BYTES // spec.row_bytes())))
+              for spec in per_example}
+    return chunks, shard_examples
 
 
 def shard_range(shard: int, n: int, shard_examples: int) -> tuple[int, int]:

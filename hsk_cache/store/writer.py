@@ -64,7 +64,7 @@ class CacheWriter:
             if spec.name in present:
                 continue
             if spec.per_example:
-                chunks, shards = (chunk, *spec.shape[1:]), (shard, *spec.shape[1:])
+                chunks, shards = (chunk[spec.name], *spec.shape[1:]), (shard, *spec.shape[1:])
             else:
                 chunks, shards = spec.shape, None
             self.group.create_array(

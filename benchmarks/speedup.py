@@ -1,0 +1,154 @@
+"""Training step cost: online distillation vs training from the cache vs no distillation.
+
+    python -m benchmarks.speedup [--steps 6] [--repeats 3] [--quick]
+
+Same student, batch 32, sequence length 128 (BBC News articles, all longer than 128 tokens),
+same steps, hidden-state stage (the mapped layers of a uniform layer map at the top 16 tokens):
+
+- online fp32: the teacher runs in fp32 at every step, then the student step;
+- online bf16: the same with a bf16-autocast teacher;
+- cache: the same knowledge read from a cache extracted beforehand (teacher never loaded);
+- student only: the student trained on labels, no distillation (the floor).
+
+Teachers: the bundled MiniLM-L6 and a BERT-base-shaped model (12 × 768, random weights);
+students: TinyBERT4 shape (4 × 312, 12 heads, FFN 1200) and 2 × 384. Competitors run
+interleaved in one process, batches assembled inline (--num-workers 0) for all of them; the first
+step of each run is a warm-up and not timed. Reports the median step time with min and max, and
+the median of the per-repeat ratios online/cache and cache/student-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+
+import torch
+
+from benchmarks.common import write
+from hsk_cache import extract, models, objectives
+from hsk_cache.config import DataConfig, ExtractSpec, StageConfig
+from hsk_cache.progress import quiet_libraries
+from hsk_cache.sources import CacheSource, DatasetSource, OnlineSource
+from hsk_cache.train import StudentConfig, TrainConfig, build_student, fit, hidden_objective
+
+STUDENTS = {"TinyBERT4 (4×312)": StudentConfig("config", layers=4, hidden=312, heads=12, ffn=1200),
+            "2×384": StudentConfig("config", layers=2, hidden=384, heads=12, ffn=1536)}
+BATCH, LENGTH = 32, 128
+
+
+class StepClock:
+    """A progress 'bar' that records the time of every step."""
+
+    def __init__(self):
+        self.times = [time.perf_counter()]
+
+    def __call__(self, *args):
+        return self
+
+    def update(self, n):
+        self.times.append(time.perf_counter())
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass
+
+    def step_seconds(self) -> float:
+        """Median seconds per step after the first (warm-up) step."""
+        gaps = [b - a for a, b in zip(self.times[1:], self.times[2:])]
+        return statistics.median(gaps)
+
+
+def teachers(work: str, quick: bool) -> dict[str, str]:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    names = tuple("abcde")
+    bundled = models.bundled_teacher_path()
+    tokenizer = models.load_tokenizer(bundled)
+    minilm = f"{work}/minilm"
+    models.save(models.load_classifier(bundled, label_names=names), tokenizer, minilm)
+    out = {"MiniLM-L6 (6×384)": minilm}
+    if not quick:
+        config = BertConfig(vocab_size=len(tokenizer), num_labels=5, id2label=dict(enumerate(names)),
+                            label2id={n: i for i, n in enumerate(names)})
+        torch.manual_seed(0)
+        base = f"{work}/bert_base"
+        models.save(BertForSequenceClassification(config), tokenizer, base)
+        out["BERT-base shape (12×768)"] = base
+    return out
+
+
+def run_competitor(source, student, objective, steps: int, extra=()) -> float:
+    clock = StepClock()
+    stage = StageConfig("hidden", steps / (-(-len(source) // BATCH)), 1e-4, BATCH)
+    fit(student, source, stage, objective, 0, "fp32", extra, clock, num_workers=0)
+    return clock.step_seconds()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per run (+1 warm-up)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="MiniLM teacher only, for a smoke run")
+    args = parser.parse_args()
+    quiet_libraries()
+    torch.manual_seed(0)
+    work = tempfile.mkdtemp(prefix="hsk-speedup-")
+    data = DataConfig("bbc-news", "train", max_length=LENGTH, limit=(args.steps + 1) * BATCH)
+    results = {}
+    for teacher_name, teacher in teachers(work, args.quick).items():
+        for student_name, student_config in STUDENTS.items():
+            depth = models.read_config(teacher)["num_hidden_layers"]
+            layers = ",".join(map(str, models.default_init_layers(depth, student_config.layers)))
+            spec = ExtractSpec.parse(layers, "topk:16", dtype="float16")
+            cache = f"{work}/cache_{len(results)}"
+            extract.run(extract.ExtractConfig(teacher, data, cache, spec, precision="bf16"))
+            sources = {"online fp32": OnlineSource(teacher, data, spec, "fp32"),
+                       "online bf16": OnlineSource(teacher, data, spec, "bf16"),
+                       "cache": CacheSource(cache), "student only": DatasetSource(data, models.load_tokenizer(teacher))}
+            config = TrainConfig("unused", student_config, cache=cache)
+            base = build_student(student_config, sources["cache"].teacher_config, sources["cache"].label_names)
+            hidden = hidden_objective(config, base, sources["cache"])
+            times = {name: [] for name in sources}
+            for _ in range(args.repeats):
+                for name, source in sources.items():
+                    student, objective = copy.deepcopy(base), copy.deepcopy(hidden)
+                    if name == "student only":
+                        times[name].append(run_competitor(source, student, objectives.labels, args.steps))
+                    else:
+                        extra = list(objective.projection.parameters()) if objective.projection else []
+                        times[name].append(run_competitor(source, student, objective, args.steps, extra))
+            results[f"{teacher_name} → {student_name}"] = summarize(times, layers)
+            print(f"{teacher_name} → {student_name}: " + ", ".join(f"{k} {v['median_s']:.3f}s" for k, v in results[f"{teacher_name} → {student_name}"].items() if isinstance(v, dict) and "median_s" in v), flush=True)
+    write("speedup", {"batch": BATCH, "length": LENGTH, "steps": args.steps, "repeats": args.repeats, "results": results},
+          table(results))
+
+
+def summarize(times: dict[str, list[float]], layers: str) -> dict:
+    out = {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "seconds": t} for name, t in times.items()}
+    for label, a, b in (("online fp32 / cache", "online fp32", "cache"), ("online bf16 / cache", "online bf16", "cache"),
+                        ("cache / student only", "cache", "student only")):
+        ratios = sorted(x / y for x, y in zip(times[a], times[b]))
+        out[label] = {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1]}
+    out["teacher_layers"] = layers
+    return out
+
+
+def table(results: dict) -> str:
+    lines = ["| teacher → student | online fp32 s/step | online bf16 s/step | cache s/step | student only s/step | "
+             "online fp32 / cache | online bf16 / cache | cache / student only |", "|---|---|---|---|---|---|---|---|"]
+    cell = lambda r: f"{r['median_s']:.3f} ({r['min_s']:.3f}–{r['max_s']:.3f})"  # noqa: E731
+    ratio = lambda r: f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f})"  # noqa: E731
+    for name, r in results.items():
+        lines.append(f"| {name} | {cell(r['online fp32'])} | {cell(r['online bf16'])} | {cell(r['cache'])} | "
+                     f"{cell(r['student only'])} | {ratio(r['online fp32 / cache'])} | {ratio(r['online bf16 / cache'])} | "
+                     f"{ratio(r['cache / student only'])} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
