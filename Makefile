@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: setup  ## the main job: fine-tune, extract, train from the cache, evaluate
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+bench: setup  ## benchmarks/results/*.{json,md}: extraction, loader, training step cost (~20 min on 2 cores)
+	$(BIN)/python -m benchmarks.extract_throughput
+	$(BIN)/python -m benchmarks.loader
+	$(BIN)/python -m benchmarks.speedup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
