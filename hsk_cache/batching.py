@@ -1,7 +1,8 @@
 """Examples as padded arrays, batches with dynamic padding, and the epoch order.
 
 Both training sources (the cache and the live dataset) hold their examples as the same
-``Examples`` arrays, so the student sees bit-identical inputs either way.
+``Examples`` arrays, so the student sees bit-identical inputs either way. The epoch order lives in
+``loader``.
 """
 
 from __future__ import annotations
@@ -87,13 +88,6 @@ def collate(examples: Examples, index: np.ndarray) -> Batch:
         input_ids, attention_mask, token_type_ids,
         torch.from_numpy(examples.labels[index]), torch.from_numpy(examples.example_ids[index]),
     )
-
-
-def epoch_order(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[np.ndarray]:
-    """The batches of one epoch: a permutation of range(n) that is a pure function of
-    (seed, epoch), cut into batches of ``batch_size`` (the last may be smaller)."""
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def sequential_batches(n: int, batch_size: int, start: int = 0) -> list[np.ndarray]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -130,7 +130,3 @@ def prefetch(items: Iterator, depth: int) -> Iterator:
             except queue.Empty:
                 thread.join(timeout=0.01)
 
-
-def mapped(fn: Callable, items: Iterator) -> Iterator:
-    for item in items:
-        yield fn(item)
