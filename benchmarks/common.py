@@ -53,6 +53,18 @@ def summarize(seconds: list[float], work: float) -> dict:
             "seconds": seconds}
 
 
+def ratios(numerators: list[float], denominators: list[float]) -> dict:
+    """Median, min and max of the per-repeat ratios (a side-by-side figure, robust to drift)."""
+    values = sorted(a / b for a, b in zip(numerators, denominators))
+    return {"median": statistics.median(values), "min": values[0], "max": values[-1]}
+
+
+def spread(summary: dict, digits: int = 2, suffix: str = "", key: str = "") -> str:
+    """'median (min–max)' of a summary dict; ``key`` selects median_s/min_s/max_s style keys."""
+    m, lo, hi = (summary[f"{name}{key}"] for name in ("median", "min", "max"))
+    return f"{m:.{digits}f}{suffix} ({lo:.{digits}f}–{hi:.{digits}f})"
+
+
 def write(name: str, payload: dict, table: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     command = ["python", "-m", f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]]

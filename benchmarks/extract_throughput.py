@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from benchmarks.common import interleave, summarize, write
+from benchmarks.common import interleave, ratios, spread, summarize, write
 from hsk_cache import data, extract, models
 from hsk_cache.batching import Examples, collate, sequential_batches
 from hsk_cache.config import DataConfig, ExtractSpec
@@ -85,16 +85,14 @@ def main() -> None:
         times["extract, steady state"] = steady
         rows[label] = {name: summarize(t, len(examples)) for name, t in times.items()}
         for name in ("extract", "extract, steady state"):
-            ratios = sorted(b / e for b, e in zip(times["bare forward"], times[name]))
-            rows[label][f"{name} / bare"] = {"median": ratios[len(ratios) // 2], "min": ratios[0], "max": ratios[-1]}
+            rows[label][f"{name} / bare"] = ratios(times["bare forward"], times[name])
     shutil.rmtree(work, ignore_errors=True)
     lines = ["| spec | bare forward ex/s | extract end to end ex/s | extract steady state ex/s | end to end / bare | "
              "steady state / bare |", "|---|---|---|---|---|---|"]
-    cell = lambda r: f"{r['median']:.1f} ({r['min']:.1f}–{r['max']:.1f})"  # noqa: E731
-    ratio = lambda r: f"{r['median']:.2f} ({r['min']:.2f}–{r['max']:.2f})"  # noqa: E731
     for label, r in rows.items():
-        lines.append(f"| {label} | {cell(r['bare forward'])} | {cell(r['extract'])} | {cell(r['extract, steady state'])} | "
-                     f"{ratio(r['extract / bare'])} | {ratio(r['extract, steady state / bare'])} |")
+        lines.append(f"| {label} | {spread(r['bare forward'], 1)} | {spread(r['extract'], 1)} | "
+                     f"{spread(r['extract, steady state'], 1)} | {spread(r['extract / bare'])} | "
+                     f"{spread(r['extract, steady state / bare'])} |")
     write(f"extract_throughput_{args.precision}", {"examples": len(examples), "precision": args.precision, "rows": rows},
           "\n".join(lines))
 

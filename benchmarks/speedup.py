@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from benchmarks.common import write
+from benchmarks.common import ratios, spread, write
 from hsk_cache import extract, models, objectives
 from hsk_cache.config import DataConfig, ExtractSpec, StageConfig
 from hsk_cache.progress import quiet_libraries
@@ -132,8 +132,7 @@ def summarize(times: dict[str, list[float]], layers: str) -> dict:
     out = {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "seconds": t} for name, t in times.items()}
     for label, a, b in (("online fp32 / cache", "online fp32", "cache"), ("online bf16 / cache", "online bf16", "cache"),
                         ("cache / student only", "cache", "student only")):
-        ratios = sorted(x / y for x, y in zip(times[a], times[b]))
-        out[label] = {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1]}
+        out[label] = ratios(times[a], times[b])
     out["teacher_layers"] = layers
     return out
 
@@ -141,8 +140,8 @@ def summarize(times: dict[str, list[float]], layers: str) -> dict:
 def table(results: dict) -> str:
     lines = ["| teacher → student | online fp32 s/step | online bf16 s/step | cache s/step | student only s/step | "
              "online fp32 / cache | online bf16 / cache | cache / student only |", "|---|---|---|---|---|---|---|---|"]
-    cell = lambda r: f"{r['median_s']:.3f} ({r['min_s']:.3f}–{r['max_s']:.3f})"  # noqa: E731
-    ratio = lambda r: f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f})"  # noqa: E731
+    cell = lambda r: spread(r, 3, key="_s")  # noqa: E731
+    ratio = lambda r: spread(r, 2, "×")  # noqa: E731
     for name, r in results.items():
         lines.append(f"| {name} | {cell(r['online fp32'])} | {cell(r['online bf16'])} | {cell(r['cache'])} | "
                      f"{cell(r['student only'])} | {ratio(r['online fp32 / cache'])} | {ratio(r['online bf16 / cache'])} | "
