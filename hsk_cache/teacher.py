@@ -20,9 +20,10 @@ from hsk_cache.select import length, width
 
 @dataclass
 class TeacherOutputs:
-    """hidden_states: L+1 tensors [B, T, D] (0 = embedding output). attentions: L tensors
-    [B, H, T, T] (softmax over keys) or None. values: [B, T, D] value projection of the
-    value-relation layer, or None. logits: [B, C]."""
+    """hidden_states: L+1 entries [B, T, D] (0 = embedding output). attentions: L entries
+    [B, H, T, T] (softmax over keys), or None when no attention is needed. Entries selection does
+    not read are None. values: [B, T, D] value projection of the value-relation layer, or None.
+    logits: [B, C]. All on the CPU, float32."""
 
     hidden_states: tuple[torch.Tensor, ...]
     attentions: tuple[torch.Tensor, ...] | None
@@ -72,6 +73,15 @@ class Plan:
     dim_index: torch.Tensor | None
     excluded_ids: tuple[int, ...]
 
+    def attention_layers_needed(self) -> set[int]:
+        """Attention layers (1-based) whose probabilities selection reads: rank sources and stored rows."""
+        needed = set(self.attention_layers)
+        if self.spec.tokens.kind == "topk":
+            ranked = [max(l, 1) for l in self.layers] + list(self.attention_layers)
+            ranked += [self.value_relation_layer] if self.value_relation_layer else []
+            needed |= {self.spec.importance_layer} if self.spec.importance_layer else set(ranked)
+        return needed
+
     @classmethod
     def make(cls, spec: ExtractSpec, config, tokenizer) -> "Plan":
         """Raises: ConfigError for layers beyond the teacher's depth."""
@@ -116,8 +126,10 @@ def run_teacher(model, batch: Batch, plan: Plan, precision: str = "fp32") -> Tea
             f"{type(model).__name__} returned no attention probabilities: it cannot give attention knowledge or "
             "top-k tokens; use --tokens all|cls|left|random and --knowledge hidden_states,logits"
         )
-    hidden = tuple(h.float().cpu() for h in out.hidden_states)
-    attentions = tuple(a.float().cpu() for a in out.attentions) if attention else None
+    # only what selection reads leaves the device (the rest would be wasted copies on a GPU)
+    hidden = tuple(h.float().cpu() if i in plan.layers else None for i, h in enumerate(out.hidden_states))
+    needed = plan.attention_layers_needed()
+    attentions = tuple(a.float().cpu() if i + 1 in needed else None for i, a in enumerate(out.attentions)) if attention else None
     return TeacherOutputs(hidden, attentions, values[0].float().cpu() if values else None, out.logits.float().cpu())
 
 
