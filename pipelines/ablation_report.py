@@ -1,0 +1,112 @@
+"""Ablation results: the table (Parquet + Markdown) and the plots.
+
+    python -m pipelines.ablation_report [--out docs/ablations]
+
+Plots per sweep (matplotlib, PNG): dev metric vs fraction of the hidden-state knowledge kept (log
+x axis), one line per strategy, mean over seeds with min–max error bars, the baselines as
+horizontal lines; and dev metric vs stored bytes per example.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TABLE = "results.parquet"
+BASELINES = "baselines"
+
+
+def load(out: Path) -> list[dict]:
+    path = Path(out) / TABLE
+    return pq.read_table(path).to_pylist() if path.exists() else []
+
+
+def save(rows: list[dict], out: Path) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / TABLE)
+    (out / "results.md").write_text(markdown(rows))
+
+
+def grouped(rows: list[dict]) -> dict[tuple, list[dict]]:
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["sweep"], r["strategy"], r["point"], r["student"])].append(r)
+    return groups
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| sweep | strategy | point | student | seeds | accuracy mean (min–max) | MCC mean | bytes/example | "
+             "fraction of HSK kept |", "|---|---|---|---|---:|---|---:|---:|---:|"]
+    for (sweep, strategy, point, student), group in sorted(grouped(rows).items()):
+        acc = [r["accuracy"] for r in group]
+        lines.append(
+            f"| {sweep} | {strategy} | {point} | {student} | {len(group)} | {statistics.mean(acc):.4f} "
+            f"({min(acc):.4f}–{max(acc):.4f}) | {statistics.mean(r['mcc'] for r in group):.4f} | "
+            f"{group[0]['bytes_per_example']:,.0f} | {group[0]['fraction_kept']:.2e} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plots(rows: list[dict], out: Path, metric: str = "accuracy") -> list[Path]:
+    """Two PNGs per sweep (except baselines); returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    baselines = {}
+    for (sweep, strategy, _, student), group in grouped(rows).items():
+        if sweep == BASELINES:
+            baselines[(strategy, student)] = statistics.mean(r[metric] for r in group)
+    for sweep in sorted({r["sweep"] for r in rows} - {BASELINES}):
+        for x_key, x_label, name in (("fraction_kept", "fraction of hidden-state knowledge kept", "fraction"),
+                                     ("bytes_per_example", "stored bytes per example", "bytes")):
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            lines = defaultdict(list)
+            for (s, strategy, _, student), group in grouped(rows).items():
+                if s == sweep:
+                    values = [r[metric] for r in group]
+                    lines[(strategy, student)].append((group[0][x_key], statistics.mean(values), min(values), max(values)))
+            for (strategy, student), pts in sorted(lines.items()):
+                pts = sorted(p for p in pts if p[0] > 0)
+                if not pts:
+                    continue
+                x, y, lo, hi = zip(*pts)
+                ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]], marker="o",
+                            capsize=3, label=f"{strategy} ({student})")
+            for i, ((strategy, student), value) in enumerate(sorted(baselines.items())):
+                ax.axhline(value, linestyle=("--", ":", "-.")[i % 3], linewidth=1, color=f"C{7 + i % 3}",
+                           label=f"baseline: {strategy} ({student})")
+            ax.set_xscale("log")
+            ax.set_xlabel(x_label)
+            ax.set_ylabel(f"dev {metric}")
+            ax.set_title(f"{sweep} sweep")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = Path(out) / f"{sweep}_{name}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="docs/ablations", help="folder with results.parquet (default: %(default)s)")
+    args = parser.parse_args(argv)
+    rows = load(Path(args.out))
+    save(rows, Path(args.out))
+    for path in plots(rows, Path(args.out)):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
