@@ -97,12 +97,6 @@ def load_classifier(path: str, label_names: tuple[str, ...] | None = None, atten
     return model.eval()
 
 
-def label_names_of(model) -> tuple[str, ...]:
-    """The model's class names in id order."""
-    return tuple(model.config.id2label[i] for i in range(model.config.num_labels))
-
-
-
 def task_label_names(model) -> tuple[str, ...] | None:
     """The model's class names, or None when they are transformers' placeholders LABEL_i
     (a model not yet fine-tuned on a task)."""

@@ -71,9 +71,6 @@ class OnlineSource(DatasetSource):
         outputs = run_teacher(self.teacher, batch, self.plan, self.precision)
         return batch, select_knowledge(outputs, batch, self.plan)
 
-    @property
-    def has_hidden_states(self) -> bool:
-        return bool(self.plan.layers)
 
 
 class CacheSource:
@@ -114,9 +111,6 @@ class CacheSource:
     def __len__(self) -> int:
         return len(self.examples)
 
-    @property
-    def has_hidden_states(self) -> bool:
-        return "token_index" in self.names
 
     def sampler(self, batch_size: int, seed: int) -> Sampler:
         """Full-permutation epochs when the knowledge is in memory, else shard-window shuffles."""
