@@ -5,8 +5,8 @@ reuse a cache made for the same spec), train a student from the cache, evaluate 
         [--out docs/ablations] [--seeds 0,1] [--train-limit 4000] [--max-length 64] [--student small3]
 
 Sweeps: depth, length, width, joint, baselines, beyond (see ``SWEEPS``). Rows go to
-``<out>/results.parquet`` (and ``results.md``); a point already there for the same seed and student
-is skipped, so a sweep resumes where it stopped. Plots: ``python -m pipelines.ablation_report``.
+``<out>/results.parquet`` (and ``results.md``); a point already there for the same seed, student
+and epochs is skipped, so a sweep resumes where it stopped. Plots: ``python -m pipelines.ablation_report``.
 """
 
 from __future__ import annotations
@@ -111,18 +111,29 @@ def baselines(ctx: Context) -> list[Point]:
 
 
 def beyond(ctx: Context) -> list[Point]:
-    joint_spec = ("last", "topk:10", "magnitude:0.1")
-    return [
-        Point("beyond", "magnitude:0.1 ignore", "width target ignore", "magnitude:0.1",
-              ExtractSpec.parse(_mapped(ctx), "all", "magnitude:0.1"), {"width_target": "ignore"}),
-        Point("beyond", "uniform:0.1 ignore", "width target ignore", "uniform:0.1",
-              ExtractSpec.parse(_mapped(ctx), "all", "uniform:0.1"), {"width_target": "ignore"}),
+    """Past the study: zero vs ignore targets for dropped width (compare with the width sweep's zero
+    rows); int8 vs float16 at equal spec (compare with the joint and width sweeps' float16 rows);
+    attention probabilities and the value relation vs hidden states at equal stored bytes: K query
+    rows × H heads × T keys of the last layer take as many bytes as 2K tokens × d of its hidden
+    states when H·T = 2d (12·64 = 2·384 for the MiniLM at max length 64)."""
+    mapped, joint_spec = _mapped(ctx), ("last", "topk:10", "magnitude:0.1")
+    points = [Point("beyond", f"{s}:0.1 ignore", f"{s} width, target ignore", "0.1",
+                    ExtractSpec.parse(mapped, "all", f"{s}:0.1"), {"width_target": "ignore"})
+              for s in ("magnitude", "uniform", "random")]
+    points += [
         Point("beyond", "joint int8", "int8", "joint", ExtractSpec.parse(*joint_spec, dtype="int8"), {"layer_map": "uniform"}),
-        Point("beyond", "attention last topk:10", "attention (KL)", "topk:10",
-              ExtractSpec.parse(tokens="topk:10", knowledge="attention_probs,logits"), {"attention_map": "uniform"}),
-        Point("beyond", "value relation last topk:10", "value relation (KL)", "topk:10",
-              ExtractSpec.parse(tokens="topk:10", knowledge="value_relation,logits"), {"head_map": "relation"}),
+        Point("beyond", "mapped all int8", "int8", "mapped all", ExtractSpec.parse(mapped, "all", dtype="int8")),
     ]
+    for k in (1, 10):
+        points += [
+            Point("beyond", f"attention last topk:{k}", "attention (KL)", f"topk:{k}",
+                  ExtractSpec.parse(tokens=f"topk:{k}", knowledge="attention_probs,logits"), {"attention_map": "uniform"}),
+            Point("beyond", f"value relation last topk:{k}", "value relation (KL)", f"topk:{k}",
+                  ExtractSpec.parse(tokens=f"topk:{k}", knowledge="value_relation,logits"), {"head_map": "relation"}),
+            Point("beyond", f"hidden last topk:{2 * k}", "hidden states (MSE)", f"topk:{2 * k}",
+                  ExtractSpec.parse("last", f"topk:{2 * k}"), {"layer_map": "uniform"}),
+        ]
+    return points
 
 
 SWEEPS = {"depth": depth, "length": length, "width": width, "joint": joint, "baselines": baselines, "beyond": beyond}
@@ -151,12 +162,12 @@ def run_point(point: Point, seed: int, student: str, ctx: Context, epochs: tuple
     start = time.perf_counter()
     extract.run(extract.ExtractConfig(ctx.teacher, ctx.train_data, str(cache), spec, batch_size=64, precision="bf16"))
     times["extract_s"] = time.perf_counter() - start
-    hidden_epochs, pred_epochs = epochs
+    hidden_run, pred_run = _epochs(point, epochs)
     if point.spec is None:
-        stages = (StageConfig("labels", pred_epochs, 5e-5, 32),)
+        stages = (StageConfig("labels", pred_run, 5e-5, 32),)
     else:
-        stages = (StageConfig("hidden", hidden_epochs if point.hidden else 0, 1e-4, 32), StageConfig("prediction", pred_epochs, 5e-5, 32))
-    out = ctx.workdir / "students" / f"{point.sweep}-{_slug_text(point.name)}-{student}-{seed}"
+        stages = (StageConfig("hidden", hidden_run, 1e-4, 32), StageConfig("prediction", pred_run, 5e-5, 32))
+    out = ctx.workdir / "students" / f"{point.sweep}-{_slug_text(point.name)}-{student}-e{hidden_run:g}+{pred_run:g}-{seed}"
     start = time.perf_counter()
     train.run(train.TrainConfig(str(out), STUDENTS[student](ctx.teacher), cache=str(cache), stages=stages, seed=seed,
                                 precision="bf16", **point.options))
@@ -170,12 +181,18 @@ def run_point(point: Point, seed: int, student: str, ctx: Context, epochs: tuple
         "sweep": point.sweep, "point": point.name, "strategy": point.strategy, "param": point.param,
         "spec": "labels only" if point.spec is None else " ".join(f"{k}={v}" for k, v in point.spec.describe().items()),
         "options": " ".join(f"{k}={v}" for k, v in point.options.items()), "student": student, "seed": seed,
+        "hidden_epochs": hidden_run, "pred_epochs": pred_run,
         "bytes_per_example": reader.stored_bytes() / reader.manifest["data"]["num_examples"] if distilled else 0.0,
         "fraction_kept": kept_fraction(reader),
         "accuracy": result.accuracy, "mcc": result.mcc, "dev_examples": result.examples,
         "teacher_sha256": reader.manifest["teacher"]["weights_sha256"], "train_examples": len(reader.read("lengths")),
         **times,
     }
+
+
+def _epochs(point: Point, epochs: tuple[float, float]) -> tuple[float, float]:
+    """(hidden-state stage, prediction or label stage) epochs a point trains for."""
+    return float(epochs[0]) if point.spec is not None and point.hidden else 0.0, float(epochs[1])
 
 
 def _slug(spec: ExtractSpec) -> str:
@@ -237,8 +254,8 @@ def ensure_teacher(path: str, data: str, max_length: int, epochs: float) -> None
 def run_sweep(points: list[Point], seeds: list[int], student: str, ctx: Context, epochs, out: Path) -> None:
     """Run every (point, seed) not yet in the results table, saving after each one."""
     table = ablation_report.load(out)
-    done = {(r["sweep"], r["point"], r["student"], r["seed"]) for r in table}
-    todo = [(p, s) for p in points for s in seeds if (p.sweep, p.name, student, s) not in done]
+    done = {(r["sweep"], r["point"], r["student"], r["seed"], r["hidden_epochs"], r["pred_epochs"]) for r in table}
+    todo = [(p, s) for p in points for s in seeds if (p.sweep, p.name, student, s, *_epochs(p, epochs)) not in done]
     print(f"ablate: {len(points) * len(seeds) - len(todo)} points done, {len(todo)} to run", flush=True)
     for i, (point, seed) in enumerate(todo, 1):
         started = time.perf_counter()

@@ -2,9 +2,9 @@
 
     python -m pipelines.ablation_report [--out docs/ablations]
 
-Plots per sweep (matplotlib, PNG): dev metric vs fraction of the hidden-state knowledge kept (log
-x axis), one line per strategy, mean over seeds with min–max error bars, the baselines as
-horizontal lines; and dev metric vs stored bytes per example.
+Plots per sweep and student (matplotlib, PNG): dev metric vs fraction of the hidden-state knowledge
+kept (log x axis), one line per strategy, mean over seeds with min–max error bars, that student's
+baselines as horizontal lines; and dev metric vs stored bytes per example.
 """
 
 from __future__ import annotations
@@ -33,20 +33,26 @@ def save(rows: list[dict], out: Path) -> None:
     (out / "results.md").write_text(markdown(rows))
 
 
+def epochs(row: dict) -> str:
+    """Training length of a row: hidden-state stage + prediction (or label) stage epochs, e.g. ``1+1``."""
+    return f"{row['hidden_epochs']:g}+{row['pred_epochs']:g}"
+
+
 def grouped(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Rows by (sweep, strategy, point, student, epochs): the seeds of one point."""
     groups = defaultdict(list)
     for r in rows:
-        groups[(r["sweep"], r["strategy"], r["point"], r["student"])].append(r)
+        groups[(r["sweep"], r["strategy"], r["point"], r["student"], epochs(r))].append(r)
     return groups
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| sweep | strategy | point | student | seeds | accuracy mean (min–max) | MCC mean | bytes/example | "
-             "fraction of HSK kept |", "|---|---|---|---|---:|---|---:|---:|---:|"]
-    for (sweep, strategy, point, student), group in sorted(grouped(rows).items()):
+    lines = ["| sweep | strategy | point | student | epochs | seeds | accuracy mean (min–max) | MCC mean | bytes/example | "
+             "fraction of HSK kept |", "|---|---|---|---|---|---:|---|---:|---:|---:|"]
+    for (sweep, strategy, point, student, ep), group in sorted(grouped(rows).items()):
         acc = [r["accuracy"] for r in group]
         lines.append(
-            f"| {sweep} | {strategy} | {point} | {student} | {len(group)} | {statistics.mean(acc):.4f} "
+            f"| {sweep} | {strategy} | {point} | {student} | {ep} | {len(group)} | {statistics.mean(acc):.4f} "
             f"({min(acc):.4f}–{max(acc):.4f}) | {statistics.mean(r['mcc'] for r in group):.4f} | "
             f"{group[0]['bytes_per_example']:,.0f} | {group[0]['fraction_kept']:.2e} |"
         )
@@ -54,43 +60,46 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plots(rows: list[dict], out: Path, metric: str = "accuracy") -> list[Path]:
-    """Two PNGs per sweep (except baselines); returns the paths written."""
+    """Two PNGs per (sweep, student), except baselines: ``<sweep>_<student>_fraction.png`` and
+    ``<sweep>_<student>_bytes.png``, with that student's baselines as horizontal lines. Points that
+    keep no hidden states (fraction 0: attention, value relation) appear only in the bytes plot.
+    Returns the paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    baselines = {}
-    for (sweep, strategy, _, student), group in grouped(rows).items():
+    baselines = defaultdict(dict)  # student → label → mean metric
+    for (sweep, strategy, _, student, ep), group in grouped(rows).items():
         if sweep == BASELINES:
-            baselines[(strategy, student)] = statistics.mean(r[metric] for r in group)
-    for sweep in sorted({r["sweep"] for r in rows} - {BASELINES}):
+            baselines[student][f"{strategy}, epochs {ep}"] = statistics.mean(r[metric] for r in group)
+    for sweep, student in sorted({(r["sweep"], r["student"]) for r in rows if r["sweep"] != BASELINES}):
         for x_key, x_label, name in (("fraction_kept", "fraction of hidden-state knowledge kept", "fraction"),
                                      ("bytes_per_example", "stored bytes per example", "bytes")):
             fig, ax = plt.subplots(figsize=(7, 4.5))
             lines = defaultdict(list)
-            for (s, strategy, _, student), group in grouped(rows).items():
-                if s == sweep:
+            for (s, strategy, _, st, ep), group in grouped(rows).items():
+                if s == sweep and st == student:
                     values = [r[metric] for r in group]
-                    lines[(strategy, student)].append((group[0][x_key], statistics.mean(values), min(values), max(values)))
-            for (strategy, student), pts in sorted(lines.items()):
+                    lines[f"{strategy}, epochs {ep}"].append((group[0][x_key], statistics.mean(values), min(values), max(values)))
+            for strategy, pts in sorted(lines.items()):
                 pts = sorted(p for p in pts if p[0] > 0)
                 if not pts:
                     continue
                 x, y, lo, hi = zip(*pts)
                 ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]], marker="o",
-                            capsize=3, label=f"{strategy} ({student})")
-            for i, ((strategy, student), value) in enumerate(sorted(baselines.items())):
+                            capsize=3, label=strategy)
+            for i, (strategy, value) in enumerate(sorted(baselines[student].items())):
                 ax.axhline(value, linestyle=("--", ":", "-.")[i % 3], linewidth=1, color=f"C{7 + i % 3}",
-                           label=f"baseline: {strategy} ({student})")
+                           label=f"baseline: {strategy}")
             ax.set_xscale("log")
             ax.set_xlabel(x_label)
             ax.set_ylabel(f"dev {metric}")
-            ax.set_title(f"{sweep} sweep")
+            ax.set_title(f"{sweep} sweep, student {student} (mean, min–max over seeds)")
             ax.legend(fontsize=7)
             fig.tight_layout()
-            path = Path(out) / f"{sweep}_{name}.png"
+            path = Path(out) / f"{sweep}_{student}_{name}.png"
             fig.savefig(path, dpi=110)
             plt.close(fig)
             written.append(path)
