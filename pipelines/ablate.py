@@ -5,8 +5,8 @@ reuse a cache made for the same spec), train a student from the cache, evaluate 
         [--out docs/ablations] [--seeds 0,1] [--train-limit 4000] [--max-length 64] [--student small3]
 
 Sweeps: depth, length, width, joint, baselines, beyond (see ``SWEEPS``). Rows go to
-``<out>/results.parquet`` (and ``results.md``); a point already there for the same seed, student
-and epochs is skipped, so a sweep resumes where it stopped. Plots: ``python -m pipelines.ablation_report``.
+``<out>/results.parquet`` (and ``results.md``); a point already there for the same seed, student,
+epochs and learning rates is skipped, so a sweep resumes where it stopped. Plots: ``python -m pipelines.ablation_report``.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def kept_fraction(cache: CacheReader) -> float:
     return elements / total
 
 
-def run_point(point: Point, seed: int, student: str, ctx: Context, epochs: tuple[float, float]) -> dict:
+def run_point(point: Point, seed: int, student: str, ctx: Context, schedule: tuple[float, float, float, float]) -> dict:
     """Extract (or reuse), train, evaluate one point; returns its results row."""
     times = {}
     spec = point.spec or ExtractSpec.parse(knowledge="logits")  # labels-only still reads ids/labels from a cache
@@ -162,12 +162,13 @@ def run_point(point: Point, seed: int, student: str, ctx: Context, epochs: tuple
     start = time.perf_counter()
     extract.run(extract.ExtractConfig(ctx.teacher, ctx.train_data, str(cache), spec, batch_size=64, precision="bf16"))
     times["extract_s"] = time.perf_counter() - start
-    hidden_run, pred_run = _epochs(point, epochs)
+    hidden_epochs, pred_epochs, hidden_lr, pred_lr = _schedule(point, schedule)
     if point.spec is None:
-        stages = (StageConfig("labels", pred_run, 5e-5, 32),)
+        stages = (StageConfig("labels", pred_epochs, pred_lr, 32),)
     else:
-        stages = (StageConfig("hidden", hidden_run, 1e-4, 32), StageConfig("prediction", pred_run, 5e-5, 32))
-    out = ctx.workdir / "students" / f"{point.sweep}-{_slug_text(point.name)}-{student}-e{hidden_run:g}+{pred_run:g}-{seed}"
+        stages = (StageConfig("hidden", hidden_epochs, hidden_lr or 1e-4, 32), StageConfig("prediction", pred_epochs, pred_lr, 32))
+    out = ctx.workdir / "students" / (f"{point.sweep}-{_slug_text(point.name)}-{student}-"
+                                      f"e{hidden_epochs:g}+{pred_epochs:g}-lr{hidden_lr:g}+{pred_lr:g}-{seed}")
     start = time.perf_counter()
     train.run(train.TrainConfig(str(out), STUDENTS[student](ctx.teacher), cache=str(cache), stages=stages, seed=seed,
                                 precision="bf16", **point.options))
@@ -181,7 +182,7 @@ def run_point(point: Point, seed: int, student: str, ctx: Context, epochs: tuple
         "sweep": point.sweep, "point": point.name, "strategy": point.strategy, "param": point.param,
         "spec": "labels only" if point.spec is None else " ".join(f"{k}={v}" for k, v in point.spec.describe().items()),
         "options": " ".join(f"{k}={v}" for k, v in point.options.items()), "student": student, "seed": seed,
-        "hidden_epochs": hidden_run, "pred_epochs": pred_run,
+        "hidden_epochs": hidden_epochs, "pred_epochs": pred_epochs, "hidden_lr": hidden_lr, "pred_lr": pred_lr,
         "bytes_per_example": reader.stored_bytes() / reader.manifest["data"]["num_examples"] if distilled else 0.0,
         "fraction_kept": kept_fraction(reader),
         "accuracy": result.accuracy, "mcc": result.mcc, "dev_examples": result.examples,
@@ -190,9 +191,12 @@ def run_point(point: Point, seed: int, student: str, ctx: Context, epochs: tuple
     }
 
 
-def _epochs(point: Point, epochs: tuple[float, float]) -> tuple[float, float]:
-    """(hidden-state stage, prediction or label stage) epochs a point trains for."""
-    return float(epochs[0]) if point.spec is not None and point.hidden else 0.0, float(epochs[1])
+def _schedule(point: Point, schedule: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """(hidden epochs, prediction or label epochs, hidden lr, prediction or label lr) a point trains
+    with; the hidden stage's epochs and lr are 0 for points without one."""
+    hidden_epochs, pred_epochs, hidden_lr, pred_lr = (float(v) for v in schedule)
+    hidden = point.spec is not None and point.hidden
+    return (hidden_epochs if hidden else 0.0), pred_epochs, (hidden_lr if hidden else 0.0), pred_lr
 
 
 def _slug(spec: ExtractSpec) -> str:
@@ -218,6 +222,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=64, help="tokens per example (default: %(default)s, as the study)")
     parser.add_argument("--hidden-epochs", type=float, default=1.0, help="hidden-state stage epochs (default: %(default)s)")
     parser.add_argument("--pred-epochs", type=float, default=1.0, help="prediction stage epochs (default: %(default)s)")
+    parser.add_argument("--hidden-lr", type=float, default=1e-4, help="hidden-state stage learning rate (default: %(default)s)")
+    parser.add_argument("--pred-lr", type=float, default=5e-5, help="prediction (or label) stage learning rate (default: %(default)s)")
     parser.add_argument("--values", default=None, help="override the sweep's K or P list, comma-separated (default: the sweep's)")
     args = parser.parse_args(argv)
     quiet_libraries()
@@ -230,7 +236,7 @@ def main(argv=None) -> int:
                       DataConfig(args.data, "dev", max_length=args.max_length), Path(args.workdir),
                       tuple(v.strip() for v in args.values.split(",")) if args.values else None)
         seeds = [int(s) for s in args.seeds.split(",")]
-        run_sweep(SWEEPS[args.sweep](ctx), seeds, args.student, ctx, (args.hidden_epochs, args.pred_epochs), Path(args.out))
+        run_sweep(SWEEPS[args.sweep](ctx), seeds, args.student, ctx, (args.hidden_epochs, args.pred_epochs, args.hidden_lr, args.pred_lr), Path(args.out))
     except HskError as err:
         print(f"ablate: error: {err}", file=sys.stderr)
         return 2
@@ -251,15 +257,16 @@ def ensure_teacher(path: str, data: str, max_length: int, epochs: float) -> None
     print(f"ablate: teacher fine-tuned in {result.elapsed_s:.0f} s", flush=True)
 
 
-def run_sweep(points: list[Point], seeds: list[int], student: str, ctx: Context, epochs, out: Path) -> None:
+def run_sweep(points: list[Point], seeds: list[int], student: str, ctx: Context, schedule, out: Path) -> None:
     """Run every (point, seed) not yet in the results table, saving after each one."""
     table = ablation_report.load(out)
-    done = {(r["sweep"], r["point"], r["student"], r["seed"], r["hidden_epochs"], r["pred_epochs"]) for r in table}
-    todo = [(p, s) for p in points for s in seeds if (p.sweep, p.name, student, s, *_epochs(p, epochs)) not in done]
+    done = {(r["sweep"], r["point"], r["student"], r["seed"], r["hidden_epochs"], r["pred_epochs"], r["hidden_lr"],
+             r["pred_lr"]) for r in table}
+    todo = [(p, s) for p in points for s in seeds if (p.sweep, p.name, student, s, *_schedule(p, schedule)) not in done]
     print(f"ablate: {len(points) * len(seeds) - len(todo)} points done, {len(todo)} to run", flush=True)
     for i, (point, seed) in enumerate(todo, 1):
         started = time.perf_counter()
-        row = run_point(point, seed, student, ctx, epochs)
+        row = run_point(point, seed, student, ctx, schedule)
         table.append(row)
         ablation_report.save(table, out)
         print(f"ablate [{i}/{len(todo)}] {point.sweep} {point.name} seed {seed}: accuracy {row['accuracy']:.4f}, "

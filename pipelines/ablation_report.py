@@ -33,21 +33,22 @@ def save(rows: list[dict], out: Path) -> None:
     (out / "results.md").write_text(markdown(rows))
 
 
-def epochs(row: dict) -> str:
-    """Training length of a row: hidden-state stage + prediction (or label) stage epochs, e.g. ``1+1``."""
-    return f"{row['hidden_epochs']:g}+{row['pred_epochs']:g}"
+def schedule(row: dict) -> str:
+    """A row's training schedule: hidden-state stage + prediction (or label) stage epochs, and their
+    learning rates, e.g. ``1+1 @ 0.0001/5e-05`` (``0 @ 0/…`` where there is no hidden stage)."""
+    return f"{row['hidden_epochs']:g}+{row['pred_epochs']:g} @ {row['hidden_lr']:g}/{row['pred_lr']:g}"
 
 
 def grouped(rows: list[dict]) -> dict[tuple, list[dict]]:
-    """Rows by (sweep, strategy, point, student, epochs): the seeds of one point."""
+    """Rows by (sweep, strategy, point, student, schedule): the seeds of one point."""
     groups = defaultdict(list)
     for r in rows:
-        groups[(r["sweep"], r["strategy"], r["point"], r["student"], epochs(r))].append(r)
+        groups[(r["sweep"], r["strategy"], r["point"], r["student"], schedule(r))].append(r)
     return groups
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| sweep | strategy | point | student | epochs | seeds | accuracy mean (min–max) | MCC mean | bytes/example | "
+    lines = ["| sweep | strategy | point | student | epochs @ lr | seeds | accuracy mean (min–max) | MCC mean | bytes/example | "
              "fraction of HSK kept |", "|---|---|---|---|---|---:|---|---:|---:|---:|"]
     for (sweep, strategy, point, student, ep), group in sorted(grouped(rows).items()):
         acc = [r["accuracy"] for r in group]
@@ -73,7 +74,7 @@ def plots(rows: list[dict], out: Path, metric: str = "accuracy") -> list[Path]:
     baselines = defaultdict(dict)  # student → label → mean metric
     for (sweep, strategy, _, student, ep), group in grouped(rows).items():
         if sweep == BASELINES:
-            baselines[student][f"{strategy}, epochs {ep}"] = statistics.mean(r[metric] for r in group)
+            baselines[student][f"{strategy}, {ep}"] = statistics.mean(r[metric] for r in group)
     for sweep, student in sorted({(r["sweep"], r["student"]) for r in rows if r["sweep"] != BASELINES}):
         for x_key, x_label, name in (("fraction_kept", "fraction of hidden-state knowledge kept", "fraction"),
                                      ("bytes_per_example", "stored bytes per example", "bytes")):
@@ -82,7 +83,7 @@ def plots(rows: list[dict], out: Path, metric: str = "accuracy") -> list[Path]:
             for (s, strategy, _, st, ep), group in grouped(rows).items():
                 if s == sweep and st == student:
                     values = [r[metric] for r in group]
-                    lines[f"{strategy}, epochs {ep}"].append((group[0][x_key], statistics.mean(values), min(values), max(values)))
+                    lines[f"{strategy}, {ep}"].append((group[0][x_key], statistics.mean(values), min(values), max(values)))
             for strategy, pts in sorted(lines.items()):
                 pts = sorted(p for p in pts if p[0] > 0)
                 if not pts:

@@ -30,7 +30,7 @@ def test_tiny_sweep_writes_tables_and_plots_and_resumes(tiny_teacher, toy_dir, t
     capsys.readouterr()
     assert ablate.main(["baselines", *common, "--pred-epochs", "0.5"]) == 0  # another training length is another row
     assert "0 points done, 3 to run" in capsys.readouterr().out
-    assert "| baselines | no distillation | no distillation | small3 | 0+0.5 | 1 |" in (out / "results.md").read_text()
+    assert "| baselines | no distillation | no distillation | small3 | 0+0.5 @ 0/5e-05 | 1 |" in (out / "results.md").read_text()
 
 
 def test_beyond_sweep_runs_attention_value_relation_and_int8_points(tiny_teacher, toy_dir, tmp_path):
