@@ -6,7 +6,8 @@ reuse a cache made for the same spec), train a student from the cache, evaluate 
 
 Sweeps: depth, length, width, joint, baselines, beyond (see ``SWEEPS``). Rows go to
 ``<out>/results.parquet`` (and ``results.md``); a point already there for the same seed, student,
-epochs and learning rates is skipped, so a sweep resumes where it stopped. Plots: ``python -m pipelines.ablation_report``.
+epochs and learning rates is skipped, so a sweep resumes where it stopped.
+Plots: ``python -m pipelines.ablation_report``.
 """
 
 from __future__ import annotations
@@ -166,6 +167,7 @@ def run_point(point: Point, seed: int, student: str, ctx: Context, schedule: tup
     if point.spec is None:
         stages = (StageConfig("labels", pred_epochs, pred_lr, 32),)
     else:
+        # a skipped (0-epoch) hidden stage still needs a valid learning rate
         stages = (StageConfig("hidden", hidden_epochs, hidden_lr or 1e-4, 32), StageConfig("prediction", pred_epochs, pred_lr, 32))
     out = ctx.workdir / "students" / (f"{point.sweep}-{_slug_text(point.name)}-{student}-"
                                       f"e{hidden_epochs:g}+{pred_epochs:g}-lr{hidden_lr:g}+{pred_lr:g}-{seed}")
@@ -236,7 +238,8 @@ def main(argv=None) -> int:
                       DataConfig(args.data, "dev", max_length=args.max_length), Path(args.workdir),
                       tuple(v.strip() for v in args.values.split(",")) if args.values else None)
         seeds = [int(s) for s in args.seeds.split(",")]
-        run_sweep(SWEEPS[args.sweep](ctx), seeds, args.student, ctx, (args.hidden_epochs, args.pred_epochs, args.hidden_lr, args.pred_lr), Path(args.out))
+        schedule = (args.hidden_epochs, args.pred_epochs, args.hidden_lr, args.pred_lr)
+        run_sweep(SWEEPS[args.sweep](ctx), seeds, args.student, ctx, schedule, Path(args.out))
     except HskError as err:
         print(f"ablate: error: {err}", file=sys.stderr)
         return 2
