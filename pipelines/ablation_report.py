@@ -92,7 +92,7 @@ def plots(rows: list[dict], out: Path, metric: str = "accuracy") -> list[Path]:
                 ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]], marker="o",
                             capsize=3, label=strategy)
             for i, (strategy, value) in enumerate(sorted(baselines[student].items())):
-                ax.axhline(value, linestyle=("--", ":", "-.")[i % 3], linewidth=1, color=f"C{7 + i % 3}",
+                ax.axhline(value, linestyle=("--", ":", "-.")[i % 3], linewidth=1, color=plt.cm.Dark2(i % 8),
                            label=f"baseline: {strategy}")
             ax.set_xscale("log")
             ax.set_xlabel(x_label)
