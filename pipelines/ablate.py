@@ -167,7 +167,8 @@ def run_point(point: Point, seed: int, student: str, ctx: Context, schedule: tup
     if point.spec is None:
         stages = (StageConfig("labels", pred_epochs, pred_lr, 32),)
     else:
-        # a skipped (0-epoch) hidden stage still needs a valid learning rate
+        # the 0-epoch hidden stage of prediction-only points is kept on purpose: train seeds stage i with
+        # seed + i, so dropping it would reseed the prediction stage and change the committed rows
         stages = (StageConfig("hidden", hidden_epochs, hidden_lr or 1e-4, 32), StageConfig("prediction", pred_epochs, pred_lr, 32))
     out = ctx.workdir / "students" / (f"{point.sweep}-{_slug_text(point.name)}-{student}-"
                                       f"e{hidden_epochs:g}+{pred_epochs:g}-lr{hidden_lr:g}+{pred_lr:g}-{seed}")
