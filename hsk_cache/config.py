@@ -229,6 +229,8 @@ class ExtractSpec:
             raise ConfigError(
                 f"unknown knowledge kind(s) {sorted(unknown)}: use a comma list of {', '.join(KNOWLEDGE_KINDS)}"
             )
+        # canonical: deduplicated, in KNOWLEDGE_KINDS order, so describe() ignores the order given
+        object.__setattr__(self, "knowledge", tuple(k for k in KNOWLEDGE_KINDS if k in self.knowledge))
 
     @property
     def needs_attention(self) -> bool:

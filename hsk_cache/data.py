@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 BBC_SPLIT_SEED = 42
 BBC_DEV_FRACTION = 0.2
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-DEV_SPLIT_NAMES = ("dev", "validation", "valid", "test")
+DEV_SPLIT_NAMES = ("dev", "validation", "valid")  # "test" is a split of its own
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,14 @@ COLA_COLUMNS = ["source", "label", "original_label", "sentence"]
 
 @dataclass(frozen=True)
 class Split:
-    """A loaded split: ``dataset`` has text column(s) ``text``/``text_pair`` and int ``label``."""
+    """A loaded split: ``dataset`` has text column(s) ``text``/``text_pair`` and int ``label``;
+    ``dropped`` rows of the source had an empty label or text and are not in it."""
 
     dataset: "datasets.Dataset"  # noqa: F821
     label_names: tuple[str, ...]
     source: str
     task: str | None = None
+    dropped: int = 0
 
 
 def load_split(config: DataConfig, label_names: tuple[str, ...] | None = None) -> Split:
@@ -90,10 +92,10 @@ def load_split(config: DataConfig, label_names: tuple[str, ...] | None = None) -
             split, text_columns, label_column, names, task = _load_hub(source, config), None, None, None, None
     text_columns = config.text_columns or text_columns or _guess_text_columns(split.column_names)
     label_column = config.label_column or label_column or "label"
-    dataset, label_names = _normalize(split, text_columns, label_column, label_names or names, source)
+    dataset, label_names, dropped = _normalize(split, text_columns, label_column, label_names or names, source)
     if config.limit is not None:
         dataset = dataset.select(range(min(config.limit, len(dataset))))
-    return Split(dataset, label_names, source, task)
+    return Split(dataset, label_names, source, task, dropped)
 
 
 def _load_bbc(split: str):
@@ -148,6 +150,11 @@ def _load_glue(path: Path, split: str, task: GlueTask):
         file = path / "train.tsv"
     elif split in DEV_SPLIT_NAMES:
         file = path / task.dev_file
+    elif split == "test" and any(path.glob("test*.tsv")):  # MNLI: test_matched.tsv
+        name = min(p.name for p in path.glob("test*.tsv"))
+        raise DataError(f"GLUE's {name} has no labels ({str(path)!r}): use --split dev")
+    elif split == "test":
+        raise DataError(f"no test split in {str(path)!r}: it has train and dev; use --split dev")
     else:
         raise DataError(f"GLUE directory {str(path)!r} has splits train and dev, not {split!r}: use --split dev")
     names = COLA_COLUMNS if not task.header else None
@@ -239,24 +246,52 @@ def _normalize(split, text_columns, label_column, label_names, source):
     if len(text_columns) == 2:
         keep[text_columns[1]] = "text_pair"
     split = split.select_columns(list(keep)).rename_columns(keep)
-    split = split.filter(lambda row: row["label"] is not None and row["text"] is not None)
+    split, dropped = _drop_empty(split, source)
     if len(split) == 0:
         raise DataError(f"{source!r} has no labelled examples in this split: check the label column")
     feature = split.features["label"]
     if isinstance(feature, datasets.ClassLabel):
-        return split.cast_column("label", datasets.Value("int64")), tuple(label_names or feature.names)
+        return split.cast_column("label", datasets.Value("int64")), tuple(label_names or feature.names), dropped
     values = split.unique("label")
+    if values and all(isinstance(v, float) and v.is_integer() for v in values):  # ints with gaps read as floats
+        split, values = split.cast_column("label", datasets.Value("int64")), [int(v) for v in values]
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
         names = tuple(label_names) if label_names else tuple(str(i) for i in range(max(values) + 1))
         if min(values) < 0 or max(values) >= len(names):
             raise DataError(f"{source!r} has label ids {sorted(values)} outside 0..{len(names) - 1}")
-        return split.cast_column("label", datasets.Value("int64")), names
+        return split.cast_column("label", datasets.Value("int64")), names, dropped
     names = tuple(label_names) if label_names else tuple(sorted(str(v) for v in values))
     index = {name: i for i, name in enumerate(names)}
     unknown = sorted({str(v) for v in values} - set(index))
     if unknown:
         raise DataError(f"{source!r} has labels {unknown[:5]} the model does not know (it knows {list(names)})")
-    return split.map(lambda row: {"label": index[str(row["label"])]}).cast_column("label", datasets.Value("int64")), names
+    labels = split.map(lambda row: {"label": index[str(row["label"])]}).cast_column("label", datasets.Value("int64"))
+    return labels, names, dropped
+
+
+def _is_empty(value) -> bool:
+    """None, NaN, or a string of only whitespace."""
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def _drop_empty(split, source: str):
+    """Drop rows whose label or text (or text_pair) is empty, with a warning saying how many.
+
+    Returns: (the kept rows, the number dropped).
+    """
+    no_label = np.array([_is_empty(v) for v in split["label"]], dtype=bool)
+    no_text = np.zeros(len(split), dtype=bool)
+    for column in ("text", "text_pair"):
+        if column in split.column_names:
+            no_text |= np.array([_is_empty(v) for v in split[column]], dtype=bool)
+    drop = no_label | no_text
+    if not drop.any():
+        return split, 0
+    log.warning("%r: dropped %d of %d rows (%d with an empty label, %d with empty text)", source, int(drop.sum()),
+                len(split), int(no_label.sum()), int((no_text & ~no_label).sum()))
+    return split.select(np.flatnonzero(~drop)), int(drop.sum())
 
 
 def tokenize(split: Split, tokenizer, max_length: int):

@@ -40,13 +40,15 @@ def run(config: FinetuneConfig, progress=None) -> FinetuneResult:
     """Load ``config.model`` with a fresh classification head for the task's classes (or keep its
     head if it already has the task's class names), train with cross-entropy, save to ``config.out``.
 
-    Raises: ModelError for a path with no model; DataError for bad data.
+    Raises: ModelError for a path with no model; DataError for bad data; ConfigError when
+    --max-length exceeds the model's position embeddings.
     """
     started = time.perf_counter()
     tokenizer = models.load_tokenizer(config.model)
     source = DatasetSource(config.data, tokenizer)
     torch.manual_seed(config.seed)
     model = models.load_classifier(config.model, label_names=source.label_names)
+    models.check_max_length(model.config, config.data.max_length)
     stage = StageConfig("labels", config.epochs, config.lr, config.batch_size)
     result = fit(model, source, stage, objectives.labels, config.seed, config.precision, progress=progress)
     models.save(model, tokenizer, config.out)

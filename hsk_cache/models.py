@@ -58,6 +58,48 @@ def _load_error(path: str, err: Exception, what: str) -> ModelError:
     return ModelError(f"cannot load a {what} from {path!r}: {first_line(err)}")
 
 
+# Families whose learned position ids start at pad_token_id + 1 (transformers'
+# ``create_position_ids_from_input_ids``), so only max_position_embeddings − (pad_token_id + 1)
+# positions are usable. ESM does this too but ESM-2 uses rotary positions; it is left out.
+PADDING_OFFSET_FAMILIES = frozenset({
+    "roberta", "roberta-prelayernorm", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer",
+    "data2vec-text", "ibert", "mpnet", "luke", "markuplm", "layoutlmv3", "lilt", "xmod",
+})
+
+
+def _getter(config):
+    return config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+
+
+def max_positions(config) -> int:
+    """The longest input (in tokens) a teacher's learned position embeddings cover.
+
+    Args:
+        config: a transformers config (or its dict form).
+    Returns: max_position_embeddings, minus pad_token_id + 1 for the families in
+        ``PADDING_OFFSET_FAMILIES`` (RoBERTa-style position ids start after the padding index:
+        514 embeddings with pad_token_id 1 leave 512 positions).
+    """
+    get = _getter(config)
+    positions = int(get("max_position_embeddings"))
+    if get("model_type") in PADDING_OFFSET_FAMILIES:
+        positions -= int(get("pad_token_id") or 0) + 1
+    return positions
+
+
+def check_max_length(config, max_length: int, option: str = "--max-length") -> None:
+    """Raises ConfigError when ``max_length`` exceeds ``max_positions(config)``; a config without
+    max_position_embeddings (e.g. rotary positions only) is not checked."""
+    get = _getter(config)
+    if get("max_position_embeddings") is None:
+        return
+    limit = max_positions(config)
+    if max_length > limit:
+        raise ConfigError(
+            f"{option} {max_length} exceeds the teacher's {limit} position embeddings: use {option} {limit} or less"
+        )
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -120,8 +162,36 @@ def load_config(path: str):
         raise _load_error(path, err, "model config") from None
 
 
+HUB_FILES = ["config.json", "tokenizer*", "vocab*", "special_tokens_map.json", "*.model", "*.safetensors",
+             "*.json", "*.txt"]
+
+
+def local_dir(path_or_name: str) -> Path:
+    """The local directory of a model: ``path_or_name`` itself when it exists (after resolving
+    ``minilm-l6``), else a hub snapshot of its config, tokenizer and safetensors files.
+
+    Raises: ModelError when it is neither a local path nor a name the hub provides.
+    """
+    path = Path(resolve(path_or_name)).expanduser()
+    if path.exists():
+        return path
+    reason = "no such directory"
+    if not path_or_name.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(path_or_name, allow_patterns=HUB_FILES))
+        except Exception as err:  # offline, unknown repo, invalid name, network errors...
+            reason = first_line(err)
+    raise ModelError(
+        f"no model at {path_or_name!r}: it is not a local directory and the hub could not provide it ({reason}); "
+        "check the name or pass a local directory"
+    )
+
+
 def weight_files(path: str) -> list[Path]:
-    root = Path(resolve(path))
+    """The model's weight files: *.safetensors, else *.bin. Raises ModelError when there are none."""
+    root = local_dir(path)
     files = sorted(root.glob("*.safetensors")) or sorted(root.glob("*.bin"))
     if not files:
         raise ModelError(f"{str(root)!r} holds no weight files (*.safetensors): pass a saved model directory")
@@ -167,35 +237,74 @@ def student_from_teacher_layers(teacher_path: str, layers: tuple[int, ...], atte
     """DistilBERT-style student: copy embeddings and teacher transformer layers ``layers``
     (1-based, as in hidden_states numbering) from the teacher's weight files.
 
-    Raises: ConfigError for a layer outside 1..L; ModelError for an unreadable teacher directory.
+    The files may hold a task model (keys ``bert.encoder.layer.N…``) or a base model (keys
+    ``encoder.layer.N…``): when the files lack the student's ``base_model_prefix``, it is added,
+    as transformers' from_pretrained does. Pooler and classifier may be missing (random init).
+    Raises: ConfigError for a layer outside 1..L; ModelError for an unreadable teacher directory,
+    or when any student embedding or transformer-layer parameter is not in the files.
     """
-    from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    teacher_path = resolve(teacher_path)
-    _check_model_dir(teacher_path)
-    config = AutoConfig.from_pretrained(teacher_path)
+    root = local_dir(teacher_path)
+    _check_model_dir(str(root))
+    config = AutoConfig.from_pretrained(root)
     depth = config.num_hidden_layers
     if not layers or min(layers) < 1 or max(layers) > depth:
         raise ConfigError(f"--init-layers {list(layers)}: teacher layers run from 1 to {depth}")
+    config.num_hidden_layers = len(layers)
+    student = AutoModelForSequenceClassification.from_config(config, **_attention_kwargs(attention))
+    state = _with_prefix(_read_weights(root), student)
+    missing, _ = student.load_state_dict(_renumber_layers(state, layers), strict=False)
+    _check_copied(missing, teacher_path)
+    return student
+
+
+def _read_weights(root: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     state = {}
-    for file in weight_files(teacher_path):
+    for file in weight_files(str(root)):
         state.update(load_file(str(file)) if file.suffix == ".safetensors" else torch.load(file, weights_only=True))
-    source_to_student = {teacher - 1: i for i, teacher in enumerate(layers)}
+    return state
+
+
+def _with_prefix(state: dict, model) -> dict:
+    """Add ``model.base_model_prefix`` + "." to every key when the model's keys carry it and
+    none of the checkpoint's do (a base model's weights for a task model)."""
+    prefix = model.base_model_prefix + "."
+    expects = any(key.startswith(prefix) for key in model.state_dict())
+    if not expects or any(key.startswith(prefix) for key in state):
+        return state
+    return {prefix + key: value for key, value in state.items()}
+
+
+def _renumber_layers(state: dict, layers: tuple[int, ...]) -> dict:
+    """Keep the chosen teacher layers (1-based) as student layers 0..len−1; drop the rest. A
+    teacher layer chosen twice (a student deeper than the teacher) is copied into both."""
+    targets: dict[int, list[int]] = {}
+    for student, teacher in enumerate(layers):
+        targets.setdefault(teacher - 1, []).append(student)
     renamed = {}
     for key, value in state.items():
         match = _LAYER_KEY.search(key)
         if match is None:
             renamed[key] = value
-        elif int(match.group(2)) in source_to_student:
-            new = source_to_student[int(match.group(2))]
+            continue
+        for new in targets.get(int(match.group(2)), []):
             renamed[key[: match.start(2)] + str(new) + key[match.end(2):]] = value
-    config.num_hidden_layers = len(layers)
-    student = AutoModelForSequenceClassification.from_config(config, **_attention_kwargs(attention))
-    missing, _ = student.load_state_dict(renamed, strict=False)
+    return renamed
+
+
+def _check_copied(missing: list[str], teacher_path: str) -> None:
+    """Raises ModelError when an embedding or transformer-layer parameter was not copied."""
+    required = [key for key in missing if _LAYER_KEY.search(key) or "embeddings." in key]
+    if required:
+        raise ModelError(
+            f"the weights of {teacher_path!r} lack {len(required)} of the student's embedding and layer "
+            f"parameters (e.g. {required[0]!r}): pass a BERT-style model directory whose weights match its config"
+        )
     if missing:
         log.info("student keys not in the teacher (left at random init): %s", missing)
-    return student
 
 
 def default_init_layers(teacher_layers: int, student_layers: int) -> tuple[int, ...]:
@@ -214,6 +323,7 @@ def save(model, tokenizer, out: str | Path) -> None:
 
 
 def read_config(path: str) -> dict:
-    path = resolve(path)
-    _check_model_dir(path)
-    return json.loads((Path(path) / "config.json").read_text())
+    """config.json of a local directory or hub model. Raises ModelError when there is none."""
+    root = local_dir(path)
+    _check_model_dir(str(root))
+    return json.loads((root / "config.json").read_text())

@@ -69,3 +69,17 @@ def toy_dir(tmp_path_factory) -> str:
     write_rows(out / "train.csv", toy_rows(64, seed=0))
     write_rows(out / "dev.csv", toy_rows(16, seed=1))
     return str(out)
+
+
+def fails(capsys, argv, *needles) -> str:
+    """Run the CLI expecting a usage error: exit 2 and one stderr line naming every needle (progress
+    bars an error interrupted are redrawn with carriage returns; the terminal shows their last line)."""
+    from hsk_cache.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().split("\r")[-1].strip()  # what a terminal shows after progress bars
+    assert err.startswith("hsk: error: ") and "\n" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err

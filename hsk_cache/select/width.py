@@ -36,13 +36,16 @@ def magnitude_mask(hidden_states: torch.Tensor, token_valid: torch.Tensor, fract
     Args:
         hidden_states: [B, L_k, K, D] float. token_valid: [B, L_k, K] bool (False = no token).
         fraction: P in (0, 1].
-    Returns: [B, L_k, K, D] bool; per (example, layer) exactly ceil(P · valid tokens · D) True
-        among valid tokens (ties broken by position).
+    Returns: [B, L_k, K, D] bool; per (example, layer) exactly ``kept_elements(P, valid tokens·D)``
+        True among valid tokens (ties broken by position), never more than
+        ``max_kept_elements(P, K, D)``.
     Source: Liu et al. 2021, §4.3 ("magnitude"), defined per example here.
     """
     b, layers, k, d = hidden_states.shape
     scores = hidden_states.abs().float().masked_fill(~token_valid[..., None], -math.inf).reshape(b, layers, k * d)
-    counts = torch.ceil(token_valid.sum(-1).double() * d * fraction).long()  # [B, L_k]
+    valid_elements = token_valid.sum(-1).long() * d  # [B, L_k], an exact integer
+    counts = torch.tensor([kept_elements(fraction, n) for n in valid_elements.flatten().tolist()],
+                          dtype=torch.long).reshape(b, layers)
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
     keep = torch.arange(k * d)[None, None, :] < counts[..., None]
     mask = torch.zeros(b, layers, k * d, dtype=torch.bool)
@@ -50,6 +53,15 @@ def magnitude_mask(hidden_states: torch.Tensor, token_valid: torch.Tensor, fract
     return mask.reshape(b, layers, k, d)
 
 
+def kept_elements(fraction: float, n_elements: int) -> int:
+    """Elements magnitude keeps out of ``n_elements`` (an integer, tokens·D): ceil(P·n − 1e-6).
+
+    The one rounding rule for both the per-example counts and the stored slots M, so the two
+    always agree. The −1e-6 absorbs float error in P·n (0.017·48000 = 816.0000000000001 → 816).
+    """
+    return math.ceil(fraction * int(n_elements) - 1e-6)
+
+
 def max_kept_elements(fraction: float, tokens: int, hidden_size: int) -> int:
-    """M, the stored value slots per (example, layer) for magnitude: ceil(P·K·D)."""
-    return math.ceil(fraction * tokens * hidden_size)
+    """M, the stored value slots per (example, layer) for magnitude: ``kept_elements(P, K·D)``."""
+    return kept_elements(fraction, tokens * hidden_size)

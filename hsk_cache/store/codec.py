@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from hsk_cache import quantize
+from hsk_cache.errors import CacheError
 from hsk_cache.store.layout import Dims
 from hsk_cache.teacher import Knowledge
 
@@ -64,13 +65,20 @@ def unpack_values(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def encode(knowledge: Knowledge, dims: Dims, dim_index: np.ndarray | None) -> dict[str, np.ndarray]:
-    """One batch's knowledge → rows of every knowledge array (token axis padded to K, key axis to T)."""
+    """One batch's knowledge → rows of every knowledge array (token axis padded to K, key axis to T).
+
+    Raises: CacheError if a magnitude mask keeps more elements than the stored slots M.
+    """
     out = {}
     if knowledge.hidden_states is not None:
         out["token_index"] = _pad(knowledge.token_index, 2, dims.k, -1).astype(np.int16)
         hidden = _pad(knowledge.hidden_states, 2, dims.k, 0.0)
         if dims.width == "magnitude":
             mask = _pad(knowledge.hidden_mask, 2, dims.k, False)
+            kept = int(mask.reshape(*mask.shape[:2], -1).sum(-1).max(initial=0))
+            if kept > dims.slots:  # pack_values would drop values whose mask bits stay set
+                raise CacheError(f"a magnitude mask keeps {kept} elements but the cache has {dims.slots} slots: "
+                                 "the mask and the slot count disagree (a bug; please report it)")
             _quantized(out, "hidden_values", pack_values(hidden, mask, dims.slots), dims.dtype)
             out["hidden_mask"] = np.packbits(mask, axis=-1)
         else:
