@@ -10,7 +10,7 @@ import torch
 from hsk_cache import data, models
 from hsk_cache.cli import main
 from hsk_cache.config import DataConfig, ExtractSpec
-from hsk_cache.errors import CacheError, ConfigError, DataError, ModelError
+from hsk_cache.errors import CacheError, ConfigError, ModelError
 from hsk_cache.select import width
 from hsk_cache.store import codec
 from hsk_cache.store.layout import Dims
