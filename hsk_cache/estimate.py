@@ -23,6 +23,7 @@ from hsk_cache.store.layout import ArraySpec, Dims
 ARRAY_METADATA_BYTES = 700  # one array's zarr.json
 GROUP_METADATA_BYTES = 6000  # the group's zarr.json with the manifest (teacher config included)
 SHARD_INDEX_BYTES_PER_CHUNK = 16  # offset + length, uint64 each
+CHUNK_CHECKSUM_BYTES = 4  # the crc32c every chunk ends in
 FLOAT_RATIO = 1.08
 EXAMPLE_ARRAYS = ("input_ids", "token_type_ids", "lengths", "labels", "example_ids")
 
@@ -49,10 +50,11 @@ def estimate(specs: list[ArraySpec], examples: Examples, dims: Dims, chunks: dic
     sizes = {}
     for spec in specs:
         if not spec.per_example:
-            sizes[spec.name] = spec.nbytes() + ARRAY_METADATA_BYTES
+            sizes[spec.name] = spec.nbytes() + CHUNK_CHECKSUM_BYTES + ARRAY_METADATA_BYTES
             continue
         chunk = chunks[spec.name]
-        index_bytes = shards * ((shard // chunk) * SHARD_INDEX_BYTES_PER_CHUNK + 4)
+        chunks_per_shard = shard // chunk
+        index_bytes = shards * (chunks_per_shard * (SHARD_INDEX_BYTES_PER_CHUNK + CHUNK_CHECKSUM_BYTES) + 4)
         if sample is not None and spec.codec != "none" and spec.name in sample:
             rows = sample[spec.name]
             ratio = rows.nbytes / max(1, _compressed(rows, chunk, spec.codec))
@@ -60,7 +62,8 @@ def estimate(specs: list[ArraySpec], examples: Examples, dims: Dims, chunks: dic
         else:
             data = _data_bytes(spec, examples, dims, kept, chunk, ordered)
         sizes[spec.name] = data + index_bytes + ARRAY_METADATA_BYTES
-    commit = math.ceil(dims.n / shard) * 1 + ARRAY_METADATA_BYTES
+    per_example = sum(spec.per_example for spec in specs)  # commit rows: (bytes, crc32c) uint64 per array
+    commit = shards * (per_example * 16 + CHUNK_CHECKSUM_BYTES) + ARRAY_METADATA_BYTES
     total = sum(sizes.values()) + commit + GROUP_METADATA_BYTES
     return Estimate(sizes, total, dims.n)
 

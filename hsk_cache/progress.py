@@ -4,11 +4,11 @@ factory) and quieting the libraries' own logs and bars."""
 from __future__ import annotations
 
 
-def bar(description: str, total: int, initial: int = 0):
-    """A tqdm bar counting examples (shows examples/s); starts at work already done on resume."""
+def bar(description: str, total: int, initial: int = 0, unit: str = "ex"):
+    """A tqdm bar counting examples (shows examples/s), or ``unit``; starts at work already done on resume."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=description, unit="ex", dynamic_ncols=True, leave=False)
+    return tqdm(total=total, initial=initial, desc=description, unit=unit, dynamic_ncols=True, leave=False)
 
 
 def quiet_libraries() -> None:

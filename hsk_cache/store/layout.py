@@ -1,8 +1,11 @@
 """Cache layout: array names, shapes, dtypes and chunking, and the manifest's identity. Pure.
 
 Every array is chunked along N (examples). A shard holds ``shard_examples`` rows and is the unit
-of writing (written whole, then committed in ``shard_committed``); each array's chunk (about
-1 MiB of its rows) is the unit of reading.
+of writing (written whole, then committed in ``shard_commits``); each array's chunk (about
+1 MiB of its rows) is the unit of reading. Every chunk ends in a crc32c (zarr's ``crc32c`` codec),
+so no Zarr reader can decode a damaged chunk as data; each shard's commit row records the size
+and crc32c of every file the shard wrote, so ``hsk verify`` finds missing, truncated or damaged
+shard files without decoding them.
 
 | array            | shape            | dtype             | content                                  |
 |------------------|------------------|-------------------|------------------------------------------|
@@ -22,7 +25,7 @@ of writing (written whole, then committed in ``shard_committed``); each array's 
 | value_relation   | [N, H, K, T]     | q                 | softmax(V·Vᵀ/√d_head) rows (MiniLM)       |
 | logits           | [N, C]           | float32           | teacher logits                            |
 | *_scale          | leading axes     | float32           | int8 only: per-row absmax / 127           |
-| shard_committed  | [S]              | uint8             | 1 once shard s is fully written           |
+| shard_commits    | [S, A, 2]        | uint64            | per array: shard file bytes, crc32c; 0 = uncommitted |
 | tokenizer/<file> | [bytes]          | uint8             | the teacher tokenizer's files             |
 
 The group attribute ``hsk_cache`` holds the JSON manifest; its ``complete`` is set last.
@@ -36,12 +39,12 @@ from dataclasses import dataclass
 from hsk_cache import quantize
 
 FORMAT_NAME = "hsk-cache"
-FORMAT_VERSION = 1
-COMMIT_ARRAY = "shard_committed"
+FORMAT_VERSION = 2  # 2: crc32c per chunk, commit rows with per-file sizes and checksums
+COMMIT_ARRAY = "shard_commits"
 TARGET_CHUNK_BYTES = 1 << 20  # 1 MiB of the widest array per chunk: cheap contiguous reads
 TARGET_SHARD_BYTES = 32 << 20  # 32 MiB per shard: one write, a bounded amount of work lost on a kill
 IDENTITY_KEYS = (
-    "format_version", "teacher.weights_sha256", "data.fingerprint", "max_length", "spec", "precision", "layout",
+    "format_version", "selection_version", "teacher.weights_sha256", "data.fingerprint", "max_length", "spec", "precision", "layout",
 )
 
 
@@ -192,3 +195,26 @@ def _pow2_floor(x: int) -> int:
 
 def _pow2_ceil(x: int) -> int:
     return 1 << max(0, (max(1, int(x)) - 1).bit_length())
+
+
+def extract_command(manifest: dict, path: str) -> str:
+    """The ``hsk extract`` command line that re-creates (or repairs) the cache at ``path``: the
+    options its manifest records, so a rerun matches the cache's identity."""
+    import shlex
+
+    data, spec = manifest["data"], manifest["spec"]
+    options = {
+        "--teacher": manifest["teacher"]["path"], "--data": data.get("resolved_source", data["source"]), "--split": data["split"],
+        "--text-columns": ",".join(data["text_columns"]) if data.get("text_columns") else None,
+        "--label-column": data.get("label_column"), "--max-length": manifest["max_length"], "--limit": data.get("limit"),
+        "--layers": spec["layers"], "--tokens": spec["tokens"], "--dims": spec["dims"],
+        "--knowledge": ",".join(spec["knowledge"]), "--attention-layers": spec.get("attention_layers"),
+        "--value-relation-layer": spec.get("value_relation_layer"), "--importance-layer": spec.get("importance_layer"),
+        "--dtype": spec["dtype"], "--codec": spec["codec"], "--selection-seed": spec["seed"],
+        "--precision": manifest["precision"], "--shard-examples": manifest["layout"]["shard_examples"], "--out": path,
+    }
+    words = ["hsk", "extract"]
+    for option, value in options.items():
+        if value is not None:
+            words += [option, str(value)]
+    return shlex.join(words)

@@ -1,8 +1,11 @@
 """Write a cache: create or resume the Zarr v3 group, write whole shards, commit, finish.
 
-Crash safety: a shard's arrays are written first, then its ``shard_committed`` entry; the
-manifest's ``complete`` flag is set last. A rerun resumes at the first uncommitted shard.
-Writers of disjoint shard sets never touch the same file (each commit entry is its own chunk).
+Crash safety: a shard's arrays are written first, then its ``shard_commits`` row (the size and
+crc32c of every file the shard wrote, read back from the store); the manifest's ``complete`` flag
+is set last. A rerun resumes at the uncommitted shards; ``uncommit`` marks damaged shards for
+re-extraction. Writers of disjoint shard sets never touch the same file (each commit row is its
+own chunk). Every chunk carries a crc32c, and chunks of fill values are written too, so a
+missing file is always damage, never "all fill values".
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from hsk_cache.errors import CacheError
-from hsk_cache.store import layout
+from hsk_cache.store import commits, layout
 from hsk_cache.store.reader import MANIFEST_KEY, TOKENIZER_GROUP, read_manifest
 
 log = logging.getLogger(__name__)
@@ -26,9 +29,10 @@ log = logging.getLogger(__name__)
 class CacheWriter:
     """Owns one cache group while extraction runs."""
 
-    def __init__(self, group: zarr.Group, manifest: dict) -> None:
+    def __init__(self, group: zarr.Group, manifest: dict, resumed: bool = False) -> None:
         self.group = group
         self.manifest = manifest
+        self.resumed = resumed  # reopened an existing cache of the same identity
 
     @classmethod
     def open(cls, path: str | Path, manifest: dict, specs: list[layout.ArraySpec], overwrite: bool = False) -> "CacheWriter":
@@ -42,6 +46,7 @@ class CacheWriter:
         if existing is not None and not overwrite:
             _check_same(path, existing, manifest)
             group = zarr.open_group(str(path), mode="r+")
+            manifest = {**manifest, "complete": existing.get("complete", False), "counts": existing.get("counts", {})}
             log.info("resuming %s", path)
         else:
             if path.exists():
@@ -52,7 +57,7 @@ class CacheWriter:
                 shutil.rmtree(path)
             group = zarr.open_group(str(path), mode="w")
             group.attrs[MANIFEST_KEY] = manifest
-        writer = cls(group, manifest)
+        writer = cls(group, manifest, resumed=existing is not None and not overwrite)
         writer._ensure_arrays(specs)
         return writer
 
@@ -70,15 +75,23 @@ class CacheWriter:
             self.group.create_array(
                 spec.name, shape=spec.shape, dtype=spec.dtype, chunks=chunks, shards=shards,
                 compressors=compressors(spec.codec), fill_value=-1 if spec.name.endswith("_index") else 0,
+                config=ARRAY_CONFIG,
             )
         if layout.COMMIT_ARRAY not in present:
-            self.group.create_array(
-                layout.COMMIT_ARRAY, shape=(lay["num_shards"],), dtype="uint8", chunks=(1,), compressors=None, fill_value=0
+            names = [spec.name for spec in specs if spec.per_example]
+            array = self.group.create_array(
+                layout.COMMIT_ARRAY, shape=(lay["num_shards"], len(names), 2), dtype="uint64", chunks=(1, len(names), 2),
+                compressors=compressors("none"), fill_value=0, config=ARRAY_CONFIG,
             )
+            array.attrs[commits.COMMIT_ARRAYS_ATTR] = names
+
+    def _array(self, name: str) -> zarr.Array:
+        """An array opened for writing: the write config is not stored in the metadata."""
+        return self.group[name].with_config(ARRAY_CONFIG)
 
     def write_global(self, name: str, values: np.ndarray) -> None:
         """Write a small array that is not chunked along N (dim_index), whole."""
-        self.group[name][...] = values
+        self._array(name)[...] = values
 
     def write_tokenizer(self, tokenizer) -> None:
         """Store the tokenizer's files as 1-D uint8 arrays in the ``tokenizer`` subgroup, so the
@@ -89,42 +102,76 @@ class CacheWriter:
             for file in sorted(Path(tmp).iterdir()):
                 payload = np.frombuffer(file.read_bytes(), dtype=np.uint8)
                 array = group.create_array(file.name, shape=payload.shape, dtype="uint8", chunks=(max(1, len(payload)),),
-                                           compressors=ZstdCodec(level=3), overwrite=True)
+                                           compressors=compressors("zstd"), overwrite=True, config=ARRAY_CONFIG)
                 array[:] = payload
 
     def committed(self) -> np.ndarray:
-        """[S] bool: which shards are fully written."""
-        return self.group[layout.COMMIT_ARRAY][:].astype(bool)
+        """[S] bool: which shards are fully written (a damaged commit row counts as not)."""
+        rows, _ = commits.read_commits(self.group)
+        return commits.committed_mask(rows)
 
     def write_shard(self, shard: int, start: int, block: dict[str, np.ndarray]) -> None:
-        """Write one whole shard (rows start..start+len) of every array, then commit it."""
-        for name, values in block.items():
-            self.group[name][start : start + len(values)] = values
-        self.group[layout.COMMIT_ARRAY][shard] = 1
+        """Write one whole shard (rows start..start+len) of every array, then commit it with the
+        size and crc32c of each file it wrote, read back from the store.
+
+        Raises: CacheError if ``block`` misses an array of the commit row.
+        """
+        names = commits.commit_names(self.group)
+        missing = set(names) - set(block)
+        if missing:
+            raise CacheError(f"shard {shard} lacks arrays {sorted(missing)}")
+        for name in names:
+            values = block[name]
+            self._array(name)[start : start + len(values)] = values
+        row = np.zeros((len(names), 2), dtype=np.uint64)
+        for i, name in enumerate(names):
+            payload = commits.read_file(self.group, commits.shard_key(self.group[name], shard))
+            if payload is None:
+                raise CacheError(f"shard {shard} of {name} vanished right after it was written: check the storage")
+            record = commits.record_of(payload)
+            row[i] = (record.nbytes, record.crc32c)
+        self._array(layout.COMMIT_ARRAY)[shard] = row
+
+    def uncommit(self, shards: list[int]) -> None:
+        """Mark ``shards`` for re-extraction (damaged): the cache becomes incomplete until they are
+        rewritten and ``finish`` runs again."""
+        if not shards:
+            return
+        self.set_complete(False)
+        for shard in shards:
+            self._array(layout.COMMIT_ARRAY)[shard] = 0
+
+    def set_complete(self, complete: bool) -> None:
+        self.manifest = {**self.manifest, "complete": complete}
+        self.group.attrs[MANIFEST_KEY] = self.manifest
 
     def finish(self, counts: dict) -> dict:
         """Mark the cache complete (last write of an extraction). Returns the final manifest."""
         if not self.committed().all():
             raise CacheError("cannot finish a cache with uncommitted shards")
-        self.manifest = {**self.manifest, "counts": counts, "complete": True}
-        self.group.attrs[MANIFEST_KEY] = self.manifest
+        self.manifest = {**self.manifest, "counts": counts}
+        self.set_complete(True)
         return self.manifest
 
 
-def compressors(codec: str):
-    """Zarr v3 compressors for a codec name: none, zstd (level 3), or blosc (zstd, byte shuffle)."""
+ARRAY_CONFIG = {"write_empty_chunks": True}  # every chunk is stored: a missing file is damage, not fill values
+
+
+def compressors(codec: str) -> list:
+    """Zarr v3 bytes-to-bytes codecs for a codec name — none, zstd (level 3), or blosc (zstd, byte
+    shuffle) — followed by crc32c, so every chunk is checksummed and verified on read."""
     if codec == "zstd":
-        return ZstdCodec(level=3)
+        return [ZstdCodec(level=3), Crc32cCodec()]
     if codec == "blosc":
-        return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
-    return None
+        return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()]
+    return [Crc32cCodec()]
 
 
 def _existing_manifest(path: Path) -> dict | None:
     if not (path / "zarr.json").is_file():
         return None
     try:
-        return read_manifest(path)
+        return read_manifest(path, check_version=False)
     except CacheError:
         return None
 

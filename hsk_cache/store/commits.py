@@ -1,0 +1,81 @@
+"""Shard files and their commit records: what each committed shard wrote (bytes and crc32c per
+array), read back through zarr's store layer so the same code serves any zarr store.
+
+A shard of an N-chunked array is one file (one store key) holding its chunks and index. After a
+writer has written shard s of every array, it reads each file back, and the commit row
+``shard_commits[s]`` records ``(nbytes, crc32c)`` per array, in the order of the array's
+``arrays`` attribute. A row of zeros means "not committed". The checksum is crc32c
+(``google_crc32c``, the library zarr's own ``crc32c`` codec uses): fast, and what the chunks
+already carry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import google_crc32c
+import numpy as np
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from hsk_cache.store import layout
+
+COMMIT_ARRAYS_ATTR = "arrays"  # commit-array attribute: the array names, in column order
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What one shard file held when it was committed: size in bytes and crc32c of its bytes."""
+
+    nbytes: int
+    crc32c: int
+
+
+def shard_key(array: zarr.Array, shard: int) -> str:
+    """The store key of shard ``shard`` (along N) of an N-chunked array."""
+    coords = (shard,) + (0,) * (array.ndim - 1)
+    return f"{array.store_path.path}/{array.metadata.encode_chunk_key(coords)}"
+
+
+def read_file(group: zarr.Group, key: str) -> bytes | None:
+    """The bytes stored at ``key`` in the group's store, or None when there is no such file."""
+    buffer = sync(group.store.get(key, prototype=default_buffer_prototype()))
+    return None if buffer is None else buffer.to_bytes()
+
+
+def file_size(group: zarr.Group, key: str) -> int | None:
+    """Bytes of the file at ``key``, or None when it is missing."""
+    if not sync(group.store.exists(key)):
+        return None
+    return int(sync(group.store.getsize(key)))
+
+
+def record_of(payload: bytes) -> FileRecord:
+    return FileRecord(len(payload), google_crc32c.value(payload))
+
+
+def commit_names(group: zarr.Group) -> list[str]:
+    """The arrays a commit row covers, in column order."""
+    return list(group[layout.COMMIT_ARRAY].attrs[COMMIT_ARRAYS_ATTR])
+
+
+def read_commits(group: zarr.Group) -> tuple[np.ndarray, list[int]]:
+    """Commit rows ``[S, A, 2]`` uint64 and the shards whose commit row itself is unreadable
+    (damaged chunk: treated as uncommitted, their rows are zeros here)."""
+    commits = group[layout.COMMIT_ARRAY]
+    try:
+        return commits[:], []
+    except ValueError:  # a damaged commit chunk fails its crc32c: read row by row to find it
+        rows, damaged = np.zeros(commits.shape, dtype=np.uint64), []
+        for s in range(commits.shape[0]):
+            try:
+                rows[s] = commits[s]
+            except ValueError:
+                damaged.append(s)
+        return rows, damaged
+
+
+def committed_mask(rows: np.ndarray) -> np.ndarray:
+    """[S] bool: shards whose commit row records every array."""
+    return (rows[:, :, 0] > 0).all(axis=1)

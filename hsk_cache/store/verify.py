@@ -1,0 +1,126 @@
+"""``hsk verify``: check every committed shard file against its commit record, and every small
+global array (dim_index, the tokenizer's files) against its chunk checksums.
+
+A shard is bad when one of its files is missing, has another size than was written, or has
+another crc32c, or when its commit record itself is unreadable. ``hsk extract`` with the same
+options re-extracts exactly the bad shards (it runs this check first when it resumes).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from hsk_cache.store import commits, layout
+from hsk_cache.store.reader import TOKENIZER_GROUP, CacheReader
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One damaged file. shard: its shard (None for a global array); rows: its examples [start, stop)."""
+
+    shard: int | None
+    array: str
+    problem: str
+    rows: tuple[int, int] | None = None
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    num_shards: int
+    committed: int
+    complete: bool
+    problems: list[Problem] = field(default_factory=list)
+    checked_bytes: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def bad_shards(self) -> list[int]:
+        return sorted({p.shard for p in self.problems if p.shard is not None})
+
+    @property
+    def ok(self) -> bool:
+        """Complete and undamaged: safe to train from."""
+        return self.complete and not self.problems
+
+
+def verify(path: str | Path, progress=None) -> VerifyReport:
+    """Check the cache at ``path``.
+
+    progress: optional factory ``progress(description, total, initial)`` returning a bar with
+    ``update(n)`` and ``close()``, counted in shards.
+    Raises: CacheError if ``path`` is no cache or has an unknown format version.
+    """
+    started = time.perf_counter()
+    reader = CacheReader(path)
+    report = VerifyReport(str(path), reader.manifest["layout"]["num_shards"], 0, reader.complete)
+    report.problems, report.checked_bytes, report.committed = check_group(reader.group, reader.manifest, progress)
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def check_group(group: zarr.Group, manifest: dict, progress=None) -> tuple[list[Problem], int, int]:
+    """(problems, bytes checked, committed shards) of an open cache group."""
+    rows, unreadable = commits.read_commits(group)
+    names = commits.commit_names(group)
+    n, shard_examples = manifest["data"]["num_examples"], manifest["layout"]["shard_examples"]
+    problems = [Problem(s, layout.COMMIT_ARRAY, "commit record damaged", layout.shard_range(s, n, shard_examples))
+                for s in unreadable]
+    committed = np.flatnonzero(commits.committed_mask(rows))
+    bar = progress("verify shards", len(committed), 0) if progress is not None else None
+    checked = 0
+    for shard in committed:
+        span = layout.shard_range(int(shard), n, shard_examples)
+        for i, name in enumerate(names):
+            payload = commits.read_file(group, commits.shard_key(group[name], int(shard)))
+            problem = _compare(payload, commits.FileRecord(int(rows[shard, i, 0]), int(rows[shard, i, 1])))
+            checked += 0 if payload is None else len(payload)
+            if problem:
+                problems.append(Problem(int(shard), name, problem, span))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    problems += _check_globals(group, manifest)
+    return problems, checked, len(committed)
+
+
+def _compare(payload: bytes | None, expected: commits.FileRecord) -> str | None:
+    if payload is None:
+        return "missing"
+    found = commits.record_of(payload)
+    if found.nbytes != expected.nbytes:
+        return f"{found.nbytes} bytes, {expected.nbytes} written"
+    if found.crc32c != expected.crc32c:
+        return f"crc32c {found.crc32c:08x}, {expected.crc32c:08x} written"
+    return None
+
+
+def _check_globals(group: zarr.Group, manifest: dict) -> list[Problem]:
+    """Arrays not chunked along N are small: decoding them checks their chunk crc32c."""
+    dims = layout.dims_from_manifest(manifest)
+    names = [spec.name for spec in layout.arrays(dims) if not spec.per_example]
+    names += [f"{TOKENIZER_GROUP}/{name}" for name in group[TOKENIZER_GROUP].array_keys()] if TOKENIZER_GROUP in group else []
+    problems = []
+    for name in names:
+        try:
+            group[name][...]
+        except KeyError:
+            problems.append(Problem(None, name, "missing"))
+        except ValueError as err:
+            problems.append(Problem(None, name, f"corrupt ({str(err).split('.')[0]})"))
+    return problems
+
+
+def table(report: VerifyReport) -> str:
+    """The bad shards as a Markdown table: shard, examples, array, problem."""
+    lines = ["| shard | examples | array | problem |", "|---|---|---|---|"]
+    for p in sorted(report.problems, key=lambda p: (p.shard is None, p.shard or 0, p.array)):
+        rows = f"{p.rows[0]}..{p.rows[1] - 1}" if p.rows else "-"
+        lines.append(f"| {'-' if p.shard is None else p.shard} | {rows} | {p.array} | {p.problem} |")
+    return "\n".join(lines)
