@@ -1,4 +1,4 @@
-"""The ``hsk`` command: finetune, extract, train, eval, info.
+"""The ``hsk`` command: finetune, extract, train, eval, info, verify.
 
 Every error the library raises on purpose (``HskError``) becomes one line on stderr and exit
 status 2; argparse's own usage errors also exit 2.
@@ -31,9 +31,12 @@ def _add_data(p: argparse.ArgumentParser, split: str) -> None:
     g.add_argument("--limit", type=int, default=None, help="use only the first N examples (default: all)")
 
 
+def _columns(a) -> tuple[str, ...] | None:
+    return tuple(c.strip() for c in a.text_columns.split(",")) if a.text_columns else None
+
+
 def _data_config(a) -> DataConfig:
-    columns = tuple(c.strip() for c in a.text_columns.split(",")) if a.text_columns else None
-    return DataConfig(a.data, a.split, columns, a.label_column, a.max_length, a.limit)
+    return DataConfig(a.data, a.split, _columns(a), a.label_column, a.max_length, a.limit)
 
 
 def _add_spec(p: argparse.ArgumentParser) -> None:
@@ -162,6 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "assembles them inline (default: %(default)s)")
     g.add_argument("--memory-budget-gb", type=float, default=4.0, help="cache knowledge held in memory: the whole "
                    "cache if it fits (full shuffle), else a window of shards (shard-window shuffle) (default: %(default)s)")
+    g = p.add_argument_group("checkpoints and dev evaluation")
+    g.add_argument("--save-every", default="5min", help="checkpoint interval: optimizer steps (500), a duration (90s, "
+                   "5min, 2h), or 0 for stage ends only; a checkpoint is also written at every stage end. Rerunning the "
+                   "same command on the same --out resumes from the latest one (default: %(default)s)")
+    g.add_argument("--resume", action="store_true", help="require a checkpoint in --out to resume from (default: "
+                   "resume when there is one, start when there is none)")
+    g.add_argument("--overwrite", action="store_true", help="discard a run (of any config) already in --out and start "
+                   "over (default: refuse another config)")
+    g.add_argument("--eval-data", default=None, help="evaluate on this data source during training, logging accuracy "
+                   "and MCC to <out>/metrics.jsonl and keeping the best model of the last stage in <out>/best "
+                   "(default: no evaluation)")
+    g.add_argument("--eval-split", default="dev", help="split of --eval-data (default: %(default)s)")
+    g.add_argument("--eval-every", type=int, default=0, help="evaluate every N optimizer steps as well as at stage "
+                   "ends; 0: at stage ends only (default: %(default)s)")
+    g.add_argument("--eval-metric", default="accuracy", choices=("accuracy", "mcc"), help="the metric that picks "
+                   "the best model (default: %(default)s)")
 
     p = sub.add_parser("eval", help="accuracy and Matthews correlation on a split",
                        description="Evaluate a saved classifier: accuracy and Matthews correlation (CoLA's metric).")
@@ -173,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="print a cache's manifest and size", description="Print the manifest, stored "
                        "bytes, bytes per example, the ratio to the full float32 hidden states, and completeness.")
+    p.add_argument("cache", help="a cache directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: text)")
+
+    p = sub.add_parser("verify", help="check every shard of a cache (missing files, sizes, checksums)",
+                       description="Check every committed shard file of a cache against the size and crc32c recorded "
+                       "when it was written, and the small global arrays against their chunk checksums. Prints a table "
+                       "of bad shards; exit status 1 when any is bad or the cache is incomplete. Rerunning the hsk "
+                       "extract command that made the cache re-extracts exactly the bad shards.")
     p.add_argument("cache", help="a cache directory")
     p.add_argument("--json", action="store_true", help="print one JSON object (default: text)")
     return parser
@@ -189,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hsk: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("hsk: interrupted (rerun the same command to resume an extraction)", file=sys.stderr)
+        print("hsk: interrupted (rerun the same command to resume)", file=sys.stderr)
         return 130
 
 
@@ -221,9 +248,33 @@ def _extract(a) -> int:
 
     stored = CacheReader(a.out).stored_bytes()
     n = r.manifest["counts"]["examples"]
-    print(f"extract: {n} examples, {r.shards_written} shards written, {r.shards_skipped} resumed, "
+    repaired = f" ({r.shards_repaired} damaged, re-extracted)" if r.shards_repaired else ""
+    print(f"extract: {n} examples, {r.shards_written} shards written{repaired}, {r.shards_skipped} resumed, "
           f"{r.elapsed_s:.1f} s → {a.out} ({_size(stored)}, {_size(stored / n)}/example)")
     return 0
+
+
+def _verify(a) -> int:
+    from dataclasses import asdict
+
+    from hsk_cache.store import verify
+
+    r = verify.verify(a.cache, lambda description, total, initial: _bar(description, total, initial, unit="shard"))
+    if a.json:
+        print(json.dumps({**asdict(r), "bad_shards": r.bad_shards, "ok": r.ok}))
+        return 0 if r.ok else 1
+    if r.problems:
+        print(verify.table(r))
+    state = "complete" if r.complete else f"incomplete ({r.committed}/{r.num_shards} shards extracted)"
+    verdict = "ok" if not r.problems else f"{len(r.bad_shards)} bad shards" + (
+        f", {len(r.problems) - sum(p.shard is not None for p in r.problems)} bad global arrays"
+        if any(p.shard is None for p in r.problems) else "")
+    print(f"verify: {verdict}; {r.committed} shards checked ({_size(r.checked_bytes)}), {state}, {r.elapsed_s:.1f} s")
+    if r.problems:
+        from hsk_cache.store.reader import CacheReader
+
+        print(f"repair: {CacheReader(a.cache).repair_command}")
+    return 0 if r.ok else 1
 
 
 def _train(a) -> int:
@@ -243,19 +294,32 @@ def _train(a) -> int:
         StageConfig("prediction", a.pred_epochs, a.pred_lr, a.pred_batch_size, a.warmup_ratio),
     )
     online = a.online_teacher is not None
+    evaluation = None
+    if a.eval_data:
+        evaluation = train.EvalConfig(a.eval_data, a.eval_split, _columns(a), a.label_column, a.eval_every, a.eval_metric)
     config = train.TrainConfig(
-        a.out, student, a.cache, a.online_teacher, _data_config(a) if online else None,
-        _spec(a) if online else ExtractSpec(), stages, a.layer_map, a.attention_map, a.keep_top_pairs,
-        a.width_target, a.attention_loss, a.head_map, a.temperature, a.hard_label_weight,
-        a.seed, a.precision, a.teacher_precision, a.device, a.num_workers, int(a.memory_budget_gb * (1 << 30)),
+        a.out, student=student, cache=a.cache, online_teacher=a.online_teacher, data=_data_config(a) if online else None,
+        spec=_spec(a) if online else ExtractSpec(), stages=stages, layer_map=a.layer_map, attention_map=a.attention_map,
+        keep_top_pairs=a.keep_top_pairs, width_target=a.width_target, attention_loss=a.attention_loss,
+        head_map=a.head_map, temperature=a.temperature, hard_label_weight=a.hard_label_weight, seed=a.seed,
+        precision=a.precision, teacher_precision=a.teacher_precision, device=a.device, num_workers=a.num_workers,
+        memory_budget_bytes=int(a.memory_budget_gb * (1 << 30)), eval=evaluation, save_every=a.save_every,
+        overwrite=a.overwrite, resume=a.resume,
     )
     r = train.run(config, _bar)
+    if r.already_finished:
+        print(f"train: {r.out} already holds this finished run; nothing to do (pass --overwrite to train again)")
+        return 0
+    if r.resumed_from:
+        print(f"train: resumed from {r.resumed_from}")
     for s in r.stages:
         if s.steps:
             print(f"train {s.kind}: {s.steps} steps, loss {s.losses[0]:.4f} → {s.losses[-1]:.4f}, "
                   f"{s.examples_per_s:.1f} ex/s, {s.elapsed_s:.1f} s")
     maps = f"layer map {r.layer_map or '-'}" + (f", attention map {r.attention_map}" if r.attention_map else "")
-    print(f"train: {maps}, {r.elapsed_s:.1f} s → {r.out}")
+    best = f", best {r.best['metric']} {r.best['value']:.4f} (stage {r.best['stage']} step {r.best['step']}) → " \
+        f"{r.out}/best" if r.best else ""
+    print(f"train: {maps}, {r.checkpoints} checkpoints ({r.checkpoint_s:.1f} s){best}, {r.elapsed_s:.1f} s → {r.out}")
     return 0
 
 
@@ -301,7 +365,7 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-COMMANDS = {"finetune": _finetune, "extract": _extract, "train": _train, "eval": _eval, "info": _info}
+COMMANDS = {"finetune": _finetune, "extract": _extract, "train": _train, "eval": _eval, "info": _info, "verify": _verify}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -33,3 +33,7 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message, for wrapping library errors in one-line ones."""
     lines = str(err).strip().splitlines()
     return lines[0][:limit] if lines else type(err).__name__
+
+
+class CheckpointError(HskError, ValueError):
+    """A training run directory cannot be resumed: another config, or an unreadable checkpoint."""

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from hsk_cache import data, estimate, models
+from hsk_cache import __version__, data, estimate, models
 from hsk_cache.batching import Examples, collate, sequential_batches
 from hsk_cache.config import DataConfig, ExtractSpec, check_device, check_precision
-from hsk_cache.errors import ConfigError, ModelError
-from hsk_cache.select import width
+from hsk_cache.errors import CacheError, ConfigError, ModelError
+from hsk_cache.select import SELECTION_VERSION, width
 from hsk_cache.store import codec, layout
 from hsk_cache.store.reader import TOKENIZER_GROUP
+from hsk_cache.store.verify import check_group
 from hsk_cache.store.writer import CacheWriter
 from hsk_cache.teacher import Plan, run_teacher, select_knowledge
 
@@ -48,9 +49,10 @@ class ExtractConfig:
 @dataclass(frozen=True)
 class ExtractResult:
     manifest: dict
-    shards_written: int
+    shards_written: int  # including repaired ones
     shards_skipped: int
     elapsed_s: float
+    shards_repaired: int = 0
 
 
 def dims_for(spec: ExtractSpec, config, examples: Examples, plan: Plan, max_length: int) -> layout.Dims:
@@ -93,6 +95,7 @@ def prepare(config: ExtractConfig, load_weights: bool = True) -> Prepared:
         teacher_config = teacher.config
     else:
         teacher, teacher_config = None, models.load_config(config.teacher)
+    models.check_max_length(teacher_config, config.data.max_length)
     split = data.load_split(config.data, label_names=models.task_label_names_of_config(teacher_config))
     _check_classes(split, teacher_config)
     plan = Plan.make(config.spec, teacher_config, tokenizer)
@@ -105,17 +108,34 @@ def prepare(config: ExtractConfig, load_weights: bool = True) -> Prepared:
 
 
 def run(config: ExtractConfig, progress=None) -> ExtractResult:
-    """Extract: prepare, open (or resume) the cache, write missing shards, finish.
+    """Extract: prepare, open (or resume) the cache, re-extract damaged shards, write missing
+    shards, finish.
+
+    A rerun on an existing cache of the same identity first verifies every committed shard
+    (size and crc32c of each file, see ``store.verify``) and re-extracts the bad ones (repair).
 
     progress: optional factory ``progress(description, total, initial)`` returning a bar with
     ``update(n)`` and ``close()`` (a tqdm bar, for instance), counted in examples.
-    Raises: ModelError, DataError, ConfigError, CacheError; before anything is written.
+    Raises: ModelError, DataError, ConfigError, CacheError (before anything is written), and
+    CacheError when the storage fails mid-way (disk full, permissions): committed shards are
+    kept, so rerunning the same command resumes.
     """
     started = time.perf_counter()
     p = prepare(config)
     run_teacher(p.teacher, collate(p.examples, np.arange(1)), p.plan, config.precision)  # fails early if it can't
     manifest = _manifest(config, p)
+    try:
+        return _write(config, p, manifest, progress, started)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise CacheError(f"writing the cache {config.out!r} failed: {reason} ({err.filename or 'storage'}); shards "
+                         "committed so far are kept: fix the storage (free space, permissions) and rerun the same "
+                         "command to resume") from None
+
+
+def _write(config: ExtractConfig, p: Prepared, manifest: dict, progress, started: float) -> ExtractResult:
     writer = CacheWriter.open(config.out, manifest, p.specs, overwrite=config.overwrite)
+    repaired = _repair(writer, progress) if writer.resumed else []
     writer.write_tokenizer(p.tokenizer)
     dim_index = None if p.plan.dim_index is None else p.plan.dim_index.numpy()
     if dim_index is not None:
@@ -124,15 +144,27 @@ def run(config: ExtractConfig, progress=None) -> ExtractResult:
     n = p.dims.n
     done = sum(_shard_size(s, n, p.shard) for s in np.flatnonzero(committed))
     bar = progress("extract", n, done) if progress is not None else None
-    for s in np.flatnonzero(~committed):
-        start, stop = layout.shard_range(int(s), n, p.shard)
-        block = _extract_shard(p, start, stop, config, dim_index, bar)
-        writer.write_shard(int(s), start, block)
-    if bar is not None:
-        bar.close()
+    try:
+        for s in np.flatnonzero(~committed):
+            start, stop = layout.shard_range(int(s), n, p.shard)
+            block = _extract_shard(p, start, stop, config, dim_index, bar)
+            writer.write_shard(int(s), start, block)
+    finally:
+        if bar is not None:
+            bar.close()
     final = writer.finish({"examples": n, "shards": len(committed)})
     elapsed = time.perf_counter() - started
-    return ExtractResult(final, int((~committed).sum()), int(committed.sum()), elapsed)
+    return ExtractResult(final, int((~committed).sum()), int(committed.sum()), elapsed, len(repaired))
+
+
+def _repair(writer: CacheWriter, progress) -> list[int]:
+    """Verify the committed shards of a reopened cache; uncommit the bad ones. Returns them."""
+    problems, _, _ = check_group(writer.group, writer.manifest, progress)
+    bad = sorted({p.shard for p in problems if p.shard is not None})
+    for p in problems:
+        log.warning("damaged: shard %s of %s: %s", p.shard, p.array, p.problem)
+    writer.uncommit(bad)
+    return bad
 
 
 DRY_RUN_SAMPLE = 64
@@ -191,6 +223,8 @@ def _manifest(config: ExtractConfig, p: Prepared) -> dict:
     return {
         "format": layout.FORMAT_NAME,
         "format_version": layout.FORMAT_VERSION,
+        "hsk_cache_version": __version__,
+        "selection_version": SELECTION_VERSION,
         "teacher": {
             "path": str(Path(teacher_path).resolve()) if Path(teacher_path).exists() else teacher_path,
             "weights_sha256": models.weights_sha256(teacher_path),
@@ -202,6 +236,8 @@ def _manifest(config: ExtractConfig, p: Prepared) -> dict:
         "tokenizer": {"group": TOKENIZER_GROUP, "name_or_path": tokenizer.name_or_path, "vocab_size": len(tokenizer)},
         "data": {
             **config.data.describe(), "task": split.task, "fingerprint": data.fingerprint(p.tokenized),
+            "resolved_source": str(Path(config.data.source).expanduser().resolve())
+            if Path(config.data.source).expanduser().exists() else config.data.source,
             "num_examples": dims.n, "label_names": list(split.label_names),
         },
         "max_length": config.data.max_length,
