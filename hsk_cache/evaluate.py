@@ -39,27 +39,54 @@ def matthews_corrcoef(labels: np.ndarray, predictions: np.ndarray, num_classes: 
     return float((c * s - (p * t).sum()) / denominator) if denominator > 0 else 0.0
 
 
-def predict(model, source, batch_size: int = 64, precision: str = "fp32", bar=None) -> np.ndarray:
-    """Predicted class ids [N] int64, in the source's order."""
+def predict(model, source, batch_size: int = 64, precision: str = "fp32", bar=None, device: str = "cpu") -> np.ndarray:
+    """Predicted class ids [N] int64, in the source's order (the model is left in eval mode)."""
     model.eval()
     out = []
-    with torch.no_grad(), autocast(precision):
+    with torch.no_grad(), autocast(precision, device.split(":")[0]):
         for index in sequential_batches(len(source), batch_size):
             batch, _ = source.batch(index)
-            out.append(model(**batch.model_inputs()).logits.argmax(dim=-1).numpy())
+            out.append(model(**batch.to(device).model_inputs()).logits.argmax(dim=-1).cpu().numpy())
             if bar is not None:
                 bar.update(len(index))
     return np.concatenate(out)
+
+
+class Evaluator:
+    """Dev metrics of a model during training: ``evaluator(model)`` → accuracy, MCC, examples.
+
+    The split is tokenized once with the training tokenizer; labels are mapped with the training
+    task's class names. ``every``: evaluate every this many steps (0: at stage ends only);
+    ``metric``: accuracy or mcc, the one that picks the best model.
+    Raises: DataError for bad data; ModelError when the split has other classes than the task.
+    """
+
+    def __init__(self, data_config: DataConfig, tokenizer, label_names: tuple[str, ...], every: int = 0,
+                 metric: str = "accuracy", batch_size: int = 64, precision: str = "fp32", device: str = "cpu") -> None:
+        self.source = DatasetSource(data_config, tokenizer, label_names)
+        if len(self.source.label_names) != len(label_names):
+            raise ModelError(f"--eval-data {data_config.source!r} has {len(self.source.label_names)} classes, the "
+                             f"training task {len(label_names)}: evaluate on the same task's dev split")
+        self.tokenizer, self.num_classes = tokenizer, len(label_names)
+        self.every, self.metric, self.batch_size, self.precision, self.device = every, metric, batch_size, precision, device
+
+    def __call__(self, model) -> dict:
+        predictions = predict(model, self.source, self.batch_size, self.precision, device=self.device)
+        labels = self.source.examples.labels
+        return {"accuracy": float((predictions == labels).mean()),
+                "mcc": matthews_corrcoef(labels, predictions, self.num_classes), "examples": len(labels)}
 
 
 def run(model_path: str, data_config: DataConfig, batch_size: int = 64, precision: str = "fp32", progress=None) -> EvalResult:
     """Evaluate the classifier at ``model_path`` on ``data_config``'s split.
 
     Raises: ModelError for a path with no model; DataError for bad data; ModelError when the
-    model's class count differs from the data's.
+    model's class count differs from the data's; ConfigError when --max-length exceeds the
+    model's position embeddings.
     """
     started = time.perf_counter()
     model = models.load_classifier(model_path)
+    models.check_max_length(model.config, data_config.max_length)
     source = DatasetSource(data_config, models.load_tokenizer(model_path), models.task_label_names(model))
     if len(source.label_names) != model.config.num_labels:
         raise ModelError(

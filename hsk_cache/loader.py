@@ -10,7 +10,8 @@ shard ranges and shuffled in memory:
   examples of each window are permuted together (a shard-window shuffle).
 
 The order is a pure function of (seed, epoch); a loader resumed at step s of an epoch yields
-exactly that epoch's batches s, s+1, … without reading the skipped ones. ``prefetch`` moves batch
+exactly that epoch's batches s, s+1, … without reading the skipped ones. The sampler's position
+counts batches *trained* (``Sampler.advance``), not batches a prefetch thread produced. ``prefetch`` moves batch
 assembly to a background thread (numpy gathers and zarr reads release the GIL).
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,13 +50,30 @@ def batches_of(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+@dataclass(frozen=True)
+class Step:
+    """One batch of the epoch order: its position (``epoch``, ``index`` within the epoch), the
+    shards to hold in memory (None when the whole cache is in memory) and the example ids [B]."""
+
+    epoch: int
+    index: int
+    shards: np.ndarray | None
+    ids: np.ndarray
+
+
 class Sampler:
-    """Batches of one epoch as example ids, with the resumable position (epoch, step)."""
+    """Batches of each epoch as example ids, and the position of the next batch to *train*.
+
+    The position moves only through ``advance`` (called by whoever trains on a batch), never
+    because a background thread produced batches ahead, so ``state_dict`` is exactly where a
+    resumed run must continue.
+    """
 
     def __init__(self, n: int, batch_size: int, seed: int, shard_examples: int | None = None, window: int | None = None):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.shard_examples, self.window = shard_examples, window
         self.epoch, self.step = 0, 0
+        self._plan: tuple[int, list] | None = None  # the last epoch planned (producer and consumer share it)
 
     @property
     def windowed(self) -> bool:
@@ -67,27 +86,55 @@ class Sampler:
 
     def plan(self, epoch: int) -> list[tuple[np.ndarray | None, np.ndarray]]:
         """[(shards to load or None, batch ids)] for every step of ``epoch``."""
+        cached = self._plan
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
         if not self.windowed:
-            return [(None, b) for b in batches_of(full_order(self.n, self.seed, epoch), self.batch_size)]
-        return [(shards, b) for shards, ids in window_order(self.n, self.shard_examples, self.window, self.seed, epoch)
-                for b in batches_of(ids, self.batch_size)]
+            steps = [(None, b) for b in batches_of(full_order(self.n, self.seed, epoch), self.batch_size)]
+        else:
+            steps = [(shards, b) for shards, ids in window_order(self.n, self.shard_examples, self.window, self.seed, epoch)
+                     for b in batches_of(ids, self.batch_size)]
+        self._plan = (epoch, steps)
+        return steps
+
+    def stream(self) -> Iterator[Step]:
+        """Every batch from the current position on, epoch after epoch, endlessly; the position
+        does not move (the consumer calls ``advance`` for each batch it trains on)."""
+        epoch, index = self.epoch, self.step
+        while True:
+            steps = self.plan(epoch)
+            for i in range(index, len(steps)):
+                yield Step(epoch, i, *steps[i])
+            epoch, index = epoch + 1, 0
+
+    def advance(self, step: Step) -> None:
+        """Record that ``step`` was trained on: the position moves just past it."""
+        self.epoch, self.step = step.epoch, step.index + 1
+        if self.step >= len(self.plan(self.epoch)):
+            self.epoch, self.step = self.epoch + 1, 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "batch_size": self.batch_size}
+        """The position of the next batch to train, with what the order depends on (JSON)."""
+        return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "batch_size": self.batch_size, "n": self.n,
+                "shard_examples": self.shard_examples if self.windowed else None, "window": self.window}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["seed"] != self.seed or state["batch_size"] != self.batch_size:
-            raise ValueError("sampler state from a different seed or batch size")
+        """Raises: ValueError naming the field when ``state`` comes from another order (seed,
+        batch size, example count, or shard window)."""
+        for key, value in self.state_dict().items():
+            if key not in ("epoch", "step") and state.get(key) != value:
+                raise ValueError(f"the saved epoch order has {key}={state.get(key)!r}, this one {value!r}")
         self.epoch, self.step = state["epoch"], state["step"]
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray | None, np.ndarray]]:
-        """The remaining batches of the current epoch, advancing (epoch, step) as they are taken."""
-        steps = self.plan(self.epoch)
-        while self.step < len(steps):
-            item = steps[self.step]
-            self.step += 1
-            yield item
-        self.epoch, self.step = self.epoch + 1, 0
+    def __iter__(self) -> Iterator[Step]:
+        """The remaining batches of the current epoch, each counted as trained when it is taken
+        (for inline use; a trainer with prefetch uses ``stream`` and ``advance``)."""
+        epoch = self.epoch
+        for step in self.stream():
+            if step.epoch != epoch:
+                return
+            self.advance(step)
+            yield step
 
 
 def prefetch(items: Iterator, depth: int) -> Iterator:

@@ -11,11 +11,10 @@ All three hold their examples as ``batching.Examples`` and collate them the same
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from hsk_cache import data, models
 from hsk_cache.batching import Batch, Examples, collate
-from hsk_cache.loader import Sampler
+from hsk_cache.loader import Sampler, Step
 from hsk_cache.config import DataConfig, ExtractSpec
 from hsk_cache.store import codec, layout
 from hsk_cache.store.reader import CacheReader
@@ -43,9 +42,9 @@ class DatasetSource:
         """Full-permutation epochs (the order a cache that fits in memory uses too)."""
         return Sampler(len(self), batch_size, seed)
 
-    def fetch(self, item) -> tuple[Batch, Knowledge | None]:
-        """One step's (shards, example ids) from the sampler → the batch and its knowledge."""
-        return self.batch(item[1])
+    def fetch(self, step: Step) -> tuple[Batch, Knowledge | None]:
+        """One ``loader.Step`` of the sampler → the batch and its knowledge."""
+        return self.batch(step.ids)
 
     def batch(self, index: np.ndarray) -> tuple[Batch, Knowledge | None]:
         return collate(self.examples, index), None
@@ -58,12 +57,14 @@ class OnlineSource(DatasetSource):
                  device: str = "cpu") -> None:
         spec.tokens.check(data_config.max_length)
         self.teacher = models.load_classifier(teacher_path, attention=spec.needs_attention).to(device)
+        models.check_max_length(self.teacher.config, data_config.max_length)
         names = models.task_label_names(self.teacher)
         super().__init__(data_config, models.load_tokenizer(teacher_path), names)
         self.precision = precision
         self.teacher_config = self.teacher.config.to_dict()
         self.plan = Plan.make(spec, self.teacher.config, self.tokenizer)
         self.layers, self.attention_layers = self.plan.layers, self.plan.attention_layers
+        self.knowledge = spec.knowledge
         self.value_relation_layer = self.plan.value_relation_layer
 
     def batch(self, index: np.ndarray) -> tuple[Batch, Knowledge]:
@@ -78,15 +79,20 @@ class CacheSource:
     knowledge arrays too when they fit ``memory_budget_bytes`` (read once, as contiguous chunks),
     otherwise a window of shards at a time (see ``loader``).
 
-    Raises: CacheError if the cache is missing, incomplete or of an unknown format version.
+    Raises: CacheError if the cache is missing, incomplete, of an unknown format version, or has
+    a missing or corrupt shard (one line naming the shard and the repair command). In memory,
+    reading checks every chunk's crc32c; with shard windows, every shard file's crc32c is checked
+    against its commit record first (one read pass), and chunks again as they are read.
     """
 
-    def __init__(self, path: str, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET) -> None:
+    def __init__(self, path: str, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET, progress=None) -> None:
         self.reader = reader = CacheReader(path)
         reader.require_complete()
+        reader.check_files()  # a missing or resized shard file is refused here; chunk crc32c on every read
         m = self.manifest = reader.manifest
         self.tokenizer = reader.load_tokenizer()
         self.label_names = tuple(m["data"]["label_names"])
+        self.knowledge = tuple(m["spec"]["knowledge"])
         self.teacher_config = m["teacher"]["config"]
         self.layers = tuple(m["layers"])
         self.attention_layers = tuple(m["attention_layers"])
@@ -104,23 +110,35 @@ class CacheSource:
         self.window = None if total_bytes <= memory_budget_bytes else max(1, memory_budget_bytes // max(shard_bytes, 1))
         self.arrays, self.rows, self.loaded = {}, np.arange(dims.n), None
         if self.window is None:
-            self.arrays = {name: reader.read(name) for name in self.names}
+            self.arrays = {name: reader.read(name) for name in self.names}  # every chunk's crc32c checked
+        else:
+            self._verify(progress)
         dim_index = reader.read("dim_index").astype(np.int64) if reader.has("dim_index") else None
         self.decoding = codec.Decoding(dims, self.layers, self.attention_layers, self.value_relation_layer, dim_index)
 
     def __len__(self) -> int:
         return len(self.examples)
 
+    def _verify(self, progress) -> None:
+        """Shard windows are read during training: check every shard file's crc32c now, so a
+        damaged cache is refused before the first step rather than hours into a run."""
+        from hsk_cache.store.verify import check_group
+
+        problems, _, _ = check_group(self.reader.group, self.manifest, progress)
+        if problems:
+            p = problems[0]
+            where = f"shard {p.shard} of {p.array} (examples {p.rows[0]}..{p.rows[1] - 1})" if p.rows else p.array
+            raise self.reader.damaged(f"{where}: {p.problem}" + (f", and {len(problems) - 1} more" if len(problems) > 1 else ""))
 
     def sampler(self, batch_size: int, seed: int) -> Sampler:
         """Full-permutation epochs when the knowledge is in memory, else shard-window shuffles."""
         return Sampler(len(self), batch_size, seed, self.shard_examples, self.window)
 
-    def fetch(self, item) -> tuple[Batch, Knowledge]:
-        shards, index = item
-        if shards is not None:
-            self._load(tuple(int(s) for s in shards))
-        return self.batch(index)
+    def fetch(self, step: Step) -> tuple[Batch, Knowledge]:
+        """One ``loader.Step`` → its batch and decoded knowledge, loading the step's shard window."""
+        if step.shards is not None:
+            self._load(tuple(int(s) for s in step.shards))
+        return self.batch(step.ids)
 
     def _load(self, shards: tuple[int, ...]) -> None:
         """Hold exactly these shards' knowledge rows in memory (contiguous reads, one per shard)."""

@@ -10,19 +10,19 @@ The fine-tuning stage ``labels`` (cross-entropy on gold labels only) serves ``hs
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
 from hsk_cache import models, objectives
-from hsk_cache.loader import prefetch
 from hsk_cache.config import DataConfig, ExtractSpec, StageConfig, check_device, check_precision
 from hsk_cache.errors import ConfigError
+from hsk_cache.evaluate import Evaluator
+from hsk_cache.loader import prefetch
+from hsk_cache.session import DEFAULT_SAVE_EVERY, EVAL_METRICS, Interval, Session, StageContext
+from hsk_cache.store import layout
 from hsk_cache.select.depth import layer_map as resolve_layer_map
 from hsk_cache.sources import DEFAULT_MEMORY_BUDGET, CacheSource, OnlineSource
 from hsk_cache.teacher import autocast
@@ -58,7 +58,33 @@ class StudentConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Dev evaluation during training: ``data`` (a source as in DataConfig) and ``split``;
+    ``every`` optimizer steps (0: at stage ends only); ``metric`` (accuracy or mcc) picks the best
+    model, among the evaluations of the last stage that trains. Text and label columns default to
+    the training data's; the max length is the training data's (the cache's)."""
+
+    data: str
+    split: str = "dev"
+    text_columns: tuple[str, ...] | None = None
+    label_column: str | None = None
+    every: int = 0
+    metric: str = "accuracy"
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.batch_size < 1:
+            raise ConfigError(f"--eval-every {self.every}: use 0 (stage ends only) or a positive step count")
+        if self.metric not in EVAL_METRICS:
+            raise ConfigError(f"unknown --eval-metric {self.metric!r}: use one of {', '.join(EVAL_METRICS)}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
+    """Everything ``hsk train`` does. ``save_every``: checkpoint interval (``session.Interval``:
+    steps like ``500``, a duration like ``5min``, or ``0`` for stage ends only). ``overwrite``:
+    discard a run already in ``out``; ``resume``: require a checkpoint to resume from."""
+
     out: str
     student: StudentConfig = field(default_factory=StudentConfig)
     cache: str | None = None
@@ -80,6 +106,10 @@ class TrainConfig:
     device: str = "cpu"
     num_workers: int = 1
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
+    eval: EvalConfig | None = None
+    save_every: str = DEFAULT_SAVE_EVERY
+    overwrite: bool = False
+    resume: bool = False
 
     def __post_init__(self) -> None:
         check_device(self.device)
@@ -98,16 +128,19 @@ class TrainConfig:
                 f"--temperature {self.temperature} / --hard-label-weight {self.hard_label_weight}: "
                 "use a temperature > 0 and a weight ≥ 0"
             )
+        if self.overwrite and self.resume:
+            raise ConfigError("give at most one of --overwrite (start over) and --resume (continue)")
         check_precision(self.precision)
         check_precision(self.teacher_precision)
+        Interval.parse(self.save_every)
 
 
 @dataclass(frozen=True)
 class StageResult:
     kind: str
     steps: int
-    losses: list[float]
-    elapsed_s: float
+    losses: list[float]  # every step's loss, resumed runs included
+    elapsed_s: float  # this process's share
     examples_per_s: float
 
 
@@ -118,39 +151,63 @@ class TrainResult:
     layer_map: dict[int, int]
     attention_map: dict[int, int]
     elapsed_s: float
+    checkpoints: int = 0  # written over the whole run (resumed ones included)
+    checkpoint_s: float = 0.0  # seconds spent writing them
+    resumed_from: str | None = None  # the checkpoint this process continued from
+    best: dict | None = None  # {metric, value, stage, step} of the model in <out>/best
+    already_finished: bool = False  # the run was complete before this call: nothing was done
 
 
 def run(config: TrainConfig, progress=None) -> TrainResult:
-    """Build the source and the student, run the stages, save the student (save_pretrained).
+    """Build the source and the student, run the stages with checkpoints (resuming from the
+    latest one in ``config.out``), save the student (save_pretrained).
 
     progress: optional factory ``progress(description, total, initial)`` returning a bar with
     ``update(n)``, ``set_postfix(**kw)`` and ``close()`` (a tqdm bar, for instance), in examples.
-    Raises: CacheError for a missing/incomplete cache; ConfigError for a bad layer map or stage.
+    Raises: CacheError for a missing, incomplete or damaged cache; ConfigError for a bad layer
+    map or stage, or knowledge the stages need and the source lacks; CheckpointError when
+    ``config.out`` holds another run. All before anything is written.
     """
     started = time.perf_counter()
     if config.cache is not None:
-        source = CacheSource(config.cache, config.memory_budget_bytes)
+        source = CacheSource(config.cache, config.memory_budget_bytes, progress)
     else:
         source = OnlineSource(config.online_teacher, config.data, config.spec, config.teacher_precision, config.device)
+    session = Session.open(config.out, identity(config, source), config.overwrite, config.resume)
+    if session.finished and not config.overwrite:
+        return TrainResult(config.out, [], {}, {}, 0.0, session.checkpoints, session.checkpoint_s, None, session.best, True)
     torch.manual_seed(config.seed)
     attention = bool(source.attention_layers) or source.value_relation_layer is not None
     student = build_student(config.student, source.teacher_config, source.label_names, attention).to(config.device)
-    hidden = hidden_objective(config, student, source) if any(s.kind == "hidden" and s.epochs > 0 for s in config.stages) else None
+    trains = [s for s in config.stages if s.epochs > 0]
+    _check_knowledge(config, source, trains)
+    hidden = hidden_objective(config, student, source) if any(s.kind == "hidden" for s in trains) else None
     if hidden is not None and hidden.projection is not None:
         hidden.projection.to(config.device)
     log.info("layer maps (student:teacher): hidden %s, attention %s", hidden and hidden.hidden_map, hidden and hidden.attention_map)
-    results = []
-    for i, stage in enumerate(config.stages):
-        objective = {"hidden": hidden, "labels": objectives.labels,
-                     "prediction": objectives.prediction(config.temperature, config.hard_label_weight)}[stage.kind]
-        extra = list(hidden.projection.parameters()) if stage.kind == "hidden" and hidden and hidden.projection else []
-        results.append(fit(student, source, stage, objective, config.seed + i, config.precision, extra, progress,
-                           config.num_workers, config.device))
-    models.save(student.to("cpu"), source.tokenizer, config.out)
-    result = TrainResult(config.out, results, hidden.hidden_map if hidden else {}, hidden.attention_map if hidden else {},
-                         time.perf_counter() - started)
-    summary = {"config": asdict(config), "result": {**asdict(result), "stages": [_summary(r) for r in results]}}
-    (Path(config.out) / "hsk_train.json").write_text(json.dumps(summary, indent=2, default=str))
+    evaluator = _evaluator(config, source)
+    modules = torch.nn.ModuleDict({"student": student, **({"projection": hidden.projection} if hidden and hidden.projection else {})})
+    best_stage = max((i for i, s in enumerate(config.stages) if s.epochs > 0), default=-1)
+    session.start(modules, evaluator, Interval.parse(config.save_every), best_stage, config.overwrite)
+    try:
+        results = []
+        for i, stage in enumerate(config.stages):
+            if session.stage_done(i):
+                losses = session.losses.get(i, [])
+                results.append(StageResult(stage.kind, len(losses), losses, 0.0, 0.0))
+                continue
+            objective = {"hidden": hidden, "labels": objectives.labels,
+                         "prediction": objectives.prediction(config.temperature, config.hard_label_weight)}[stage.kind]
+            extra = list(hidden.projection.parameters()) if stage.kind == "hidden" and hidden and hidden.projection else []
+            results.append(fit(student, source, stage, objective, config.seed + i, config.precision, extra, progress,
+                               config.num_workers, config.device, session, i))
+        models.save(student.to("cpu"), source.tokenizer, config.out)
+        result = TrainResult(config.out, results, hidden.hidden_map if hidden else {}, hidden.attention_map if hidden else {},
+                             time.perf_counter() - started, session.checkpoints, session.checkpoint_s,
+                             str(session.resume_from) if session.resume_from else None, session.best)
+        session.finish({"config": asdict(config), "result": {**asdict(result), "stages": [_summary(r) for r in results]}})
+    finally:
+        session.close()
     return result
 
 
@@ -158,6 +215,46 @@ def _summary(stage: StageResult) -> dict:
     first, last = (stage.losses[0], stage.losses[-1]) if stage.losses else (None, None)
     return {"kind": stage.kind, "steps": stage.steps, "first_loss": first, "last_loss": last,
             "elapsed_s": stage.elapsed_s, "examples_per_s": stage.examples_per_s}
+
+
+def identity(config: TrainConfig, source) -> dict:
+    """What must match for a run in ``config.out`` to be resumed: every option that changes the
+    trained numbers. The cache counts by its identity (teacher, data, spec), not its path; the
+    device, worker count, checkpoint interval and evaluation frequency may change."""
+    fields = asdict(config)
+    for key in ("out", "cache", "device", "num_workers", "memory_budget_bytes", "save_every", "overwrite", "resume"):
+        fields.pop(key)
+    if config.eval is not None:
+        fields["eval"] = {k: v for k, v in fields["eval"].items() if k not in ("every", "batch_size")}
+    fields["cache"] = layout.identity(source.manifest) if config.cache is not None else None
+    fields["memory_window_shards"] = getattr(source, "window", None)  # the epoch order depends on it
+    return fields
+
+
+def _check_knowledge(config: TrainConfig, source, stages) -> None:
+    """Raises ConfigError, before any training, when a stage needs knowledge the source lacks."""
+    if any(s.kind == "prediction" for s in stages) and "logits" not in source.knowledge:
+        where = f"the cache {config.cache!r}" if config.cache else "--knowledge"
+        raise ConfigError(
+            f"{where} holds no logits (knowledge: {','.join(source.knowledge)}) but the prediction stage needs "
+            "them: pass --pred-epochs 0, or extract with --knowledge " + ",".join((*source.knowledge, "logits"))
+        )
+
+
+def _evaluator(config: TrainConfig, source):
+    """The dev evaluator of ``config.eval`` (None without it), tokenized like the training data."""
+    e = config.eval
+    if e is None:
+        return None
+    if config.cache is not None:
+        trained = source.manifest["data"]
+        columns, label, max_length = trained.get("text_columns"), trained.get("label_column"), source.manifest["max_length"]
+    else:
+        columns, label, max_length = config.data.text_columns, config.data.label_column, config.data.max_length
+    data = DataConfig(e.data, e.split, e.text_columns or (tuple(columns) if columns else None), e.label_column or label,
+                      max_length)
+    return Evaluator(data, source.tokenizer, source.label_names, e.every, e.metric, e.batch_size, config.precision,
+                     config.device)
 
 
 def hidden_objective(config: TrainConfig, student, source) -> objectives.HiddenObjective:
@@ -215,12 +312,14 @@ def make_projection(student_width: int, teacher_width: int) -> torch.nn.Module |
 
 
 def fit(model, source, stage: StageConfig, objective, seed: int, precision: str, extra_params=(), progress=None,
-        num_workers: int = 1, device: str = "cpu") -> StageResult:
+        num_workers: int = 1, device: str = "cpu", session: Session | None = None, index: int = 0) -> StageResult:
     """Train ``model`` for one stage: AdamW, linear warmup then decay, gradient norm clipped to 1.
 
     Batches come from ``source.sampler(batch_size, seed)`` (a pure function of (seed, epoch)),
     assembled ``num_workers`` steps ahead in a background thread (0: inline); dropout draws from
-    ``torch.manual_seed(seed)``, so a stage is reproducible given the source.
+    ``torch.manual_seed(seed)``, so a stage is reproducible given the source. With a ``session``
+    (stage ``index`` of a run), the stage resumes from its checkpoint, logs every step, evaluates
+    and checkpoints when due and at its end; without one nothing is written.
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -233,13 +332,17 @@ def fit(model, source, stage: StageConfig, objective, seed: int, precision: str,
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
     optimizer = torch.optim.AdamW(params, lr=stage.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(stage.warmup_ratio * total), total)
+    ctx = StageContext(index, stage.kind, optimizer, scheduler, sampler)
+    done = session.restore(ctx) if session is not None else 0
+    history = list(session.losses.get(index, [])) if session is not None else []
     full, rest = divmod(total, steps_per_epoch)
-    bar = progress(f"train {stage.kind}", full * len(source) + min(rest * stage.batch_size, len(source)), 0) if progress else None
+    examples = full * len(source) + min(rest * stage.batch_size, len(source))
+    bar = progress(f"train {stage.kind}", examples, min(done * stage.batch_size, examples)) if progress else None
     model.train()
-    history, seen, started = [], 0, time.perf_counter()
-    stream = prefetch(_steps(source, sampler, total), num_workers)
+    seen, started = 0, time.perf_counter()
+    stream = prefetch(_batches(source, sampler, total - done), num_workers)
     try:
-        for batch, knowledge in stream:
+        for step, batch, knowledge in stream:
             if device != "cpu":
                 batch, knowledge = batch.to(device), knowledge.to(device) if knowledge is not None else None
             with autocast(precision, device.split(":")[0]):
@@ -248,9 +351,13 @@ def fit(model, source, stage: StageConfig, objective, seed: int, precision: str,
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
+            lr = scheduler.get_last_lr()[0]
             scheduler.step()
+            sampler.advance(step)
+            done, seen = done + 1, seen + len(batch.labels)
             history.append(float(loss.detach()))
-            seen += len(batch.labels)
+            if session is not None:
+                session.after_step(ctx, done, total, {"epoch": step.epoch, "loss": history[-1], "lr": lr})
             if bar is not None:
                 bar.update(len(batch.labels))
                 bar.set_postfix(loss=f"{history[-1]:.4f}")
@@ -258,17 +365,14 @@ def fit(model, source, stage: StageConfig, objective, seed: int, precision: str,
         stream.close()
         if bar is not None:
             bar.close()
+    if session is not None:
+        session.end_stage(ctx, total)
     model.eval()
     elapsed = time.perf_counter() - started
     return StageResult(stage.kind, total, history, elapsed, seen / max(elapsed, 1e-9))
 
 
-def _steps(source, sampler, total: int):
-    """``total`` steps of batches, epoch after epoch."""
-    produced = 0
-    while produced < total:
-        for item in sampler:
-            yield source.fetch(item)
-            produced += 1
-            if produced == total:
-                return
+def _batches(source, sampler, count: int):
+    """The next ``count`` steps of the sampler's order, epoch after epoch: (step, batch, knowledge)."""
+    for _, step in zip(range(count), sampler.stream()):
+        yield (step, *source.fetch(step))

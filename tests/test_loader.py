@@ -11,7 +11,7 @@ from hsk_cache.sources import CacheSource
 
 
 def _epoch(sampler):
-    return [ids for _, ids in sampler]
+    return [step.ids for step in sampler]
 
 
 @pytest.mark.parametrize("windowed", [False, True])
@@ -29,17 +29,35 @@ def test_order_is_a_seeded_permutation_and_resumes_mid_epoch(windowed):
     # stop after 5 batches of epoch 1, save, resume in a fresh sampler: exactly the remaining batches
     interrupted = make()
     _epoch(interrupted)
-    taken = [ids for _, (_, ids) in zip(range(5), iter(interrupted))]
+    taken = [step.ids for _, step in zip(range(5), iter(interrupted))]
     resumed = make()
     resumed.load_state_dict(interrupted.state_dict())
     rest = _epoch(resumed)
     assert [b.tolist() for b in taken + rest] == [b.tolist() for b in second]
     assert resumed.state_dict()["epoch"] == 2 and resumed.state_dict()["step"] == 0
+    with pytest.raises(ValueError, match="seed=7, this one 8"):
+        make(seed=8).load_state_dict(interrupted.state_dict())
+
+
+def test_position_counts_batches_trained_not_batches_prefetched():
+    sampler = Sampler(100, 10, 0)
+    stream = prefetch(sampler.stream(), depth=4)
+    trained = [next(stream) for _ in range(13)]  # the producer thread runs up to 4 batches ahead
+    for step in trained:
+        sampler.advance(step)
+    stream.close()
+    assert sampler.state_dict()["epoch"] == 1 and sampler.state_dict()["step"] == 3
+    resumed = Sampler(100, 10, 0)
+    resumed.load_state_dict(sampler.state_dict())
+    following = next(iter(resumed.stream()))
+    assert (following.epoch, following.index) == (1, 3)
+    assert following.ids.tolist() == Sampler(100, 10, 0).plan(1)[3][1].tolist()
 
 
 def test_windows_hold_whole_shards():
     sampler = Sampler(100, 10, 0, shard_examples=16, window=2)
-    for shards, ids in sampler:
+    for step in sampler:
+        shards, ids = step.shards, step.ids
         allowed = set(np.concatenate([np.arange(s * 16, min(100, s * 16 + 16)) for s in shards]).tolist())
         assert set(ids.tolist()) <= allowed and len(shards) <= 2
 
@@ -53,11 +71,11 @@ def test_windowed_cache_source_reads_the_same_knowledge(tiny_teacher, toy_dir, t
     seen = []
     for item in windowed.sampler(4, seed=3):
         batch, knowledge = windowed.fetch(item)
-        reference_batch, reference = in_memory.batch(item[1])
+        reference_batch, reference = in_memory.batch(item.ids)
         assert torch.equal(batch.input_ids, reference_batch.input_ids)
         assert torch.equal(knowledge.hidden_states, reference.hidden_states)
         assert torch.equal(knowledge.hidden_mask, reference.hidden_mask)
-        seen.extend(item[1].tolist())
+        seen.extend(item.ids.tolist())
     assert sorted(seen) == list(range(64))
 
 

@@ -1,0 +1,192 @@
+"""Training checkpoints: tensors in safetensors, everything else in JSON; no pickle.
+
+A checkpoint is a directory ``<out>/checkpoints/stage<i>-step<n>``:
+
+    weights.safetensors    the student's parameters and buffers (``student.*``) and W_h (``projection.*``)
+    optimizer.safetensors  the optimizer's tensors (AdamW: step, exp_avg, exp_avg_sq per parameter)
+    rng.safetensors        torch's CPU generator state (and CUDA's, when in use)
+    state.json             stage index, step, sampler position, the optimizer's and scheduler's other
+                           state (tensors replaced by references into optimizer.safetensors), counters
+
+It is written under a temporary name, each file flushed to disk, then renamed (atomic on POSIX):
+a directory with a final name is always complete. The previous checkpoint is removed only after
+the new one is in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from hsk_cache.errors import CheckpointError
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "state.json"
+_NAME = re.compile(r"^stage(\d+)-step(\d+)$")
+_TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
+
+
+def flatten(tree, tensors: dict[str, torch.Tensor], prefix: str = "t"):
+    """A JSON-able copy of ``tree`` (dicts, lists, tuples, numbers, strings, tensors) with every
+    tensor moved into ``tensors`` under a new key and replaced by ``{"__tensor__": key}``; dicts
+    with non-string keys and tuples are tagged so ``unflatten`` restores them exactly."""
+    if isinstance(tree, torch.Tensor):
+        key = f"{prefix}.{len(tensors)}"
+        tensors[key] = tree.detach().cpu().contiguous()
+        return {_TENSOR: key}
+    if isinstance(tree, dict):
+        if all(isinstance(k, str) for k in tree):
+            return {k: flatten(v, tensors, prefix) for k, v in tree.items()}
+        return {_ITEMS: [[k, flatten(v, tensors, prefix)] for k, v in tree.items()]}
+    if isinstance(tree, tuple):
+        return {_TUPLE: [flatten(v, tensors, prefix) for v in tree]}
+    if isinstance(tree, list):
+        return [flatten(v, tensors, prefix) for v in tree]
+    if tree is None or isinstance(tree, (bool, int, float, str)):
+        return tree
+    raise TypeError(f"cannot store a {type(tree).__name__} in a checkpoint")
+
+
+def unflatten(tree, tensors: dict[str, torch.Tensor]):
+    """Inverse of ``flatten``."""
+    if isinstance(tree, dict):
+        if _TENSOR in tree:
+            return tensors[tree[_TENSOR]]
+        if _TUPLE in tree:
+            return tuple(unflatten(v, tensors) for v in tree[_TUPLE])
+        if _ITEMS in tree:
+            return {k: unflatten(v, tensors) for k, v in tree[_ITEMS]}
+        return {k: unflatten(v, tensors) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [unflatten(v, tensors) for v in tree]
+    return tree
+
+
+def name(stage: int, step: int) -> str:
+    return f"stage{stage}-step{step:09d}"
+
+
+def latest(out: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``out/checkpoints`` (highest stage, then step), or None."""
+    root = Path(out) / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    found = [(tuple(map(int, m.groups())), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    return max(found)[1] if found else None
+
+
+def save(out: str | Path, stage: int, step: int, modules: torch.nn.ModuleDict, state: dict,
+         optimizer: torch.optim.Optimizer | None = None, scheduler=None) -> Path:
+    """Write a checkpoint atomically and remove the older ones. ``optimizer``/``scheduler``: the
+    stage's, or None at a stage end (the next stage starts its own). Returns its directory."""
+    root = Path(out) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name(stage, step)
+    state = {**state, "stage": stage, "step": step}
+
+    def write(tmp: Path) -> None:
+        save_model(modules, str(tmp / "weights.safetensors"))
+        save_file(_rng_state(), str(tmp / "rng.safetensors"))
+        tensors: dict[str, torch.Tensor] = {}
+        if optimizer is not None:
+            state["optimizer"] = flatten(optimizer.state_dict(), tensors, "optimizer")
+        if scheduler is not None:
+            state["scheduler"] = flatten(scheduler.state_dict(), tensors, "scheduler")
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+
+    write_dir(final, write)
+    for old in root.iterdir():
+        if old != final and (_NAME.match(old.name) or old.name.startswith(".tmp-")):
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_state(path: Path) -> dict:
+    """state.json of a checkpoint. Raises: CheckpointError if it is unreadable."""
+    try:
+        return json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} is unreadable ({err}): remove it to resume from an earlier "
+                              "one, or pass --overwrite to start over") from None
+
+
+def load_weights(path: Path, modules: torch.nn.ModuleDict) -> None:
+    """Load the student's and W_h's tensors into ``modules`` (strict: every key must match).
+
+    Raises: CheckpointError when the file is unreadable or its keys differ.
+    """
+    try:
+        missing, unexpected = load_model(modules, str(path / "weights.safetensors"), strict=False)
+    except Exception as err:  # safetensors raises several types for damaged files
+        raise CheckpointError(f"checkpoint weights {str(path / 'weights.safetensors')!r} are unreadable: {err}") from None
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds another model ({len(missing)} keys missing, "
+                              f"{len(unexpected)} unexpected, e.g. {(list(missing) + list(unexpected))[0]!r}): "
+                              "pass --overwrite to start over")
+
+
+def load_training(path: Path, state: dict, optimizer, scheduler) -> None:
+    """Restore the optimizer, scheduler and RNG states of a mid-stage checkpoint."""
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    optimizer.load_state_dict(unflatten(state["optimizer"], tensors))
+    scheduler.load_state_dict(unflatten(state["scheduler"], tensors))
+    rng = load_file(str(path / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    cuda = [rng[k] for k in sorted((k for k in rng if k.startswith("cuda.")), key=lambda k: int(k.split(".")[1]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    out = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return out
+
+
+def write_dir(final: Path, write) -> None:
+    """Create directory ``final`` atomically: ``write(tmp)`` fills a temporary sibling, every file
+    is flushed to disk, then it is renamed to ``final`` (an existing ``final`` is replaced only
+    once the new one is complete)."""
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    for file in tmp.iterdir():
+        _fsync(file)
+    _fsync(tmp)
+    if final.exists():
+        trash = final.parent / f".tmp-old-{final.name}-{os.getpid()}"
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync(final.parent)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a small file atomically (temporary name, flush, rename)."""
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    tmp.write_text(text)
+    _fsync(tmp)
+    os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    if path.is_dir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    else:
+        with open(path, "rb+") as handle:
+            os.fsync(handle.fileno())

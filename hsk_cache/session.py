@@ -1,0 +1,287 @@
+"""A training run's directory (``hsk train --out``): identity and resume, the metrics log,
+checkpoints, dev evaluation and the best model.
+
+    <out>/hsk_run.json     the run's identity (every option that changes the numbers), written first
+    <out>/metrics.jsonl    one JSON line per step (event "train"), dev evaluation ("eval") and checkpoint
+    <out>/checkpoints/     the latest checkpoint (``checkpoint``), every ``--save-every`` and at stage ends
+    <out>/best/            the best model by dev metric (save_pretrained) and best.json
+    <out>/...              the final student (save_pretrained) and hsk_train.json, written last
+
+Rerunning the same command resumes from the latest checkpoint: the metrics log is cut back to it
+and training replays exactly what was lost. Another config at the same ``--out`` is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hsk_cache import checkpoint
+from hsk_cache.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "hsk_run.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "hsk_train.json"
+BEST_DIR = "best"
+EVAL_METRICS = ("accuracy", "mcc")
+_OWN = (RUN_FILE, METRICS_FILE, SUMMARY_FILE, BEST_DIR, checkpoint.CHECKPOINTS)
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """How often to checkpoint: every ``steps`` optimizer steps, or every ``seconds`` of training;
+    neither means at stage ends only."""
+
+    steps: int | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def parse(cls, text: str | int) -> "Interval":
+        """``500`` (steps), ``90s``, ``5min``, ``2h``, or ``0`` (stage ends only).
+
+        Raises: ConfigError for anything else.
+        """
+        text = str(text).strip().lower()
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?", text)
+        if match is None:
+            raise ConfigError(f"--save-every {text!r}: use a step count like 500, a duration like 90s, 5min or 2h, or 0")
+        value, unit = float(match.group(1)), match.group(2)
+        if value == 0:
+            return cls()
+        if unit is None:
+            if value != int(value):
+                raise ConfigError(f"--save-every {text!r}: a step count must be a whole number")
+            return cls(steps=int(value))
+        return cls(seconds=value * _UNITS[unit])
+
+    def due(self, steps_since: int, seconds_since: float) -> bool:
+        if self.steps is not None:
+            return steps_since >= self.steps
+        return self.seconds is not None and seconds_since >= self.seconds
+
+    def describe(self) -> str:
+        if self.steps is not None:
+            return f"every {self.steps} steps"
+        return f"every {self.seconds:g} s" if self.seconds is not None else "at stage ends"
+
+
+DEFAULT_SAVE_EVERY = "5min"
+
+
+@dataclass
+class StageContext:
+    """What a checkpoint of a stage in progress needs: its index, kind, optimizer, scheduler, sampler."""
+
+    index: int
+    kind: str
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    sampler: object
+
+
+class Session:
+    """Owns ``--out`` while ``hsk train`` runs. Create with ``Session.open``."""
+
+    def __init__(self, out: Path, identity: dict, resume_from: Path | None, state: dict | None) -> None:
+        self.out, self.identity = out, identity
+        self.resume_from, self.state = resume_from, state  # the checkpoint resumed from, and its state.json
+        self.modules: torch.nn.ModuleDict | None = None
+        self.evaluator = None
+        self.save_every = Interval.parse(DEFAULT_SAVE_EVERY)
+        self.best_stage = -1  # evaluations of this stage compete for the best model
+        self.best = state.get("best") if state else None
+        self.checkpoints, self.checkpoint_s = (state.get("checkpoints", 0), state.get("checkpoint_s", 0.0)) if state else (0, 0.0)
+        self.losses: dict[int, list[float]] = {}  # logged losses per stage index, up to the checkpoint
+        self._log = None
+        self._last_save = (0, time.perf_counter())
+
+    @classmethod
+    def open(cls, out: str | Path, identity: dict, overwrite: bool = False, require_checkpoint: bool = False) -> "Session":
+        """Check ``out`` against ``identity`` and find the checkpoint to resume from. Writes nothing.
+
+        Raises: CheckpointError when ``out`` holds a run of another config, or something that is
+        not a run, and ``overwrite`` is False; or ``require_checkpoint`` and there is none.
+        """
+        out = Path(out)
+        identity = json.loads(json.dumps(identity, default=str))
+        if overwrite or not (out / RUN_FILE).exists():
+            if not overwrite and out.is_dir() and any(out.iterdir()):
+                raise CheckpointError(f"--out {str(out)!r} exists and holds no hsk train run: choose another --out, "
+                                      "or pass --overwrite to write the student there")
+            if require_checkpoint:
+                raise CheckpointError(f"--resume: {str(out)!r} holds no checkpoint to resume from: drop --resume to start")
+            return cls(out, identity, None, None)
+        _check_same(out, _read_json(out / RUN_FILE).get("identity", {}), identity)
+        path = checkpoint.latest(out)
+        if path is None and require_checkpoint:
+            raise CheckpointError(f"--resume: {str(out)!r} holds no checkpoint yet: drop --resume to start over")
+        return cls(out, identity, path, checkpoint.load_state(path) if path else None)
+
+    @property
+    def finished(self) -> bool:
+        """The run already completed (its final student and summary were written)."""
+        summary = self.out / SUMMARY_FILE
+        return (self.out / RUN_FILE).exists() and summary.exists() and bool(_read_json(summary).get("finished"))
+
+    def start(self, modules: torch.nn.ModuleDict, evaluator, save_every: Interval, best_stage: int, overwrite: bool) -> None:
+        """Begin writing: clear an overwritten run, record the identity, cut the log back to the
+        checkpoint, and load the checkpoint's weights into ``modules``."""
+        self.modules, self.evaluator, self.save_every, self.best_stage = modules, evaluator, save_every, best_stage
+        if overwrite:
+            for own in _OWN:
+                target = self.out / own
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            self.losses = {}
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not (self.out / RUN_FILE).exists():
+            checkpoint.write_text(self.out / RUN_FILE, json.dumps({"identity": self.identity}, indent=1))
+        kept = self._cut_log()
+        self._log = open(self.out / METRICS_FILE, "a")
+        if self.resume_from is not None:
+            checkpoint.load_weights(self.resume_from, modules)
+            log.info("resuming from %s (%d log lines kept)", self.resume_from, kept)
+
+    def stage_done(self, index: int) -> bool:
+        s = self.state
+        return s is not None and (index < s["stage"] or (index == s["stage"] and s["stage_done"]))
+
+    def restore(self, ctx: StageContext) -> int:
+        """Load a mid-stage checkpoint of this stage into the optimizer, scheduler, sampler and
+        RNG. Returns the optimizer steps already done in the stage (0 when starting it)."""
+        s = self.state
+        if s is None or s["stage"] != ctx.index or s["stage_done"]:
+            return 0
+        try:
+            ctx.sampler.load_state_dict(s["sampler"])
+        except ValueError as err:
+            raise CheckpointError(f"cannot resume {str(self.out)!r}: {err}; rerun with the original "
+                                  "--memory-budget-gb, or pass --overwrite to start over") from None
+        checkpoint.load_training(self.resume_from, s, ctx.optimizer, ctx.scheduler)
+        self._last_save = (s["step"], time.perf_counter())
+        return s["step"]
+
+    def after_step(self, ctx: StageContext, step: int, total: int, record: dict) -> None:
+        """Log one step; evaluate and checkpoint when due (a stage's last step is ``end_stage``'s)."""
+        self.losses.setdefault(ctx.index, []).append(record["loss"])
+        self._write({"event": "train", "stage": ctx.kind, "stage_index": ctx.index, "step": step, **record})
+        if step == total:
+            return
+        if self.evaluator is not None and self.evaluator.every and step % self.evaluator.every == 0:
+            self.evaluate(ctx.index, ctx.kind, step)
+        if self.save_every.due(step - self._last_save[0], time.perf_counter() - self._last_save[1]):
+            self.save(ctx, step)
+
+    def end_stage(self, ctx: StageContext, total: int) -> None:
+        if self.evaluator is not None:
+            self.evaluate(ctx.index, ctx.kind, total)
+        self.save(ctx, total, stage_done=True)
+        self._last_save = (0, time.perf_counter())
+
+    def save(self, ctx: StageContext, step: int, stage_done: bool = False) -> None:
+        started = time.perf_counter()
+        state = {"stage_done": stage_done, "sampler": ctx.sampler.state_dict(), "best": self.best,
+                 "checkpoints": self.checkpoints + 1, "checkpoint_s": self.checkpoint_s}
+        training = (None, None) if stage_done else (ctx.optimizer, ctx.scheduler)
+        path = checkpoint.save(self.out, ctx.index, step, self.modules, state, *training)
+        self.checkpoints += 1
+        self.checkpoint_s += time.perf_counter() - started
+        self._last_save = (step, time.perf_counter())
+        self._write({"event": "checkpoint", "stage": ctx.kind, "stage_index": ctx.index, "step": step,
+                     "path": str(path.relative_to(self.out)), "elapsed_s": round(time.perf_counter() - started, 4)})
+
+    def evaluate(self, index: int, kind: str, step: int) -> dict:
+        """Dev accuracy and MCC of the student now; saves it to ``best/`` when it is the best
+        evaluation so far of the best-model stage."""
+        student = self.modules["student"]
+        metrics = self.evaluator(student)
+        student.train()
+        value = metrics[self.evaluator.metric]
+        is_best = index == self.best_stage and (self.best is None or value > self.best["value"])
+        if is_best:
+            self.best = {"metric": self.evaluator.metric, "value": value, "stage": index, "step": step}
+            self._save_best(student)
+        self._write({"event": "eval", "stage": kind, "stage_index": index, "step": step, **metrics, "best": is_best})
+        return metrics
+
+    def _save_best(self, student) -> None:
+        from hsk_cache import models
+
+        def write(tmp: Path) -> None:
+            models.save(student, self.evaluator.tokenizer, tmp)
+            (tmp / "best.json").write_text(json.dumps(self.best, indent=1))
+
+        checkpoint.write_dir(self.out / BEST_DIR, write)
+
+    def finish(self, summary: dict) -> None:
+        """Write the run summary last: a rerun of a finished run has nothing to do."""
+        checkpoint.write_text(self.out / SUMMARY_FILE, json.dumps({**summary, "finished": True}, indent=2, default=str))
+        self.close()
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _write(self, line: dict) -> None:
+        self._log.write(json.dumps(line) + "\n")
+        self._log.flush()
+
+    def _cut_log(self) -> int:
+        """Keep the log lines up to the checkpoint resumed from (all of them go when there is none)."""
+        path = self.out / METRICS_FILE
+        if not path.exists():
+            return 0
+        limit = (self.state["stage"], self.state["step"]) if self.state else (-1, -1)
+        kept = [line for line in _read_lines(path) if (line.get("stage_index", -1), line.get("step", -1)) <= limit]
+        checkpoint.write_text(path, "".join(json.dumps(line) + "\n" for line in kept))
+        self.losses = {}
+        for line in kept:
+            if line.get("event") == "train":
+                self.losses.setdefault(line["stage_index"], []).append(line["loss"])
+        return len(kept)
+
+
+def _check_same(out: Path, old: dict, new: dict) -> None:
+    for key, (a, b) in _differences(old, new):
+        raise CheckpointError(f"--out {str(out)!r} holds a run with a different {key} ({a!r} vs {b!r}): rerun the "
+                              "original command to resume it, pass --overwrite to start over, or choose another --out")
+
+
+def _differences(old, new, prefix: str = ""):
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=lambda k: (k not in new, list(new).index(k) if k in new else 0)):
+            yield from _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            yield from _differences(a, b, f"{prefix}{i}.")
+    elif old != new:
+        yield prefix.rstrip("."), (old, new)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{str(path)!r} is unreadable ({err}): pass --overwrite to start over") from None
+
+
+def _read_lines(path: Path) -> list[dict]:
+    """Parsed JSON lines; a line cut short by a kill is dropped."""
+    out = []
+    for text in path.read_text().splitlines():
+        try:
+            out.append(json.loads(text))
+        except ValueError:
+            log.warning("dropping an unreadable line of %s", path)
+    return out
+
