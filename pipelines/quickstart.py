@@ -2,7 +2,8 @@
 
 1. fine-tune the teacher on BBC News train (bf16 autocast),
 2. extract its knowledge once into a Zarr cache (fp32 teacher, layers 2,4,6, top-10% tokens, float16),
-3. train a 3-layer student (initialized from teacher layers 2,4,6) from the cache alone,
+3. train a 3-layer student (initialized from teacher layers 2,4,6) from the cache alone, with
+   checkpoints at the default interval (the report says what they cost),
 4. evaluate teacher and student on BBC News dev, and print a table.
 
     python -m pipelines.quickstart [--workdir runs/quickstart] [--fresh]
@@ -67,9 +68,15 @@ def run(work: Path, teacher_epochs: float, student_epochs: float) -> dict:
     start = time.perf_counter()
     stages = (StageConfig("hidden", student_epochs, 1e-4, 32), StageConfig("prediction", student_epochs, 5e-5, 32))
     config = train.TrainConfig(str(student), train.StudentConfig("teacher-layers", str(teacher), len(STUDENT_LAYERS),
-                               init_layers=STUDENT_LAYERS), cache=str(cache), stages=stages, precision="bf16")
-    train.run(config, bar)
+                               init_layers=STUDENT_LAYERS), cache=str(cache), stages=stages, precision="bf16",
+                               overwrite=True)  # checkpoints at the default --save-every, and at stage ends
+    trained = train.run(config, bar)
     times["train student from cache"] = _lap(start, "train student from cache")
+    checkpoints = {"written": trained.checkpoints, "seconds": round(trained.checkpoint_s, 2),
+                   "fraction_of_training": trained.checkpoint_s / times["train student from cache"],
+                   "interval": config.save_every}
+    print(f"quickstart: {checkpoints['written']} checkpoints (every {config.save_every} and at stage ends) took "
+          f"{checkpoints['seconds']:.2f} s, {100 * checkpoints['fraction_of_training']:.1f}% of training", flush=True)
     start = time.perf_counter()
     teacher_eval = evaluate.run(str(teacher), dev_data, progress=bar)
     student_eval = evaluate.run(str(student), dev_data, progress=bar)
@@ -83,6 +90,7 @@ def run(work: Path, teacher_epochs: float, student_epochs: float) -> dict:
         "cache": {"path": str(cache), "spec": SPEC.describe(), "stored_bytes": reader.stored_bytes(),
                   "bytes_per_example": reader.stored_bytes() / n, "examples": n},
         "seconds": times,
+        "checkpoints": checkpoints,
     }
 
 
@@ -108,6 +116,10 @@ def table(rows: dict) -> str:
         "|--------------------------|---------|",
         *(f"| {name:<24} | {secs:>7.1f} |" for name, secs in rows["seconds"].items()),
         f"| {'total':<24} | {sum(rows['seconds'].values()):>7.1f} |",
+        "",
+        f"checkpoints: {rows['checkpoints']['written']} written in {rows['checkpoints']['seconds']:.2f} s, "
+        f"{100 * rows['checkpoints']['fraction_of_training']:.1f}% of the student's training time "
+        f"(--save-every {rows['checkpoints']['interval']} and every stage end)",
     ]
     return "\n".join(lines)
 
