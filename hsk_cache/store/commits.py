@@ -11,6 +11,7 @@ already carry.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import google_crc32c
@@ -38,21 +39,33 @@ def shard_key(array: zarr.Array, shard: int) -> str:
     return f"{array.store_path.path}/{array.metadata.encode_chunk_key(coords)}"
 
 
-def read_file(group: zarr.Group, key: str) -> bytes | None:
-    """The bytes stored at ``key`` in the group's store, or None when there is no such file."""
-    buffer = sync(group.store.get(key, prototype=default_buffer_prototype()))
-    return None if buffer is None else buffer.to_bytes()
+def records(group: zarr.Group, keys: list[str]) -> list[FileRecord | None]:
+    """The (size, crc32c) of the files at ``keys`` (None where a file is missing), read
+    concurrently through the group's store in one round trip to zarr's event loop."""
+
+    async def one(key: str) -> FileRecord | None:
+        buffer = await group.store.get(key, prototype=default_buffer_prototype())
+        if buffer is None:
+            return None
+        data = buffer.as_numpy_array()  # no copy
+        return FileRecord(int(data.nbytes), google_crc32c.value(data))
+
+    async def every() -> list[FileRecord | None]:
+        return list(await asyncio.gather(*(one(key) for key in keys)))
+
+    return sync(every())
 
 
-def file_size(group: zarr.Group, key: str) -> int | None:
-    """Bytes of the file at ``key``, or None when it is missing."""
-    if not sync(group.store.exists(key)):
-        return None
-    return int(sync(group.store.getsize(key)))
+def sizes(group: zarr.Group, keys: list[str]) -> list[int | None]:
+    """Bytes of the files at ``keys`` (None where missing), in one round trip to zarr's event loop."""
 
+    async def one(key: str) -> int | None:
+        return int(await group.store.getsize(key)) if await group.store.exists(key) else None
 
-def record_of(payload: bytes) -> FileRecord:
-    return FileRecord(len(payload), google_crc32c.value(payload))
+    async def every() -> list[int | None]:
+        return list(await asyncio.gather(*(one(key) for key in keys)))
+
+    return sync(every())
 
 
 def commit_names(group: zarr.Group) -> list[str]:

@@ -80,12 +80,14 @@ class CacheReader:
         if unreadable:
             raise self.damaged(f"the commit record of shard {unreadable[0]} is damaged")
         names = commits.commit_names(self.group)
-        for shard in np.flatnonzero(commits.committed_mask(rows)):
-            for i, name in enumerate(names):
-                size = commits.file_size(self.group, commits.shard_key(self.group[name], int(shard)))
-                if size != int(rows[shard, i, 0]):
-                    problem = "is missing" if size is None else f"has {size} bytes, {int(rows[shard, i, 0])} were written"
-                    raise self.damaged(f"shard {shard} of {name} ({self._rows(int(shard))}) {problem}")
+        arrays = [self.group[name] for name in names]
+        shards = np.flatnonzero(commits.committed_mask(rows))
+        found = commits.sizes(self.group, [commits.shard_key(a, int(s)) for s in shards for a in arrays])
+        for j, size in enumerate(found):
+            shard, i = int(shards[j // len(names)]), j % len(names)
+            if size != int(rows[shard, i, 0]):
+                problem = "is missing" if size is None else f"has {size} bytes, {int(rows[shard, i, 0])} were written"
+                raise self.damaged(f"shard {shard} of {names[i]} ({self._rows(shard)}) {problem}")
 
     def _rows(self, shard: int) -> str:
         lay = self.manifest["layout"]
@@ -116,14 +118,15 @@ class CacheReader:
         if array.ndim == 0 or array.shards is None:
             return self._checked(array, name, slice(start, stop), None)
         step = array.shards[0]
+        shards = range(start // step, -(-stop // step))
+        for shard, size in zip(shards, commits.sizes(self.group, [commits.shard_key(array, s) for s in shards])):
+            if size is None:  # zarr would return fill values
+                raise self.damaged(f"shard {shard} of {name} ({self._rows(shard)}) is missing")
         out = np.empty((stop - start, *array.shape[1:]), dtype=array.dtype)
         block = start
         while block < stop:
             end = min(stop, (block // step + 1) * step)
-            shard = block // step
-            if commits.file_size(self.group, commits.shard_key(array, shard)) is None:
-                raise self.damaged(f"shard {shard} of {name} ({self._rows(shard)}) is missing")
-            out[block - start : end - start] = self._checked(array, name, slice(block, end), shard)
+            out[block - start : end - start] = self._checked(array, name, slice(block, end), block // step)
             block = end
         return out
 

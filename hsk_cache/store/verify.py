@@ -74,12 +74,13 @@ def check_group(group: zarr.Group, manifest: dict, progress=None) -> tuple[list[
     committed = np.flatnonzero(commits.committed_mask(rows))
     bar = progress("verify shards", len(committed), 0) if progress is not None else None
     checked = 0
+    arrays = [group[name] for name in names]
     for shard in committed:
         span = layout.shard_range(int(shard), n, shard_examples)
-        for i, name in enumerate(names):
-            payload = commits.read_file(group, commits.shard_key(group[name], int(shard)))
-            problem = _compare(payload, commits.FileRecord(int(rows[shard, i, 0]), int(rows[shard, i, 1])))
-            checked += 0 if payload is None else len(payload)
+        found = commits.records(group, [commits.shard_key(array, int(shard)) for array in arrays])
+        for i, (name, record) in enumerate(zip(names, found)):
+            problem = _compare(record, commits.FileRecord(int(rows[shard, i, 0]), int(rows[shard, i, 1])))
+            checked += 0 if record is None else record.nbytes
             if problem:
                 problems.append(Problem(int(shard), name, problem, span))
         if bar is not None:
@@ -90,10 +91,9 @@ def check_group(group: zarr.Group, manifest: dict, progress=None) -> tuple[list[
     return problems, checked, len(committed)
 
 
-def _compare(payload: bytes | None, expected: commits.FileRecord) -> str | None:
-    if payload is None:
+def _compare(found: commits.FileRecord | None, expected: commits.FileRecord) -> str | None:
+    if found is None:
         return "missing"
-    found = commits.record_of(payload)
     if found.nbytes != expected.nbytes:
         return f"{found.nbytes} bytes, {expected.nbytes} written"
     if found.crc32c != expected.crc32c:

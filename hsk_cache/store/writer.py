@@ -123,12 +123,11 @@ class CacheWriter:
         for name in names:
             values = block[name]
             self._array(name)[start : start + len(values)] = values
+        written = commits.records(self.group, [commits.shard_key(self.group[name], shard) for name in names])
         row = np.zeros((len(names), 2), dtype=np.uint64)
-        for i, name in enumerate(names):
-            payload = commits.read_file(self.group, commits.shard_key(self.group[name], shard))
-            if payload is None:
+        for i, (name, record) in enumerate(zip(names, written)):
+            if record is None:
                 raise CacheError(f"shard {shard} of {name} vanished right after it was written: check the storage")
-            record = commits.record_of(payload)
             row[i] = (record.nbytes, record.crc32c)
         self._array(layout.COMMIT_ARRAY)[shard] = row
 
