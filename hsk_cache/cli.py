@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 
-from hsk_cache.config import DataConfig, ExtractSpec, StageConfig
+from hsk_cache.config import DEFAULT_SAVE_EVERY, EVAL_METRICS, DataConfig, ExtractSpec, StageConfig
 from hsk_cache.errors import ConfigError, HskError
 from hsk_cache.progress import bar as _bar
 from hsk_cache.progress import quiet_libraries
@@ -23,7 +23,8 @@ def _add_data(p: argparse.ArgumentParser, split: str) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default="bbc-news", help="bbc-news, a GLUE task directory, a csv/tsv/jsonl/parquet file "
                    "or a directory of <split>.<ext> files, or a hub dataset name (default: %(default)s)")
-    g.add_argument("--split", default=split, help="split to use: train or dev (default: %(default)s)")
+    g.add_argument("--split", default=split, help="split to use: train, dev (or validation, valid) or test; "
+                   "a GLUE test split has no labels and is refused (default: %(default)s)")
     g.add_argument("--text-columns", default=None, help="text column, or two comma-separated for sentence pairs "
                    "(default: the source's own, else 'text')")
     g.add_argument("--label-column", default=None, help="label column (default: the source's own, else 'label')")
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--memory-budget-gb", type=float, default=4.0, help="cache knowledge held in memory: the whole "
                    "cache if it fits (full shuffle), else a window of shards (shard-window shuffle) (default: %(default)s)")
     g = p.add_argument_group("checkpoints and dev evaluation")
-    g.add_argument("--save-every", default="5min", help="checkpoint interval: optimizer steps (500), a duration (90s, "
+    g.add_argument("--save-every", default=DEFAULT_SAVE_EVERY, help="checkpoint interval: optimizer steps (500), a duration (90s, "
                    "5min, 2h), or 0 for stage ends only; a checkpoint is also written at every stage end. Rerunning the "
                    "same command on the same --out resumes from the latest one (default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="require a checkpoint in --out to resume from (default: "
@@ -179,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-split", default="dev", help="split of --eval-data (default: %(default)s)")
     g.add_argument("--eval-every", type=int, default=0, help="evaluate every N optimizer steps as well as at stage "
                    "ends; 0: at stage ends only (default: %(default)s)")
-    g.add_argument("--eval-metric", default="accuracy", choices=("accuracy", "mcc"), help="the metric that picks "
+    g.add_argument("--eval-metric", default="accuracy", choices=EVAL_METRICS, help="the metric that picks "
                    "the best model (default: %(default)s)")
 
     p = sub.add_parser("eval", help="accuracy and Matthews correlation on a split",
@@ -215,9 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     except HskError as err:
         print(f"hsk: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("hsk: interrupted (rerun the same command to resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        detail = f"{stop}; a checkpoint was written" if str(stop) else "interrupted"
+        print(f"hsk: {detail} (rerun the same command to resume)", file=sys.stderr)
+        return 128 + getattr(stop, "signum", 2)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 def _finetune(a) -> int:
@@ -306,7 +308,7 @@ def _train(a) -> int:
         memory_budget_bytes=int(a.memory_budget_gb * (1 << 30)), eval=evaluation, save_every=a.save_every,
         overwrite=a.overwrite, resume=a.resume,
     )
-    r = train.run(config, _bar)
+    r = _with_stop_handlers(lambda: train.run(config, _bar))
     if r.already_finished:
         print(f"train: {r.out} already holds this finished run; nothing to do (pass --overwrite to train again)")
         return 0
@@ -321,6 +323,20 @@ def _train(a) -> int:
         f"{r.out}/best" if r.best else ""
     print(f"train: {maps}, {r.checkpoints} checkpoints ({r.checkpoint_s:.1f} s){best}, {r.elapsed_s:.1f} s → {r.out}")
     return 0
+
+
+def _with_stop_handlers(fn):
+    """Run ``fn`` with SIGTERM and SIGINT asking training to checkpoint and stop (session.request_stop)."""
+    import signal
+
+    from hsk_cache import session
+
+    previous = {sig: signal.signal(sig, session.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return fn()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _eval(a) -> int:

@@ -8,6 +8,7 @@ their manifests say the same thing.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 
 from hsk_cache.errors import ConfigError
@@ -18,6 +19,9 @@ CODECS = ("none", "zstd", "blosc")
 PRECISIONS = ("fp32", "bf16")
 TOKEN_STRATEGIES = ("all", "cls", "left", "random", "topk")
 DIM_STRATEGIES = ("all", "uniform", "random", "magnitude")
+EVAL_METRICS = ("accuracy", "mcc")
+DEFAULT_SAVE_EVERY = "5min"
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
 
 
 def _count(text: str, option: str, value: str) -> int:
@@ -340,3 +344,41 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown --precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     return precision
+
+
+@dataclass(frozen=True)
+class Interval:
+    """How often to checkpoint: every ``steps`` optimizer steps, or every ``seconds`` of training;
+    neither means at stage ends only."""
+
+    steps: int | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def parse(cls, text: str | int) -> "Interval":
+        """``500`` (steps), ``90s``, ``5min``, ``2h``, or ``0`` (stage ends only).
+
+        Raises: ConfigError for anything else.
+        """
+        text = str(text).strip().lower()
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?", text)
+        if match is None:
+            raise ConfigError(f"--save-every {text!r}: use a step count like 500, a duration like 90s, 5min or 2h, or 0")
+        value, unit = float(match.group(1)), match.group(2)
+        if value == 0:
+            return cls()
+        if unit is None:
+            if value != int(value):
+                raise ConfigError(f"--save-every {text!r}: a step count must be a whole number")
+            return cls(steps=int(value))
+        return cls(seconds=value * _UNITS[unit])
+
+    def due(self, steps_since: int, seconds_since: float) -> bool:
+        if self.steps is not None:
+            return steps_since >= self.steps
+        return self.seconds is not None and seconds_since >= self.seconds
+
+    def describe(self) -> str:
+        if self.steps is not None:
+            return f"every {self.steps} steps"
+        return f"every {self.seconds:g} s" if self.seconds is not None else "at stage ends"

@@ -8,74 +8,53 @@ checkpoints, dev evaluation and the best model.
     <out>/...              the final student (save_pretrained) and hsk_train.json, written last
 
 Rerunning the same command resumes from the latest checkpoint: the metrics log is cut back to it
-and training replays exactly what was lost. Another config at the same ``--out`` is refused.
+and training replays exactly what was lost. Another config at the same ``--out`` is refused, and
+so is a second ``hsk train`` while one holds the directory's lock (``filelock``). With the CLI's
+signal handlers, SIGTERM (a preempted machine) or Ctrl-C checkpoints after the current step and
+stops; a second signal stops at once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
 from hsk_cache import checkpoint
-from hsk_cache.errors import CheckpointError, ConfigError
+from hsk_cache.config import DEFAULT_SAVE_EVERY, Interval
+from hsk_cache.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "hsk_run.json"
+LOCK_FILE = ".hsk_train.lock"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "hsk_train.json"
 BEST_DIR = "best"
-EVAL_METRICS = ("accuracy", "mcc")
 _OWN = (RUN_FILE, METRICS_FILE, SUMMARY_FILE, BEST_DIR, checkpoint.CHECKPOINTS)
-_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+_STOP: dict = {"signal": None, "armed": False}  # request_stop (SIGTERM/SIGINT) while training: checkpoint, stop
 
 
-@dataclass(frozen=True)
-class Interval:
-    """How often to checkpoint: every ``steps`` optimizer steps, or every ``seconds`` of training;
-    neither means at stage ends only."""
+class Stopped(KeyboardInterrupt):
+    """Training stopped on request (signal ``signum``) right after writing a checkpoint."""
 
-    steps: int | None = None
-    seconds: float | None = None
-
-    @classmethod
-    def parse(cls, text: str | int) -> "Interval":
-        """``500`` (steps), ``90s``, ``5min``, ``2h``, or ``0`` (stage ends only).
-
-        Raises: ConfigError for anything else.
-        """
-        text = str(text).strip().lower()
-        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?", text)
-        if match is None:
-            raise ConfigError(f"--save-every {text!r}: use a step count like 500, a duration like 90s, 5min or 2h, or 0")
-        value, unit = float(match.group(1)), match.group(2)
-        if value == 0:
-            return cls()
-        if unit is None:
-            if value != int(value):
-                raise ConfigError(f"--save-every {text!r}: a step count must be a whole number")
-            return cls(steps=int(value))
-        return cls(seconds=value * _UNITS[unit])
-
-    def due(self, steps_since: int, seconds_since: float) -> bool:
-        if self.steps is not None:
-            return steps_since >= self.steps
-        return self.seconds is not None and seconds_since >= self.seconds
-
-    def describe(self) -> str:
-        if self.steps is not None:
-            return f"every {self.steps} steps"
-        return f"every {self.seconds:g} s" if self.seconds is not None else "at stage ends"
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
-DEFAULT_SAVE_EVERY = "5min"
+def request_stop(signum, frame=None) -> None:
+    """Signal handler for ``hsk train``: the first SIGTERM/SIGINT finishes the current step, writes a
+    checkpoint and stops (``Stopped``); a second one stops at once (KeyboardInterrupt)."""
+    if _STOP["signal"] is not None or not _STOP["armed"]:
+        raise KeyboardInterrupt  # a second signal, or before training started: stop now
+    _STOP["signal"] = signum
 
 
 @dataclass
@@ -103,6 +82,7 @@ class Session:
         self.checkpoints, self.checkpoint_s = (state.get("checkpoints", 0), state.get("checkpoint_s", 0.0)) if state else (0, 0.0)
         self.losses: dict[int, list[float]] = {}  # logged losses per stage index, up to the checkpoint
         self._log = None
+        self._lock: FileLock | None = None
         self._last_save = (0, time.perf_counter())
 
     @classmethod
@@ -115,7 +95,8 @@ class Session:
         out = Path(out)
         identity = json.loads(json.dumps(identity, default=str))
         if overwrite or not (out / RUN_FILE).exists():
-            if not overwrite and out.is_dir() and any(out.iterdir()):
+            if not overwrite and out.is_dir() and any(p.name != LOCK_FILE and not p.name.startswith(".tmp-")
+                                                      for p in out.iterdir()):
                 raise CheckpointError(f"--out {str(out)!r} exists and holds no hsk train run: choose another --out, "
                                       "or pass --overwrite to write the student there")
             if require_checkpoint:
@@ -137,12 +118,24 @@ class Session:
         """Begin writing: clear an overwritten run, record the identity, cut the log back to the
         checkpoint, and load the checkpoint's weights into ``modules``."""
         self.modules, self.evaluator, self.save_every, self.best_stage = modules, evaluator, save_every, best_stage
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(self.out / LOCK_FILE)
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise CheckpointError(f"another hsk train is running on --out {str(self.out)!r}: wait for it to finish, "
+                                  "or choose another --out") from None
+        if checkpoint.latest(self.out) != self.resume_from and not overwrite:
+            self.close()
+            raise CheckpointError(f"the run in --out {str(self.out)!r} changed while this one started: rerun the command")
+        for stale in self.out.glob(".tmp-*"):  # a write cut short by a kill
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        _STOP.update(signal=None, armed=True)
         if overwrite:
             for own in _OWN:
                 target = self.out / own
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
             self.losses = {}
-        self.out.mkdir(parents=True, exist_ok=True)
         if not (self.out / RUN_FILE).exists():
             checkpoint.write_text(self.out / RUN_FILE, json.dumps({"identity": self.identity}, indent=1))
         kept = self._cut_log()
@@ -174,6 +167,10 @@ class Session:
         """Log one step; evaluate and checkpoint when due (a stage's last step is ``end_stage``'s)."""
         self.losses.setdefault(ctx.index, []).append(record["loss"])
         self._write({"event": "train", "stage": ctx.kind, "stage_index": ctx.index, "step": step, **record})
+        if _STOP["signal"] is not None and step < total:  # at a stage's end, end_stage checkpoints first
+            self.save(ctx, step)
+            signum = int(_STOP["signal"])
+            raise Stopped(f"stopped by signal {signum} after step {step} of stage {ctx.index}", signum)
         if step == total:
             return
         if self.evaluator is not None and self.evaluator.every and step % self.evaluator.every == 0:
@@ -182,10 +179,14 @@ class Session:
             self.save(ctx, step)
 
     def end_stage(self, ctx: StageContext, total: int) -> None:
+        """Evaluate and checkpoint the finished stage; then honour a pending stop request."""
         if self.evaluator is not None:
             self.evaluate(ctx.index, ctx.kind, total)
         self.save(ctx, total, stage_done=True)
         self._last_save = (0, time.perf_counter())
+        if _STOP["signal"] is not None:
+            signum = int(_STOP["signal"])
+            raise Stopped(f"stopped by signal {signum} at the end of stage {ctx.index}", signum)
 
     def save(self, ctx: StageContext, step: int, stage_done: bool = False) -> None:
         started = time.perf_counter()
@@ -231,6 +232,10 @@ class Session:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        _STOP.update(signal=None, armed=False)
 
     def _write(self, line: dict) -> None:
         self._log.write(json.dumps(line) + "\n")

@@ -17,11 +17,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from hsk_cache import models, objectives
-from hsk_cache.config import DataConfig, ExtractSpec, StageConfig, check_device, check_precision
+from hsk_cache.config import (DEFAULT_SAVE_EVERY, EVAL_METRICS, DataConfig, ExtractSpec, Interval, StageConfig,
+                              check_device, check_precision)
 from hsk_cache.errors import ConfigError
 from hsk_cache.evaluate import Evaluator
 from hsk_cache.loader import prefetch
-from hsk_cache.session import DEFAULT_SAVE_EVERY, EVAL_METRICS, Interval, Session, StageContext
+from hsk_cache.session import Session, StageContext
 from hsk_cache.store import layout
 from hsk_cache.select.depth import layer_map as resolve_layer_map
 from hsk_cache.sources import DEFAULT_MEMORY_BUDGET, CacheSource, OnlineSource
@@ -227,7 +228,7 @@ def identity(config: TrainConfig, source) -> dict:
     if config.eval is not None:
         fields["eval"] = {k: v for k, v in fields["eval"].items() if k not in ("every", "batch_size")}
     fields["cache"] = layout.identity(source.manifest) if config.cache is not None else None
-    fields["memory_window_shards"] = getattr(source, "window", None)  # the epoch order depends on it
+    fields["shard_window_from_memory_budget"] = getattr(source, "window", None)  # the epoch order depends on it
     return fields
 
 

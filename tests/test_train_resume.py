@@ -84,3 +84,33 @@ def test_killed_training_resumes_to_identical_losses_and_weights(cache, toy_dir,
 
     # the finished run: the same command again has nothing to do
     assert main(_train(cache, toy_dir, resumed, *memory)) == 0
+
+
+def test_sigterm_checkpoints_after_the_current_step_and_resumes(cache, toy_dir, tmp_path):
+    """A preempted machine sends SIGTERM: training writes a checkpoint at the step it reached and exits 143."""
+    import signal
+    import time
+
+    argv = ["train", "--from-cache", cache, "--student-layers", "1", "--student-hidden", "16", "--student-heads", "2",
+            "--student-ffn", "16", "--hidden-epochs", "40", "--pred-epochs", "0", "--hidden-batch-size", "4",
+            "--save-every", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    command = [sys.executable, "-m", "hsk_cache.cli", *argv, "--out"]
+    assert subprocess.run(command + [str(reference)], env=env, capture_output=True, timeout=300).returncode == 0
+    child = subprocess.Popen(command + [str(stopped)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = stopped / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 20):
+        time.sleep(0.02)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 143, err
+    steps = [line["step"] for line in _log(str(stopped), "train")]
+    assert 20 <= steps[-1] < 640 and steps == list(range(1, steps[-1] + 1))
+    assert f"stopped by signal 15 after step {steps[-1]} of stage 0; a checkpoint was written" in err
+    assert os.listdir(stopped / "checkpoints") == [f"stage0-step{steps[-1]:09d}"]
+
+    again = subprocess.run(command + [str(stopped)], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert _log(str(stopped), "train") == _log(str(reference), "train")

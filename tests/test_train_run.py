@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from hsk_cache.cli import main
-from hsk_cache.session import Interval
+from hsk_cache.config import Interval
 from tests.conftest import fails
 
 
