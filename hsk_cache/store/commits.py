@@ -68,6 +68,15 @@ def sizes(group: zarr.Group, keys: list[str]) -> list[int | None]:
     return sync(every())
 
 
+def delete(group: zarr.Group, keys: list[str]) -> None:
+    """Remove the files at ``keys`` (missing ones are fine), in one round trip to zarr's event loop."""
+
+    async def every() -> None:
+        await asyncio.gather(*(group.store.delete(key) for key in keys))
+
+    sync(every())
+
+
 def commit_names(group: zarr.Group) -> list[str]:
     """The arrays a commit row covers, in column order."""
     return list(group[layout.COMMIT_ARRAY].attrs[COMMIT_ARRAYS_ATTR])

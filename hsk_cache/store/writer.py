@@ -132,13 +132,16 @@ class CacheWriter:
         self._array(layout.COMMIT_ARRAY)[shard] = row
 
     def uncommit(self, shards: list[int]) -> None:
-        """Mark ``shards`` for re-extraction (damaged): the cache becomes incomplete until they are
-        rewritten and ``finish`` runs again."""
+        """Mark ``shards`` for re-extraction (damaged) and delete their files, so that rewriting
+        them never reads a damaged shard index (zarr reads it to update a partial edge shard). The
+        cache is incomplete until they are rewritten and ``finish`` runs again."""
         if not shards:
             return
         self.set_complete(False)
+        arrays = [self.group[name] for name in commits.commit_names(self.group)]
         for shard in shards:
             self._array(layout.COMMIT_ARRAY)[shard] = 0
+            commits.delete(self.group, [commits.shard_key(array, shard) for array in arrays])
 
     def set_complete(self, complete: bool) -> None:
         self.manifest = {**self.manifest, "complete": complete}
