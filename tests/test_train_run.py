@@ -145,3 +145,16 @@ def test_save_every_parses_steps_and_durations(text, steps, seconds):
 def test_bad_save_every_is_one_line(cache, tmp_path, capsys):
     fails(capsys, _train(cache, tmp_path / "s", "--save-every", "often"), "--save-every 'often'", "5min")
     assert not (tmp_path / "s").exists()
+
+
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_it(cache, tmp_path, capsys):
+    from filelock import FileLock
+
+    from hsk_cache.session import LOCK_FILE
+
+    out = tmp_path / "student"
+    out.mkdir()
+    with FileLock(out / LOCK_FILE):  # what a running hsk train holds
+        fails(capsys, _train(cache, out), "another hsk train is running on --out")
+    assert os.listdir(out) == [LOCK_FILE]
+    assert main(_train(cache, out)) == 0  # released: the run proceeds
