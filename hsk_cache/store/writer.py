@@ -120,10 +120,14 @@ class CacheWriter:
         missing = set(names) - set(block)
         if missing:
             raise CacheError(f"shard {shard} lacks arrays {sorted(missing)}")
+        # whatever an earlier attempt left goes first: zarr reads an existing shard's index to
+        # update a partial (edge) shard, and a damaged one must never be read
+        keys = [commits.shard_key(self.group[name], shard) for name in names]
+        commits.delete(self.group, keys)
         for name in names:
             values = block[name]
             self._array(name)[start : start + len(values)] = values
-        written = commits.records(self.group, [commits.shard_key(self.group[name], shard) for name in names])
+        written = commits.records(self.group, keys)
         row = np.zeros((len(names), 2), dtype=np.uint64)
         for i, (name, record) in enumerate(zip(names, written)):
             if record is None:
@@ -132,16 +136,13 @@ class CacheWriter:
         self._array(layout.COMMIT_ARRAY)[shard] = row
 
     def uncommit(self, shards: list[int]) -> None:
-        """Mark ``shards`` for re-extraction (damaged) and delete their files, so that rewriting
-        them never reads a damaged shard index (zarr reads it to update a partial edge shard). The
-        cache is incomplete until they are rewritten and ``finish`` runs again."""
+        """Mark ``shards`` for re-extraction (damaged): the cache is incomplete until they are
+        rewritten and ``finish`` runs again."""
         if not shards:
             return
         self.set_complete(False)
-        arrays = [self.group[name] for name in commits.commit_names(self.group)]
         for shard in shards:
             self._array(layout.COMMIT_ARRAY)[shard] = 0
-            commits.delete(self.group, [commits.shard_key(array, shard) for array in arrays])
 
     def set_complete(self, complete: bool) -> None:
         self.manifest = {**self.manifest, "complete": complete}
