@@ -24,10 +24,11 @@ demo: setup  ## the main job: fine-tune, extract, train from the cache, evaluate
 test: setup
 	$(BIN)/python -m pytest -q
 
-bench: setup  ## benchmarks/results/*.{json,md}: extraction, loader, training step cost (~20 min on 2 cores)
+bench: setup  ## benchmarks/results/*.{json,md}: extraction, loader, training step and checkpoint cost (~25 min on 2 cores)
 	$(BIN)/python -m benchmarks.extract_throughput
 	$(BIN)/python -m benchmarks.loader
 	$(BIN)/python -m benchmarks.speedup
+	$(BIN)/python -m benchmarks.checkpoint
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
