@@ -268,9 +268,8 @@ def _verify(a) -> int:
     if r.problems:
         print(verify.table(r))
     state = "complete" if r.complete else f"incomplete ({r.committed}/{r.num_shards} shards extracted)"
-    verdict = "ok" if not r.problems else f"{len(r.bad_shards)} bad shards" + (
-        f", {len(r.problems) - sum(p.shard is not None for p in r.problems)} bad global arrays"
-        if any(p.shard is None for p in r.problems) else "")
+    bad_globals = sum(p.shard is None for p in r.problems)
+    verdict = "ok" if not r.problems else f"{len(r.bad_shards)} bad shards, {bad_globals} bad global arrays"
     print(f"verify: {verdict}; {r.committed} shards checked ({_size(r.checked_bytes)}), {state}, {r.elapsed_s:.1f} s")
     if r.problems:
         from hsk_cache.store.reader import CacheReader
