@@ -88,7 +88,6 @@ class CacheSource:
     def __init__(self, path: str, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET, progress=None) -> None:
         self.reader = reader = CacheReader(path)
         reader.require_complete()
-        reader.check_files()  # a missing or resized shard file is refused here; chunk crc32c on every read
         m = self.manifest = reader.manifest
         self.tokenizer = reader.load_tokenizer()
         self.label_names = tuple(m["data"]["label_names"])
@@ -110,7 +109,8 @@ class CacheSource:
         self.window = None if total_bytes <= memory_budget_bytes else max(1, memory_budget_bytes // max(shard_bytes, 1))
         self.arrays, self.rows, self.loaded = {}, np.arange(dims.n), None
         if self.window is None:
-            self.arrays = {name: reader.read(name) for name in self.names}  # every chunk's crc32c checked
+            reader.check_files()  # every shard file present with its recorded size
+            self.arrays = {name: reader.read(name) for name in self.names}  # and every chunk's crc32c
         else:
             self._verify(progress)
         dim_index = reader.read("dim_index").astype(np.int64) if reader.has("dim_index") else None
