@@ -264,7 +264,7 @@ def _check_same(out: Path, old: dict, new: dict) -> None:
 
 def _differences(old, new, prefix: str = ""):
     if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new), key=lambda k: (k not in new, list(new).index(k) if k in new else 0)):
+        for key in [*new, *(k for k in old if k not in new)]:
             yield from _differences(old.get(key), new.get(key), f"{prefix}{key}.")
     elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         for i, (a, b) in enumerate(zip(old, new)):

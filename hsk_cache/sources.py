@@ -126,9 +126,8 @@ class CacheSource:
 
         problems, _, _ = check_group(self.reader.group, self.manifest, progress)
         if problems:
-            p = problems[0]
-            where = f"shard {p.shard} of {p.array} (examples {p.rows[0]}..{p.rows[1] - 1})" if p.rows else p.array
-            raise self.reader.damaged(f"{where}: {p.problem}" + (f", and {len(problems) - 1} more" if len(problems) > 1 else ""))
+            more = f", and {len(problems) - 1} more" if len(problems) > 1 else ""
+            raise self.reader.damaged(f"{problems[0].where}: {problems[0].problem}{more}")
 
     def sampler(self, batch_size: int, seed: int) -> Sampler:
         """Full-permutation epochs when the knowledge is in memory, else shard-window shuffles."""

@@ -28,6 +28,11 @@ class Problem:
     problem: str
     rows: tuple[int, int] | None = None
 
+    @property
+    def where(self) -> str:
+        """``shard 3 of logits (examples 24..31)``, or the global array's name."""
+        return f"shard {self.shard} of {self.array} (examples {self.rows[0]}..{self.rows[1] - 1})" if self.rows else self.array
+
 
 @dataclass
 class VerifyReport:
