@@ -24,6 +24,7 @@ from benchmarks.common import interleave, ratios, spread, summarize, write
 from hsk_cache import data, extract, models
 from hsk_cache.batching import Examples, collate, sequential_batches
 from hsk_cache.config import DataConfig, ExtractSpec
+from hsk_cache.knowledge import model_inputs
 from hsk_cache.progress import quiet_libraries
 from hsk_cache.teacher import autocast
 
@@ -70,7 +71,7 @@ def main() -> None:
         def bare():
             with torch.no_grad(), autocast(args.precision):
                 for index in sequential_batches(len(examples), 32):
-                    model(**collate(examples, index).model_inputs())
+                    model(**model_inputs(collate(examples, index).as_dict(), model))
 
         steady = []
 

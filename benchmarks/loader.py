@@ -5,7 +5,7 @@
 A synthetic cache of 50,000 examples × 1 layer × top-16 tokens × 768 dims float16 (1.2 GB of
 hidden states, 128-token ids), written with the real writer. Competitors, interleaved:
 
-- loader (in memory): ``CacheSource`` reads the knowledge once as contiguous chunks, then serves
+- loader (in memory): ``Cache`` (``open_cache``) reads the knowledge once as contiguous chunks, then serves
   a full shuffle; timed: open + read + one epoch of batches of 32, decoded to float32 tensors;
 - loader (shard windows): the same cache under a 256 MB memory budget (shard-window shuffle);
 - random zarr reads: batches of 32 random rows read straight from Zarr (the naive way).
@@ -31,7 +31,7 @@ from benchmarks.common import write
 from hsk_cache import models
 from hsk_cache.config import ExtractSpec
 from hsk_cache.progress import quiet_libraries
-from hsk_cache.sources import CacheSource
+from hsk_cache.cache import open_cache
 from hsk_cache.store import layout
 from hsk_cache.store.writer import CacheWriter
 
@@ -86,7 +86,7 @@ def evict(path: str) -> None:
 
 def epoch_with_loader(path: str, budget: int) -> float:
     start = time.perf_counter()
-    source = CacheSource(path, memory_budget_bytes=budget)
+    source = open_cache(path, memory_budget_bytes=budget)
     for item in source.sampler(BATCH, seed=0):
         source.fetch(item)
     return time.perf_counter() - start

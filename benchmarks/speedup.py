@@ -31,8 +31,9 @@ from benchmarks.common import ratios, spread, write
 from hsk_cache import extract, models, objectives
 from hsk_cache.config import DataConfig, ExtractSpec, StageConfig
 from hsk_cache.progress import quiet_libraries
-from hsk_cache.sources import CacheSource, DatasetSource, OnlineSource
-from hsk_cache.train import StudentConfig, TrainConfig, build_student, fit, hidden_objective
+from hsk_cache.cache import open_cache
+from hsk_cache.sources import DatasetSource, OnlineSource
+from hsk_cache.train import StudentConfig, TrainConfig, build_student, distillation_loss, fit
 
 STUDENTS = {"TinyBERT4 (4×312)": StudentConfig("config", layers=4, hidden=312, heads=12, ffn=1200),
             "2×384": StudentConfig("config", layers=2, hidden=384, heads=12, ffn=1536)}
@@ -85,7 +86,7 @@ def teachers(work: str, quick: bool) -> dict[str, str]:
 def run_competitor(source, student, objective, steps: int, extra=()) -> float:
     clock = StepClock()
     stage = StageConfig("hidden", steps / (-(-len(source) // BATCH)), 1e-4, BATCH)
-    fit(student, source, stage, objective, 0, "fp32", extra, clock, num_workers=0)
+    fit(student, source, stage, objective, seed=0, extra_params=extra, progress=clock, num_workers=0)
     return clock.step_seconds()
 
 
@@ -109,19 +110,19 @@ def main() -> None:
             extract.run(extract.ExtractConfig(teacher, data, cache, spec, precision="bf16"))
             sources = {"online fp32": OnlineSource(teacher, data, spec, "fp32"),
                        "online bf16": OnlineSource(teacher, data, spec, "bf16"),
-                       "cache": CacheSource(cache), "student only": DatasetSource(data, models.load_tokenizer(teacher))}
-            config = TrainConfig("unused", student_config, cache=cache)
+                       "cache": open_cache(cache), "student only": DatasetSource(data, models.load_tokenizer(teacher))}
+            config = TrainConfig(out="unused", student=student_config, cache=cache)
             base = build_student(student_config, sources["cache"].teacher_config, sources["cache"].label_names)
-            hidden = hidden_objective(config, base, sources["cache"])
+            hidden = distillation_loss(config, base, sources["cache"], [StageConfig("hidden", 1, 1e-4, BATCH)])
             times = {name: [] for name in sources}
             for _ in range(args.repeats):
                 for name, source in sources.items():
-                    student, objective = copy.deepcopy(base), copy.deepcopy(hidden)
+                    student, loss_fn = copy.deepcopy(base), copy.deepcopy(hidden)
                     if name == "student only":
                         times[name].append(run_competitor(source, student, objectives.labels, args.steps))
                     else:
-                        extra = list(objective.projection.parameters()) if objective.projection else []
-                        times[name].append(run_competitor(source, student, objective, args.steps, extra))
+                        step = objectives.distillation(loss_fn, ("hidden_states",))
+                        times[name].append(run_competitor(source, student, step, args.steps, list(loss_fn.parameters())))
             results[f"{teacher_name} → {student_name}"] = summarize(times, layers)
             print(f"{teacher_name} → {student_name}: " + ", ".join(f"{k} {v['median_s']:.3f}s" for k, v in results[f"{teacher_name} → {student_name}"].items() if isinstance(v, dict) and "median_s" in v), flush=True)
     write("speedup", {"batch": BATCH, "length": LENGTH, "steps": args.steps, "repeats": args.repeats, "results": results},

@@ -70,6 +70,11 @@ class Batch:
             inputs["token_type_ids"] = self.token_type_ids
         return inputs
 
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """The batch-dict form (``knowledge`` module): inputs, labels and example_ids."""
+        out = {**self.model_inputs(), "labels": self.labels, "example_ids": self.example_ids}
+        return out
+
     def to(self, device) -> "Batch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Batch(*(move(t) for t in (self.input_ids, self.attention_mask, self.token_type_ids, self.labels, self.example_ids)))

@@ -249,7 +249,7 @@ def _extract(a) -> int:
     from hsk_cache.store.reader import CacheReader
 
     stored = CacheReader(a.out).stored_bytes()
-    n = r.manifest["counts"]["examples"]
+    n = r.manifest.counts["examples"]
     repaired = f" ({r.shards_repaired} damaged, re-extracted)" if r.shards_repaired else ""
     print(f"extract: {n} examples, {r.shards_written} shards written{repaired}, {r.shards_skipped} resumed, "
           f"{r.elapsed_s:.1f} s → {a.out} ({_size(stored)}, {_size(stored / n)}/example)")

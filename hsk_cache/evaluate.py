@@ -12,6 +12,7 @@ from hsk_cache import models
 from hsk_cache.batching import sequential_batches
 from hsk_cache.config import DataConfig
 from hsk_cache.errors import ModelError
+from hsk_cache.distill import model_inputs
 from hsk_cache.sources import DatasetSource
 from hsk_cache.teacher import autocast
 
@@ -45,8 +46,8 @@ def predict(model, source, batch_size: int = 64, precision: str = "fp32", bar=No
     out = []
     with torch.no_grad(), autocast(precision, device.split(":")[0]):
         for index in sequential_batches(len(source), batch_size):
-            batch, _ = source.batch(index)
-            out.append(model(**batch.to(device).model_inputs()).logits.argmax(dim=-1).cpu().numpy())
+            inputs = {key: value.to(device) for key, value in model_inputs(source.batch(index), model).items()}
+            out.append(model(**inputs).logits.argmax(dim=-1).cpu().numpy())
             if bar is not None:
                 bar.update(len(index))
     return np.concatenate(out)

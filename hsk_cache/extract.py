@@ -15,6 +15,7 @@ from hsk_cache.config import DataConfig, ExtractSpec, check_device, check_precis
 from hsk_cache.errors import CacheError, ConfigError, ModelError
 from hsk_cache.select import SELECTION_VERSION, width
 from hsk_cache.store import codec, layout
+from hsk_cache.store.manifest import Manifest
 from hsk_cache.store.reader import TOKENIZER_GROUP
 from hsk_cache.store.verify import check_group
 from hsk_cache.store.writer import CacheWriter
@@ -48,7 +49,7 @@ class ExtractConfig:
 
 @dataclass(frozen=True)
 class ExtractResult:
-    manifest: dict
+    manifest: Manifest  # the finished cache's
     shards_written: int  # including repaired ones
     shards_skipped: int
     elapsed_s: float
@@ -154,12 +155,12 @@ def _write(config: ExtractConfig, p: Prepared, manifest: dict, progress, started
             bar.close()
     final = writer.finish({"examples": n, "shards": len(committed)})
     elapsed = time.perf_counter() - started
-    return ExtractResult(final, int((~committed).sum()), int(committed.sum()), elapsed, len(repaired))
+    return ExtractResult(Manifest.from_dict(final), int((~committed).sum()), int(committed.sum()), elapsed, len(repaired))
 
 
 def _repair(writer: CacheWriter, progress) -> list[int]:
     """Verify the committed shards of a reopened cache; uncommit the bad ones. Returns them."""
-    problems, _, _ = check_group(writer.group, writer.manifest, progress)
+    problems, _, _ = check_group(writer.group, Manifest.from_dict(writer.manifest), progress)
     bad = sorted({p.shard for p in problems if p.shard is not None})
     for p in problems:
         log.warning("damaged: shard %s of %s: %s", p.shard, p.array, p.problem)

@@ -50,6 +50,6 @@ def run(config: FinetuneConfig, progress=None) -> FinetuneResult:
     model = models.load_classifier(config.model, label_names=source.label_names)
     models.check_max_length(model.config, config.data.max_length)
     stage = StageConfig("labels", config.epochs, config.lr, config.batch_size)
-    result = fit(model, source, stage, objectives.labels, config.seed, config.precision, progress=progress)
+    result = fit(model, source, stage, objectives.labels, seed=config.seed, precision=config.precision, progress=progress)
     models.save(model, tokenizer, config.out)
     return FinetuneResult(config.out, result, time.perf_counter() - started)

@@ -14,12 +14,12 @@ def cache_info(path: str) -> dict:
     """
     reader = CacheReader(path)
     m = reader.manifest
-    n = m["data"]["num_examples"]
+    n = m.num_examples
     stored = reader.stored_bytes()
-    full = full_hidden_bytes(m["teacher"]["num_layers"], m["max_length"], m["teacher"]["hidden_size"])
+    full = full_hidden_bytes(m.teacher.num_layers, m.max_length, m.teacher.hidden_size)
     per_example = stored / max(n, 1)
     return {
-        "manifest": m,
+        "manifest": m.to_dict(),
         "stored_bytes": stored,
         "bytes_per_example": per_example,
         "full_hidden_bytes_per_example": full,

@@ -177,3 +177,45 @@ def prefetch(items: Iterator, depth: int) -> Iterator:
             except queue.Empty:
                 thread.join(timeout=0.01)
 
+
+
+class Loader:
+    """Batches of a source in its epoch order: ``len`` steps per epoch, ``set_epoch``, and
+    iteration over one epoch of batch dicts (``knowledge`` module's format), assembled
+    ``prefetch`` batches ahead in a background thread (0: inline).
+
+    ``fetch(step) -> batch`` turns a ``Step`` into its batch (``Cache.fetch`` for a cache). The
+    position (``sampler.state_dict()``) moves as batches are taken, so a loader can be resumed
+    with ``sampler.load_state_dict``; ``stream`` serves trainers that count trained batches.
+    """
+
+    def __init__(self, fetch, sampler: Sampler, prefetch: int = 1) -> None:
+        self.fetch, self.sampler, self.prefetch = fetch, sampler, prefetch
+
+    def __len__(self) -> int:
+        return self.sampler.steps_per_epoch()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start at the first batch of ``epoch`` (the order is a pure function of seed and epoch)."""
+        self.sampler.epoch, self.sampler.step = epoch, 0
+
+    def __iter__(self) -> Iterator[dict]:
+        """The rest of the current epoch; the position moves past each batch as it is taken."""
+        epoch = self.sampler.epoch
+        steps = [s for s in _until_epoch_end(self.sampler.stream(), epoch)]
+        for step, batch in prefetch(((s, self.fetch(s)) for s in steps), self.prefetch):
+            self.sampler.advance(step)
+            yield batch
+
+    def stream(self, count: int) -> Iterator[tuple[Step, dict]]:
+        """The next ``count`` (step, batch) pairs from the current position, across epochs,
+        without moving it (the trainer calls ``sampler.advance`` for each batch it trains on)."""
+        steps = (step for _, step in zip(range(count), self.sampler.stream()))
+        return prefetch(((step, self.fetch(step)) for step in steps), self.prefetch)
+
+
+def _until_epoch_end(steps: Iterator[Step], epoch: int) -> Iterator[Step]:
+    for step in steps:
+        if step.epoch != epoch:
+            return
+        yield step

@@ -23,7 +23,6 @@ from hsk_cache.errors import ConfigError, ModelError, first_line
 log = logging.getLogger(__name__)
 
 BUNDLED_TEACHER = "minilm-l6"
-_LAYER_KEY = re.compile(r"((?:^|\.)layer\.)(\d+)(\.)")
 
 
 def bundled_teacher_path() -> str:
@@ -209,21 +208,28 @@ def weights_sha256(path: str) -> str:
 
 
 def student_from_config(teacher_config: dict, num_labels: int, layers: int, hidden: int, heads: int, ffn: int,
-                        attention: bool = False):
-    """A randomly initialized student of the teacher's architecture with a new shape.
+                        attention: bool = False, family: str | None = None):
+    """A randomly initialized student with a new shape, of the teacher's family or of ``family``
+    (one of ``families.FAMILIES``, sharing the teacher's vocabulary).
 
-    Raises: ConfigError if hidden is not a multiple of heads.
+    Raises: ConfigError if hidden is not a multiple of heads, or for an unsupported family.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from hsk_cache import families
 
     if min(layers, hidden, heads, ffn) < 1 or hidden % heads:
         raise ConfigError(
             f"student shape layers={layers} hidden={hidden} heads={heads} ffn={ffn}: "
             "all must be ≥ 1 and hidden a multiple of heads"
         )
-    fields = {k: v for k, v in teacher_config.items() if k not in ("architectures", "_name_or_path", "transformers_version")}
-    fields.update(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, intermediate_size=ffn)
-    config = AutoConfig.for_model(**fields)
+    if family is not None and family != families.family(teacher_config):
+        config = families.student_config(family, teacher_config, layers, hidden, heads, ffn)
+    else:
+        fields = {k: v for k, v in teacher_config.items() if k not in ("architectures", "_name_or_path", "transformers_version")}
+        config = AutoConfig.for_model(**fields)
+        config.num_hidden_layers, config.hidden_size, config.num_attention_heads = layers, hidden, heads
+        setattr(config, families._FFN.get(families.family(teacher_config), "intermediate_size"), ffn)
     config.num_labels = num_labels
     config.id2label, config.label2id = teacher_config.get("id2label"), teacher_config.get("label2id")
     return AutoModelForSequenceClassification.from_config(config, **_attention_kwargs(attention))
@@ -254,9 +260,19 @@ def student_from_teacher_layers(teacher_path: str, layers: tuple[int, ...], atte
     config.num_hidden_layers = len(layers)
     student = AutoModelForSequenceClassification.from_config(config, **_attention_kwargs(attention))
     state = _with_prefix(_read_weights(root), student)
-    missing, _ = student.load_state_dict(_renumber_layers(state, layers), strict=False)
-    _check_copied(missing, teacher_path)
+    pattern = _layer_key(student)
+    missing, _ = student.load_state_dict(_renumber_layers(state, layers, pattern), strict=False)
+    _check_copied(missing, teacher_path, pattern)
     return student
+
+
+def _layer_key(model) -> re.Pattern:
+    """Matches the state-dict keys of the model's transformer layers, the layer number in
+    group 2 (``bert.encoder.layer.3.…``, ``distilbert.transformer.layer.3.…``)."""
+    from hsk_cache.families import layer_stack
+
+    name, _ = layer_stack(model)
+    return re.compile(rf"^({re.escape(name)}\.)(\d+)(\.)")
 
 
 def _read_weights(root: Path) -> dict[str, torch.Tensor]:
@@ -278,7 +294,7 @@ def _with_prefix(state: dict, model) -> dict:
     return {prefix + key: value for key, value in state.items()}
 
 
-def _renumber_layers(state: dict, layers: tuple[int, ...]) -> dict:
+def _renumber_layers(state: dict, layers: tuple[int, ...], pattern: re.Pattern) -> dict:
     """Keep the chosen teacher layers (1-based) as student layers 0..len−1; drop the rest. A
     teacher layer chosen twice (a student deeper than the teacher) is copied into both."""
     targets: dict[int, list[int]] = {}
@@ -286,7 +302,7 @@ def _renumber_layers(state: dict, layers: tuple[int, ...]) -> dict:
         targets.setdefault(teacher - 1, []).append(student)
     renamed = {}
     for key, value in state.items():
-        match = _LAYER_KEY.search(key)
+        match = pattern.search(key)
         if match is None:
             renamed[key] = value
             continue
@@ -295,13 +311,13 @@ def _renumber_layers(state: dict, layers: tuple[int, ...]) -> dict:
     return renamed
 
 
-def _check_copied(missing: list[str], teacher_path: str) -> None:
+def _check_copied(missing: list[str], teacher_path: str, pattern: re.Pattern) -> None:
     """Raises ModelError when an embedding or transformer-layer parameter was not copied."""
-    required = [key for key in missing if _LAYER_KEY.search(key) or "embeddings." in key]
+    required = [key for key in missing if pattern.search(key) or "embeddings" in key]
     if required:
         raise ModelError(
             f"the weights of {teacher_path!r} lack {len(required)} of the student's embedding and layer "
-            f"parameters (e.g. {required[0]!r}): pass a BERT-style model directory whose weights match its config"
+            f"parameters (e.g. {required[0]!r}): pass a model directory whose weights match its config"
         )
     if missing:
         log.info("student keys not in the teacher (left at random init): %s", missing)

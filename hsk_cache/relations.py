@@ -4,32 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 
 import torch
 
 from hsk_cache.errors import ModelError
-
-
-def value_module(model, layer: int) -> torch.nn.Module:
-    """The value projection of transformer layer ``layer`` (1-based) of a BERT-style encoder.
-
-    Raises: ModelError if the model has no ``…layer.<layer−1>.attention.self.value`` module.
-    """
-    pattern = re.compile(rf"(^|\.)layer\.{layer - 1}\.attention\.self\.value$")
-    for name, module in model.named_modules():
-        if pattern.search(name):
-            return module
-    raise ModelError(
-        f"{type(model).__name__} has no value projection for layer {layer} (expected a BERT-style "
-        "'layer.N.attention.self.value'): value relation needs such a model"
-    )
+from hsk_cache.families import value_module
 
 
 @contextlib.contextmanager
 def capture_values(model, layer: int | None):
-    """Within the block, ``captured[0]`` is the value projection output [B, T, D] of ``layer``
-    after a forward pass (kept in the autograd graph). Yields an empty list when layer is None."""
+    """Capture the value vectors a value-relation loss needs, with a forward hook.
+
+    Within the block, after a forward pass of ``model``, ``captured[0]`` is the output
+    [B, T, D] float of transformer layer ``layer``'s (1-based) value projection, in the autograd
+    graph (for BERT ``…layer.N.attention.self.value``; per family in ``families``). Yields an
+    empty list when ``layer`` is None. The hook is removed on leaving the block.
+
+    Raises: ModelError for an unsupported family or a layer outside 1..L.
+    """
     captured: list[torch.Tensor] = []
     if layer is None:
         yield captured

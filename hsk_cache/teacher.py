@@ -7,7 +7,7 @@ online distillation feeds it straight to the loss, so both train on the same num
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -15,6 +15,7 @@ from hsk_cache import relations
 from hsk_cache.batching import Batch
 from hsk_cache.config import ExtractSpec
 from hsk_cache.errors import ConfigError, ModelError
+from hsk_cache.knowledge import Knowledge, model_inputs
 from hsk_cache.select import length, width
 
 
@@ -29,36 +30,6 @@ class TeacherOutputs:
     attentions: tuple[torch.Tensor, ...] | None
     values: torch.Tensor | None
     logits: torch.Tensor
-
-
-@dataclass
-class Knowledge:
-    """The selected teacher knowledge of one batch; absent kinds are None.
-
-    layers: teacher hidden-state layers kept (L_k). token_index: [B, L_k, K] int64, −1 = none.
-    hidden_states: [B, L_k, K, D] float32, zero at dropped tokens and dimensions. hidden_mask:
-    [B, L_k, K, D] bool kept elements, or None when every dimension of a kept token is kept.
-    attention_layers: teacher layers (1..L) of attention_probs [B, L_a, H, K, T] float32 (rows of
-    the queries attention_index [B, L_a, K]). value_relation_layer: layer of value_relation
-    [B, H, K, T] float32 (rows of the queries value_index [B, K]). logits: [B, C] float32.
-    """
-
-    layers: tuple[int, ...] = ()
-    token_index: torch.Tensor | None = None
-    hidden_states: torch.Tensor | None = None
-    hidden_mask: torch.Tensor | None = None
-    attention_layers: tuple[int, ...] = ()
-    attention_index: torch.Tensor | None = None
-    attention_probs: torch.Tensor | None = None
-    value_relation_layer: int | None = None
-    value_index: torch.Tensor | None = None
-    value_relation: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-
-    def to(self, device) -> "Knowledge":
-        """A copy with every tensor on ``device``."""
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Knowledge(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()})
 
 
 @dataclass(frozen=True)
@@ -120,7 +91,7 @@ def run_teacher(model, batch: Batch, plan: Plan, precision: str = "fp32") -> Tea
     device = next(model.parameters()).device
     attention = plan.spec.needs_attention
     with torch.no_grad(), autocast(precision, device.type), relations.capture_values(model, plan.value_relation_layer) as values:
-        out = model(**batch.to(device).model_inputs(), output_hidden_states=True, output_attentions=attention)
+        out = model(**model_inputs(batch.to(device).as_dict(), model), output_hidden_states=True, output_attentions=attention)
     if attention and not out.attentions:
         raise ModelError(
             f"{type(model).__name__} returned no attention probabilities: it cannot give attention knowledge or "

@@ -16,16 +16,16 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from hsk_cache import models, objectives
+from hsk_cache import families, models, objectives
+from hsk_cache.cache import DEFAULT_MEMORY_BUDGET, open_cache
 from hsk_cache.config import (DEFAULT_SAVE_EVERY, EVAL_METRICS, DataConfig, ExtractSpec, Interval, StageConfig,
                               check_device, check_precision)
 from hsk_cache.errors import ConfigError
 from hsk_cache.evaluate import Evaluator
-from hsk_cache.loader import prefetch
 from hsk_cache.session import Session, StageContext
 from hsk_cache.store import layout
-from hsk_cache.select.depth import layer_map as resolve_layer_map
-from hsk_cache.sources import DEFAULT_MEMORY_BUDGET, CacheSource, OnlineSource
+from hsk_cache.distill import ATTENTION_LOSSES, INTERMEDIATE_TERMS, WIDTH_TARGETS, DistillationLoss
+from hsk_cache.sources import OnlineSource
 from hsk_cache.teacher import autocast
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,9 @@ class StudentConfig:
 
     kind ``config``: random init with layers/hidden/heads/ffn (defaults: TinyBERT4 shape);
     ``teacher-layers``: DistilBERT-style copy of ``init_layers`` from the weights at ``path``;
-    ``pretrained``: load ``path``.
+    ``pretrained``: load ``path``. family: for ``config``, build a student of another encoder
+    family than the teacher's (one of ``families.FAMILIES``, sharing its tokenizer); None = the
+    teacher's.
     """
 
     kind: str = "config"
@@ -50,8 +52,13 @@ class StudentConfig:
     heads: int = 12
     ffn: int = 1200
     init_layers: tuple[int, ...] | None = None
+    family: str | None = None
 
     def __post_init__(self) -> None:
+        if self.family is not None and self.family not in families.FAMILIES:
+            raise ConfigError(f"--student-family {self.family!r}: use one of {', '.join(families.FAMILIES)}")
+        if self.family is not None and self.kind != "config":
+            raise ConfigError("--student-family applies to students built from a config, not --student-from/--student-pretrained")
         if self.kind not in STUDENT_KINDS:
             raise ConfigError(f"unknown student kind {self.kind!r}: use one of {', '.join(STUDENT_KINDS)}")
         if self.kind != "config" and not self.path:
@@ -116,9 +123,9 @@ class TrainConfig:
         check_device(self.device)
         if self.num_workers < 0:
             raise ConfigError(f"--num-workers {self.num_workers}: use 0 (inline) or more")
-        if self.width_target not in objectives.WIDTH_TARGETS:
+        if self.width_target not in WIDTH_TARGETS:
             raise ConfigError(f"unknown --width-target {self.width_target!r}: use zero or ignore")
-        if self.attention_loss not in objectives.ATTENTION_LOSSES:
+        if self.attention_loss not in ATTENTION_LOSSES:
             raise ConfigError(f"unknown --attention-loss {self.attention_loss!r}: use kl or mse")
         if (self.cache is None) == (self.online_teacher is None):
             raise ConfigError("give exactly one of --from-cache CACHE or --online TEACHER")
@@ -171,23 +178,29 @@ def run(config: TrainConfig, progress=None) -> TrainResult:
     """
     started = time.perf_counter()
     if config.cache is not None:
-        source = CacheSource(config.cache, config.memory_budget_bytes, progress)
+        source = open_cache(config.cache, memory_budget_bytes=config.memory_budget_bytes, progress=progress)
     else:
         source = OnlineSource(config.online_teacher, config.data, config.spec, config.teacher_precision, config.device)
     session = Session.open(config.out, identity(config, source), config.overwrite, config.resume)
     if session.finished and not config.overwrite:
-        return TrainResult(config.out, [], {}, {}, 0.0, session.checkpoints, session.checkpoint_s, None, session.best, True)
+        return TrainResult(out=config.out, stages=[], layer_map={}, attention_map={}, elapsed_s=0.0,
+                           checkpoints=session.checkpoints, checkpoint_s=session.checkpoint_s, best=session.best,
+                           already_finished=True)
     torch.manual_seed(config.seed)
-    attention = bool(source.attention_layers) or source.value_relation_layer is not None
-    student = build_student(config.student, source.teacher_config, source.label_names, attention).to(config.device)
     trains = [s for s in config.stages if s.epochs > 0]
     _check_knowledge(config, source, trains)
-    hidden = hidden_objective(config, student, source) if any(s.kind == "hidden" for s in trains) else None
-    if hidden is not None and hidden.projection is not None:
-        hidden.projection.to(config.device)
-    log.info("layer maps (student:teacher): hidden %s, attention %s", hidden and hidden.hidden_map, hidden and hidden.attention_map)
+    attention_probs = "attention_probs" in source.knowledge and any(s.kind == "hidden" for s in trains)
+    attention = bool(source.stored.attention_layers) or source.stored.value_relation_layer is not None
+    student = build_student(config.student, source.teacher_config, source.label_names, attention,
+                            attention_probs=attention_probs).to(config.device)
+    loss_fn = distillation_loss(config, student, source, trains)
+    if loss_fn is not None:
+        loss_fn.to(config.device)
+    log.info("layer maps (student:teacher): hidden %s, attention %s", loss_fn and loss_fn.hidden_map,
+             loss_fn and loss_fn.attention_map)
     evaluator = _evaluator(config, source)
-    modules = torch.nn.ModuleDict({"student": student, **({"projection": hidden.projection} if hidden and hidden.projection else {})})
+    projection = loss_fn.projection if loss_fn is not None else None
+    modules = torch.nn.ModuleDict({"student": student, **({"projection": projection} if projection is not None else {})})
     best_stage = max((i for i, s in enumerate(config.stages) if s.epochs > 0), default=-1)
     session.start(modules, evaluator, Interval.parse(config.save_every), best_stage, config.overwrite)
     try:
@@ -197,19 +210,32 @@ def run(config: TrainConfig, progress=None) -> TrainResult:
                 losses = session.losses.get(i, [])
                 results.append(StageResult(stage.kind, len(losses), losses, 0.0, 0.0))
                 continue
-            objective = {"hidden": hidden, "labels": objectives.labels,
-                         "prediction": objectives.prediction(config.temperature, config.hard_label_weight)}[stage.kind]
-            extra = list(hidden.projection.parameters()) if stage.kind == "hidden" and hidden and hidden.projection else []
-            results.append(fit(student, source, stage, objective, config.seed + i, config.precision, extra, progress,
-                               config.num_workers, config.device, session, i))
+            step, extra = stage_objective(stage, loss_fn)
+            results.append(fit(student, source, stage, step, seed=config.seed + i, precision=config.precision,
+                               extra_params=extra, progress=progress, num_workers=config.num_workers,
+                               device=config.device, session=session, index=i))
         models.save(student.to("cpu"), source.tokenizer, config.out)
-        result = TrainResult(config.out, results, hidden.hidden_map if hidden else {}, hidden.attention_map if hidden else {},
-                             time.perf_counter() - started, session.checkpoints, session.checkpoint_s,
-                             str(session.resume_from) if session.resume_from else None, session.best)
+        result = TrainResult(out=config.out, stages=results, layer_map=loss_fn.hidden_map if loss_fn else {},
+                             attention_map=loss_fn.attention_map if loss_fn else {},
+                             elapsed_s=time.perf_counter() - started, checkpoints=session.checkpoints,
+                             checkpoint_s=session.checkpoint_s,
+                             resumed_from=str(session.resume_from) if session.resume_from else None, best=session.best)
         session.finish({"config": asdict(config), "result": {**asdict(result), "stages": [_summary(r) for r in results]}})
     finally:
         session.close()
     return result
+
+
+def stage_objective(stage: StageConfig, loss_fn: DistillationLoss | None):
+    """(step function, parameters besides the student's) of one stage: the hidden stage uses the
+    loss's intermediate terms and trains W_h; prediction its logits term; labels gold labels."""
+    if stage.kind == "labels":
+        return objectives.labels, []
+    if loss_fn is None:  # a stage with 0 epochs: nothing runs
+        return None, []
+    terms = ("logits",) if stage.kind == "prediction" else tuple(t for t in INTERMEDIATE_TERMS if t in loss_fn.terms)
+    extra = list(loss_fn.parameters()) if stage.kind == "hidden" else []
+    return objectives.distillation(loss_fn, terms), extra
 
 
 def _summary(stage: StageResult) -> dict:
@@ -248,42 +274,54 @@ def _evaluator(config: TrainConfig, source):
     if e is None:
         return None
     if config.cache is not None:
-        trained = source.manifest["data"]
-        columns, label, max_length = trained.get("text_columns"), trained.get("label_column"), source.manifest["max_length"]
+        trained = source.manifest.data
+        columns, label, max_length = trained.text_columns, trained.label_column, source.manifest.max_length
     else:
         columns, label, max_length = config.data.text_columns, config.data.label_column, config.data.max_length
-    data = DataConfig(e.data, e.split, e.text_columns or (tuple(columns) if columns else None), e.label_column or label,
-                      max_length)
-    return Evaluator(data, source.tokenizer, source.label_names, e.every, e.metric, e.batch_size, config.precision,
-                     config.device)
+    data = DataConfig(source=e.data, split=e.split, text_columns=e.text_columns or (tuple(columns) if columns else None),
+                      label_column=e.label_column or label, max_length=max_length)
+    return Evaluator(data, source.tokenizer, source.label_names, every=e.every, metric=e.metric,
+                     batch_size=e.batch_size, precision=config.precision, device=config.device)
 
 
-def hidden_objective(config: TrainConfig, student, source) -> objectives.HiddenObjective:
-    """Resolve layer maps and head handling for the intermediate-layer stage.
+def distillation_loss(config: TrainConfig, student, source, stages) -> DistillationLoss | None:
+    """The ``DistillationLoss`` of the run's distillation stages (None when none trains): the
+    intermediate terms the source holds for the hidden stage, logits for the prediction stage.
 
-    Raises: ConfigError if the source has no intermediate knowledge, a map needs an uncached
-    layer, or head counts differ without a usable --head-map.
+    Raises: ConfigError if the hidden stage trains and the source has no intermediate knowledge,
+    a map needs an unstored layer, or head counts differ without a usable --head-map.
     """
-    depth, s_layers = source.teacher_config["num_hidden_layers"], student.config.num_hidden_layers
-    if not (source.layers or source.attention_layers or source.value_relation_layer):
-        raise ConfigError("the knowledge source has no hidden states, attention or value relation: "
-                          "set --hidden-epochs 0 or extract them")
-    hidden_map = resolve_layer_map(config.layer_map, s_layers, depth, source.layers, config.keep_top_pairs) if source.layers else {}
-    attention_map = {}
-    if source.attention_layers:
-        attention_map = resolve_layer_map(config.attention_map, s_layers, depth, source.attention_layers, config.keep_top_pairs)
-        attention_map.pop(0, None)  # the embedding layer has no attention
-    value_relation = (s_layers, source.value_relation_layer) if source.value_relation_layer else None
-    teacher_heads = source.teacher_config["num_attention_heads"]
-    objectives.check_heads(student.config, teacher_heads, config.head_map, bool(attention_map), bool(value_relation))
-    projection = make_projection(student.config.hidden_size, source.teacher_config["hidden_size"]) if hidden_map else None
-    return objectives.HiddenObjective(hidden_map, attention_map, value_relation, projection, config.width_target,
-                                      config.attention_loss, config.head_map, teacher_heads)
+    kinds = {s.kind for s in stages}
+    terms = []
+    if "hidden" in kinds:
+        terms = [t for t in INTERMEDIATE_TERMS if t in source.knowledge]
+        if not terms:
+            raise ConfigError("the knowledge source has no hidden states, attention or value relation: "
+                              "set --hidden-epochs 0 or extract them")
+    if "prediction" in kinds:
+        terms.append("logits")
+    if not terms:
+        return None
+    return DistillationLoss(source.stored, student.config, terms=terms, layer_map=config.layer_map,
+                            attention_map=config.attention_map, keep_top_pairs=config.keep_top_pairs,
+                            head_map=config.head_map, width_target=config.width_target,
+                            attention_loss=config.attention_loss, temperature=config.temperature,
+                            hard_label_weight=config.hard_label_weight)
 
 
-def build_student(student: StudentConfig, teacher_config: dict, label_names: tuple[str, ...], attention: bool = False):
+def build_student(student: StudentConfig, teacher_config: dict, label_names: tuple[str, ...], attention: bool = False,
+                  attention_probs: bool = False):
     """The student model, with the task's classes; eager attention when ``attention`` (so
-    attention probabilities can be returned). Raises ConfigError/ModelError on a bad shape or path."""
+    attention probabilities can be returned); without attention dropout when it distils
+    ``attention_probs`` (``families.without_attention_dropout``).
+    Raises ConfigError/ModelError on a bad shape or path."""
+    model = _student(student, teacher_config, label_names, attention)
+    if attention_probs:
+        families.without_attention_dropout(model)
+    return model
+
+
+def _student(student: StudentConfig, teacher_config: dict, label_names: tuple[str, ...], attention: bool):
     if student.kind == "pretrained":
         model = models.load_classifier(student.path, attention=attention)
         if model.config.num_labels != len(label_names):
@@ -297,9 +335,8 @@ def build_student(student: StudentConfig, teacher_config: dict, label_names: tup
         layers = student.init_layers or models.default_init_layers(depth, student.layers)
         model = models.student_from_teacher_layers(student.path, tuple(layers), attention)
     else:
-        model = models.student_from_config(
-            teacher_config, len(label_names), student.layers, student.hidden, student.heads, student.ffn, attention
-        )
+        model = models.student_from_config(teacher_config, len(label_names), student.layers, student.hidden,
+                                           student.heads, student.ffn, attention, family=student.family)
     if model.config.num_labels != len(label_names):
         raise ConfigError(f"the student has {model.config.num_labels} classes, the task {len(label_names)}")
     model.config.id2label = dict(enumerate(label_names))
@@ -307,16 +344,13 @@ def build_student(student: StudentConfig, teacher_config: dict, label_names: tup
     return model
 
 
-def make_projection(student_width: int, teacher_width: int) -> torch.nn.Module | None:
-    """W_h: [D_S → D_T] linear map shared across layers (TinyBERT Eq. 7), None when widths match."""
-    return None if student_width == teacher_width else torch.nn.Linear(student_width, teacher_width)
+def fit(model, source, stage: StageConfig, objective, *, seed: int, precision: str = "fp32", extra_params=(),
+        progress=None, num_workers: int = 1, device: str = "cpu", session: Session | None = None,
+        index: int = 0) -> StageResult:
+    """Train ``model`` for one stage: AdamW, linear warmup then decay, gradient norm clipped to 1
+    (over the student's and ``extra_params``, e.g. W_h). ``objective(model, batch) -> loss``.
 
-
-def fit(model, source, stage: StageConfig, objective, seed: int, precision: str, extra_params=(), progress=None,
-        num_workers: int = 1, device: str = "cpu", session: Session | None = None, index: int = 0) -> StageResult:
-    """Train ``model`` for one stage: AdamW, linear warmup then decay, gradient norm clipped to 1.
-
-    Batches come from ``source.sampler(batch_size, seed)`` (a pure function of (seed, epoch)),
+    Batches come from ``source.loader(batch_size, seed)`` (a pure function of (seed, epoch)),
     assembled ``num_workers`` steps ahead in a background thread (0: inline); dropout draws from
     ``torch.manual_seed(seed)``, so a stage is reproducible given the source. With a ``session``
     (stage ``index`` of a run), the stage resumes from its checkpoint, logs every step, evaluates
@@ -324,7 +358,8 @@ def fit(model, source, stage: StageConfig, objective, seed: int, precision: str,
     """
     from transformers import get_linear_schedule_with_warmup
 
-    sampler = source.sampler(stage.batch_size, seed)
+    loader = source.loader(stage.batch_size, seed, prefetch=num_workers)
+    sampler = loader.sampler
     steps_per_epoch = sampler.steps_per_epoch()
     total = round(stage.epochs * steps_per_epoch)
     if total == 0:
@@ -341,13 +376,13 @@ def fit(model, source, stage: StageConfig, objective, seed: int, precision: str,
     bar = progress(f"train {stage.kind}", examples, min(done * stage.batch_size, examples)) if progress else None
     model.train()
     seen, started = 0, time.perf_counter()
-    stream = prefetch(_batches(source, sampler, total - done), num_workers)
+    stream = loader.stream(total - done)
     try:
-        for step, batch, knowledge in stream:
+        for step, batch in stream:
             if device != "cpu":
-                batch, knowledge = batch.to(device), knowledge.to(device) if knowledge is not None else None
+                batch = {key: value.to(device) for key, value in batch.items()}
             with autocast(precision, device.split(":")[0]):
-                loss = objective(model, batch, knowledge)
+                loss = objective(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -355,12 +390,12 @@ def fit(model, source, stage: StageConfig, objective, seed: int, precision: str,
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             sampler.advance(step)
-            done, seen = done + 1, seen + len(batch.labels)
+            done, seen = done + 1, seen + len(batch["labels"])
             history.append(float(loss.detach()))
             if session is not None:
                 session.after_step(ctx, done, total, {"epoch": step.epoch, "loss": history[-1], "lr": lr})
             if bar is not None:
-                bar.update(len(batch.labels))
+                bar.update(len(batch["labels"]))
                 bar.set_postfix(loss=f"{history[-1]:.4f}")
     finally:
         stream.close()
@@ -372,8 +407,3 @@ def fit(model, source, stage: StageConfig, objective, seed: int, precision: str,
     elapsed = time.perf_counter() - started
     return StageResult(stage.kind, total, history, elapsed, seen / max(elapsed, 1e-9))
 
-
-def _batches(source, sampler, count: int):
-    """The next ``count`` steps of the sampler's order, epoch after epoch: (step, batch, knowledge)."""
-    for _, step in zip(range(count), sampler.stream()):
-        yield (step, *source.fetch(step))

@@ -146,12 +146,12 @@ def kept_fraction(cache: CacheReader) -> float:
     if "token_index" not in cache.group:
         return 0.0
     tokens = int((cache.read("token_index") >= 0).sum())
-    d, kept_dims = m["dims"]["hidden_size"], m["dims"]["kept_dims"]
+    d, kept_dims = m.dims.hidden_size, m.dims.kept_dims
     if "hidden_mask" in cache.group:
         elements = int(np.unpackbits(cache.read("hidden_mask"), axis=-1, count=d).sum())
     else:
-        elements = tokens * (kept_dims if m["spec"]["dims"] != "all" else d)
-    total = int(cache.read("lengths").sum()) * (m["teacher"]["num_layers"] + 1) * d
+        elements = tokens * (kept_dims if m.spec.dims != "all" else d)
+    total = int(cache.read("lengths").sum()) * (m.teacher.num_layers + 1) * d
     return elements / total
 
 
@@ -186,10 +186,10 @@ def run_point(point: Point, seed: int, student: str, ctx: Context, schedule: tup
         "spec": "labels only" if point.spec is None else " ".join(f"{k}={v}" for k, v in point.spec.describe().items()),
         "options": " ".join(f"{k}={v}" for k, v in point.options.items()), "student": student, "seed": seed,
         "hidden_epochs": hidden_epochs, "pred_epochs": pred_epochs, "hidden_lr": hidden_lr, "pred_lr": pred_lr,
-        "bytes_per_example": reader.stored_bytes() / reader.manifest["data"]["num_examples"] if distilled else 0.0,
+        "bytes_per_example": reader.stored_bytes() / reader.manifest.num_examples if distilled else 0.0,
         "fraction_kept": kept_fraction(reader),
         "accuracy": result.accuracy, "mcc": result.mcc, "dev_examples": result.examples,
-        "teacher_sha256": reader.manifest["teacher"]["weights_sha256"], "train_examples": len(reader.read("lengths")),
+        "teacher_sha256": reader.manifest.teacher.weights_sha256, "train_examples": len(reader.read("lengths")),
         **times,
     }
 

@@ -82,7 +82,7 @@ def run(work: Path, teacher_epochs: float, student_epochs: float) -> dict:
     student_eval = evaluate.run(str(student), dev_data, progress=bar)
     times["evaluate both"] = _lap(start, "evaluate both")
     reader = CacheReader(cache)
-    n = reader.manifest["data"]["num_examples"]
+    n = reader.manifest.num_examples
     return {
         "teacher": {"path": str(teacher), "dev_accuracy": teacher_eval.accuracy, "layers": 6},
         "student": {"path": str(student), "dev_accuracy": student_eval.accuracy, "layers": len(STUDENT_LAYERS)},

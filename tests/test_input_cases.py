@@ -14,7 +14,7 @@ from hsk_cache.errors import CacheError, ConfigError, ModelError
 from hsk_cache.select import width
 from hsk_cache.store import codec
 from hsk_cache.store.layout import Dims
-from hsk_cache.teacher import Knowledge
+from hsk_cache.knowledge import Knowledge
 from tests.conftest import fails, tiny_bert, toy_rows, write_rows
 
 

@@ -7,7 +7,7 @@ import torch
 from hsk_cache import extract
 from hsk_cache.config import DataConfig, ExtractSpec
 from hsk_cache.loader import Sampler, prefetch
-from hsk_cache.sources import CacheSource
+from hsk_cache.cache import open_cache
 
 
 def _epoch(sampler):
@@ -66,15 +66,15 @@ def test_windowed_cache_source_reads_the_same_knowledge(tiny_teacher, toy_dir, t
     out = str(tmp_path / "cache")
     spec = ExtractSpec.parse("all", "topk:5", "magnitude:0.5", dtype="int8")
     extract.run(extract.ExtractConfig(tiny_teacher, DataConfig(toy_dir, max_length=32), out, spec, shard_examples=8))
-    in_memory, windowed = CacheSource(out), CacheSource(out, memory_budget_bytes=1)
+    in_memory, windowed = open_cache(out), open_cache(out, memory_budget_bytes=1)
     assert in_memory.window is None and windowed.window == 1
     seen = []
     for item in windowed.sampler(4, seed=3):
-        batch, knowledge = windowed.fetch(item)
-        reference_batch, reference = in_memory.batch(item.ids)
-        assert torch.equal(batch.input_ids, reference_batch.input_ids)
-        assert torch.equal(knowledge.hidden_states, reference.hidden_states)
-        assert torch.equal(knowledge.hidden_mask, reference.hidden_mask)
+        batch = windowed.fetch(item)
+        reference = in_memory.batch(item.ids)
+        assert batch.keys() == reference.keys()
+        for key in ("input_ids", "hidden_states", "hidden_mask", "token_index"):
+            assert torch.equal(batch[key], reference[key]), key
         seen.extend(item.ids.tolist())
     assert sorted(seen) == list(range(64))
 

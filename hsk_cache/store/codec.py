@@ -15,7 +15,7 @@ import torch
 from hsk_cache import quantize
 from hsk_cache.errors import CacheError
 from hsk_cache.store.layout import Dims
-from hsk_cache.teacher import Knowledge
+from hsk_cache.knowledge import Knowledge
 
 
 @dataclass(frozen=True)

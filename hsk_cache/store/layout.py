@@ -133,15 +133,15 @@ def arrays(dims: Dims) -> list[ArraySpec]:
     return out
 
 
-def dims_from_manifest(manifest: dict) -> Dims:
-    """The Dims an extraction recorded in its manifest."""
-    d, spec = manifest["dims"], manifest["spec"]
+def dims_from_manifest(manifest) -> Dims:
+    """The Dims an extraction recorded in its ``store.manifest.Manifest``."""
+    d, spec = manifest.dims, manifest.spec
     return Dims(
-        n=manifest["data"]["num_examples"], t=manifest["max_length"], layers=len(manifest["layers"]),
-        k=d["kept_tokens"], d=d["hidden_size"], c=d["classes"], token_types=d["token_types"],
-        knowledge=tuple(spec["knowledge"]), dtype=spec["dtype"], codec=spec["codec"],
-        width=spec["dims"].split(":")[0], kept_dims=d["kept_dims"], slots=d["slots"],
-        attention_layers=len(manifest["attention_layers"]), heads=d["heads"],
+        n=manifest.num_examples, t=manifest.max_length, layers=len(manifest.layers),
+        k=d.kept_tokens, d=d.hidden_size, c=d.classes, token_types=d.token_types,
+        knowledge=tuple(spec.knowledge), dtype=spec.dtype, codec=spec.codec,
+        width=spec.dims.split(":")[0], kept_dims=d.kept_dims, slots=d.slots,
+        attention_layers=len(manifest.attention_layers), heads=d.heads,
     )
 
 
@@ -173,8 +173,10 @@ def num_shards(n: int, shard_examples: int) -> int:
     return math.ceil(n / shard_examples)
 
 
-def identity(manifest: dict) -> dict:
-    """The manifest fields that must match for a writer to resume into an existing cache."""
+def identity(manifest) -> dict:
+    """The manifest fields (JSON form, or a ``Manifest``) that must match for a writer to resume
+    into an existing cache."""
+    manifest = manifest.to_dict() if hasattr(manifest, "to_dict") else manifest
     out = {}
     for key in IDENTITY_KEYS:
         value = manifest
@@ -197,21 +199,21 @@ def _pow2_ceil(x: int) -> int:
     return 1 << max(0, (max(1, int(x)) - 1).bit_length())
 
 
-def extract_command(manifest: dict, path: str) -> str:
+def extract_command(manifest, path: str) -> str:
     """The ``hsk extract`` command line that re-creates (or repairs) the cache at ``path``: the
-    options its manifest records, so a rerun matches the cache's identity."""
+    options its ``Manifest`` records, so a rerun matches the cache's identity."""
     import shlex
 
-    data, spec = manifest["data"], manifest["spec"]
+    data, spec = manifest.data, manifest.spec
     options = {
-        "--teacher": manifest["teacher"]["path"], "--data": data.get("resolved_source", data["source"]), "--split": data["split"],
-        "--text-columns": ",".join(data["text_columns"]) if data.get("text_columns") else None,
-        "--label-column": data.get("label_column"), "--max-length": manifest["max_length"], "--limit": data.get("limit"),
-        "--layers": spec["layers"], "--tokens": spec["tokens"], "--dims": spec["dims"],
-        "--knowledge": ",".join(spec["knowledge"]), "--attention-layers": spec.get("attention_layers"),
-        "--value-relation-layer": spec.get("value_relation_layer"), "--importance-layer": spec.get("importance_layer"),
-        "--dtype": spec["dtype"], "--codec": spec["codec"], "--selection-seed": spec["seed"],
-        "--precision": manifest["precision"], "--shard-examples": manifest["layout"]["shard_examples"], "--out": path,
+        "--teacher": manifest.teacher.path, "--data": data.resolved_source or data.source, "--split": data.split,
+        "--text-columns": ",".join(data.text_columns) if data.text_columns else None,
+        "--label-column": data.label_column, "--max-length": manifest.max_length, "--limit": data.limit,
+        "--layers": spec.layers, "--tokens": spec.tokens, "--dims": spec.dims,
+        "--knowledge": ",".join(spec.knowledge), "--attention-layers": spec.attention_layers,
+        "--value-relation-layer": spec.value_relation_layer, "--importance-layer": spec.importance_layer,
+        "--dtype": spec.dtype, "--codec": spec.codec, "--selection-seed": spec.seed,
+        "--precision": manifest.precision, "--shard-examples": manifest.layout.shard_examples, "--out": path,
     }
     words = ["hsk", "extract"]
     for option, value in options.items():

@@ -11,6 +11,7 @@ import zarr
 
 from hsk_cache.errors import CacheError
 from hsk_cache.store import commits, layout
+from hsk_cache.store.manifest import Manifest
 
 MANIFEST_KEY = "hsk_cache"
 TOKENIZER_GROUP = "tokenizer"  # the teacher tokenizer's files, one uint8 array each
@@ -43,16 +44,16 @@ def read_manifest(path: str | Path, check_version: bool = True) -> dict:
 
 
 class CacheReader:
-    """Read-only access to one cache."""
+    """Read-only access to one cache. ``manifest``: its typed ``Manifest``."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.manifest = read_manifest(self.path)
+        self.manifest = Manifest.from_dict(read_manifest(self.path))
         self.group = zarr.open_group(str(self.path), mode="r")
 
     @property
     def complete(self) -> bool:
-        return bool(self.manifest.get("complete"))
+        return bool(self.manifest.complete)
 
     def committed_shards(self) -> int:
         if layout.COMMIT_ARRAY not in self.group:
@@ -90,14 +91,13 @@ class CacheReader:
                 raise self.damaged(f"shard {shard} of {names[i]} ({self._rows(shard)}) {problem}")
 
     def _rows(self, shard: int) -> str:
-        lay = self.manifest["layout"]
-        start, stop = layout.shard_range(shard, self.manifest["data"]["num_examples"], lay["shard_examples"])
+        start, stop = layout.shard_range(shard, self.manifest.num_examples, self.manifest.layout.shard_examples)
         return f"examples {start}..{stop - 1}"
 
     def require_complete(self) -> None:
         """Raises: CacheError if extraction has not finished."""
         if not self.complete:
-            total = self.manifest["layout"]["num_shards"]
+            total = self.manifest.layout.num_shards
             raise CacheError(
                 f"cache {str(self.path)!r} is incomplete ({self.committed_shards()}/{total} shards): "
                 "rerun the same hsk extract command to finish it"

@@ -16,6 +16,7 @@ import numpy as np
 import zarr
 
 from hsk_cache.store import commits, layout
+from hsk_cache.store.manifest import Manifest
 from hsk_cache.store.reader import TOKENIZER_GROUP, CacheReader
 
 
@@ -63,17 +64,17 @@ def verify(path: str | Path, progress=None) -> VerifyReport:
     """
     started = time.perf_counter()
     reader = CacheReader(path)
-    report = VerifyReport(str(path), reader.manifest["layout"]["num_shards"], 0, reader.complete)
+    report = VerifyReport(str(path), reader.manifest.layout.num_shards, 0, reader.complete)
     report.problems, report.checked_bytes, report.committed = check_group(reader.group, reader.manifest, progress)
     report.elapsed_s = time.perf_counter() - started
     return report
 
 
-def check_group(group: zarr.Group, manifest: dict, progress=None) -> tuple[list[Problem], int, int]:
+def check_group(group: zarr.Group, manifest: Manifest, progress=None) -> tuple[list[Problem], int, int]:
     """(problems, bytes checked, committed shards) of an open cache group."""
     rows, unreadable = commits.read_commits(group)
     names = commits.commit_names(group)
-    n, shard_examples = manifest["data"]["num_examples"], manifest["layout"]["shard_examples"]
+    n, shard_examples = manifest.num_examples, manifest.layout.shard_examples
     problems = [Problem(s, layout.COMMIT_ARRAY, "commit record damaged", layout.shard_range(s, n, shard_examples))
                 for s in unreadable]
     committed = np.flatnonzero(commits.committed_mask(rows))
@@ -106,7 +107,7 @@ def _compare(found: commits.FileRecord | None, expected: commits.FileRecord) -> 
     return None
 
 
-def _check_globals(group: zarr.Group, manifest: dict) -> list[Problem]:
+def _check_globals(group: zarr.Group, manifest: Manifest) -> list[Problem]:
     """Arrays not chunked along N are small: decoding them checks their chunk crc32c."""
     dims = layout.dims_from_manifest(manifest)
     names = [spec.name for spec in layout.arrays(dims) if not spec.per_example]

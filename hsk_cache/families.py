@@ -1,0 +1,133 @@
+"""Encoder families: where each keeps its transformer layers and value projections, and how a
+student of a given family is configured.
+
+Supported (teachers and students, every knowledge kind): BERT, RoBERTa, DistilBERT, MPNet,
+ELECTRA, DeBERTa-v2. The layer stack is found generically (the ``nn.ModuleList`` of the base
+model with ``num_hidden_layers`` entries, under ``base_model_prefix``); only the value
+projection inside a layer differs by family, and only the attention-dropout option name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from hsk_cache.errors import ConfigError, ModelError
+
+# where each family's value projection V = x·W_V lives inside one transformer layer
+VALUE_PROJECTIONS = {
+    "bert": "attention.self.value",
+    "roberta": "attention.self.value",
+    "electra": "attention.self.value",
+    "distilbert": "attention.v_lin",
+    "mpnet": "attention.attn.v",
+    "deberta-v2": "attention.self.value_proj",
+}
+FAMILIES = tuple(VALUE_PROJECTIONS)
+_ATTENTION_DROPOUT = {"distilbert": "attention_dropout"}  # others: attention_probs_dropout_prob
+_FFN = {"distilbert": "hidden_dim"}  # others: intermediate_size
+
+
+def family(config) -> str:
+    """The model_type of a transformers config (or its dict form)."""
+    return config.get("model_type") if isinstance(config, Mapping) else config.model_type
+
+
+def check_family(config, role: str = "model") -> str:
+    """Raises: ModelError naming the family when it is not one hsk-cache supports."""
+    name = family(config)
+    if name not in VALUE_PROJECTIONS:
+        raise ModelError(
+            f"the {role} is a {name!r} model, which hsk-cache does not support: use one of {', '.join(FAMILIES)}"
+        )
+    return name
+
+
+def layer_stack(model) -> tuple[str, torch.nn.ModuleList]:
+    """(state-dict name, module) of the model's transformer layers, e.g. ``bert.encoder.layer``.
+
+    Raises: ModelError when the model has no ``nn.ModuleList`` of ``num_hidden_layers`` layers.
+    """
+    depth = model.config.num_hidden_layers
+    stacks = [(name, module) for name, module in model.named_modules()
+              if isinstance(module, torch.nn.ModuleList) and len(module) == depth and name]
+    stacks.sort(key=lambda item: item[0].rsplit(".", 1)[-1] not in ("layer", "layers"))  # the usual name first
+    if stacks:
+        return stacks[0]
+    raise ModelError(f"{type(model).__name__} has no list of {depth} transformer layers: "
+                     f"use a model of one of {', '.join(FAMILIES)}")
+
+
+def value_module(model, layer: int) -> torch.nn.Module:
+    """The value projection of transformer layer ``layer`` (1-based) of a supported encoder.
+
+    Raises: ModelError for an unsupported family or a layer outside 1..L.
+    """
+    name = check_family(model.config)
+    _, layers = layer_stack(model)
+    if not 1 <= layer <= len(layers):
+        raise ModelError(f"value relation layer {layer}: {type(model).__name__} has layers 1..{len(layers)}")
+    return layers[layer - 1].get_submodule(VALUE_PROJECTIONS[name])
+
+
+def attention_dropout_key(config) -> str:
+    return _ATTENTION_DROPOUT.get(family(config), "attention_probs_dropout_prob")
+
+
+def without_attention_dropout(model) -> None:
+    """Turn off the attention-probability dropout of every layer (in place, config included).
+
+    transformers' eager attention returns the probabilities *after* dropout: an attention loss
+    against them would compare the teacher's rows with randomly zeroed, rescaled ones (and a KL
+    against a zeroed entry is log 1e-12). Students that distil attention probabilities are
+    therefore trained without attention dropout, so the distributions compared are the
+    softmax outputs themselves (TinyBERT Eq. 3, MiniLM Eq. 3). Other dropout stays.
+
+    Raises: ModelError for an unsupported family.
+    """
+    name = check_family(model.config)
+    _, layers = layer_stack(model)
+    for layer in layers:
+        attention = layer.get_submodule(VALUE_PROJECTIONS[name].rsplit(".", 1)[0])
+        if isinstance(getattr(attention, "dropout", None), torch.nn.Dropout):
+            attention.dropout.p = 0.0
+    setattr(model.config, attention_dropout_key(model.config), 0.0)
+
+
+def attention_dropout(model) -> float:
+    """The attention-probability dropout of the model's first layer (0 when it has none)."""
+    name = family(model.config)
+    if name not in VALUE_PROJECTIONS:
+        return float(getattr(model.config, attention_dropout_key(model.config), 0.0) or 0.0)
+    _, layers = layer_stack(model)
+    dropout = getattr(layers[0].get_submodule(VALUE_PROJECTIONS[name].rsplit(".", 1)[0]), "dropout", None)
+    return float(dropout.p) if isinstance(dropout, torch.nn.Dropout) else 0.0
+
+
+def student_config(family_name: str, teacher_config: dict, layers: int, hidden: int, heads: int, ffn: int):
+    """A config of ``family_name`` with the student's shape and the teacher's vocabulary (so the
+    teacher's tokenizer serves it): vocab size, pad id, type vocabulary, and enough positions
+    for the teacher's inputs (shifted for RoBERTa-style position ids).
+
+    Raises: ConfigError for an unsupported family.
+    """
+    from transformers import AutoConfig
+
+    from hsk_cache.models import PADDING_OFFSET_FAMILIES, max_positions
+
+    if family_name not in VALUE_PROJECTIONS:
+        raise ConfigError(f"--student-family {family_name!r}: use one of {', '.join(FAMILIES)}")
+    pad = teacher_config.get("pad_token_id") or 0
+    positions = max_positions(teacher_config)
+    if family_name in PADDING_OFFSET_FAMILIES:
+        positions += pad + 1
+    config = AutoConfig.for_model(family_name, vocab_size=teacher_config["vocab_size"], pad_token_id=pad,
+                                  max_position_embeddings=positions)
+    config.num_hidden_layers, config.hidden_size, config.num_attention_heads = layers, hidden, heads
+    setattr(config, _FFN.get(family_name, "intermediate_size"), ffn)
+    if hasattr(config, "type_vocab_size") and family_name != "deberta-v2":
+        config.type_vocab_size = max(teacher_config.get("type_vocab_size", 2), 1)
+    if family_name == "electra":
+        config.embedding_size = hidden
+    return config

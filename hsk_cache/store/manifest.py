@@ -1,0 +1,194 @@
+"""The cache manifest as a typed, frozen object.
+
+A cache's root ``zarr.json`` holds the manifest as JSON (the group attribute ``hsk_cache``; see
+``layout``). ``Manifest.from_dict`` parses and checks it once; everything else reads typed
+attributes (``manifest.data.num_examples``, ``manifest.layers``, …) instead of dict keys.
+``to_dict`` gives the JSON form back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, fields
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from hsk_cache.errors import CacheError
+
+
+def _freeze(value):
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value):
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: _thaw(getattr(value, f.name)) for f in fields(value)}
+    return value
+
+
+class _Section:
+    """A frozen dataclass parsed from one JSON object; keys it does not know are ignored."""
+
+    @classmethod
+    def parse(cls, raw, where: str):
+        if not isinstance(raw, Mapping):
+            raise CacheError(f"the cache manifest's {where!r} is not an object: the cache is damaged; re-extract it")
+        values = {}
+        for f in fields(cls):
+            if f.name in raw:
+                values[f.name] = _freeze(raw[f.name])
+            elif f.default is MISSING and f.default_factory is MISSING:
+                raise CacheError(f"the cache manifest lacks {where}.{f.name}: the cache is damaged; re-extract it")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return _thaw(self)
+
+
+@dataclass(frozen=True)
+class TeacherInfo(_Section):
+    """The teacher the knowledge came from. config: its transformers config (read-only mapping)."""
+
+    path: str
+    weights_sha256: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    config: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class TokenizerInfo(_Section):
+    group: str
+    name_or_path: str
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class DataInfo(_Section):
+    """The extracted split: its source and how it was tokenized; ``fingerprint`` identifies the
+    tokenized examples; ``label_names`` in class-id order."""
+
+    source: str
+    split: str
+    num_examples: int
+    label_names: tuple[str, ...]
+    max_length: int
+    fingerprint: str
+    text_columns: tuple[str, ...] | None = None
+    label_column: str | None = None
+    limit: int | None = None
+    task: str | None = None
+    resolved_source: str | None = None
+
+
+@dataclass(frozen=True)
+class SpecInfo(_Section):
+    """The extraction spec in canonical form (``ExtractSpec.describe``)."""
+
+    layers: str
+    tokens: str
+    dims: str
+    knowledge: tuple[str, ...]
+    dtype: str
+    codec: str
+    seed: int
+    importance_layer: int | None = None
+    attention_layers: str | None = None
+    value_relation_layer: int | None = None
+
+
+@dataclass(frozen=True)
+class DimsInfo(_Section):
+    """Stored sizes: kept_tokens K, hidden_size D, kept_dims D' (uniform/random width), slots M
+    (magnitude width), heads H, classes C, and whether token_type_ids are stored."""
+
+    kept_tokens: int
+    hidden_size: int
+    kept_dims: int
+    slots: int
+    heads: int
+    classes: int
+    token_types: bool
+
+
+@dataclass(frozen=True)
+class LayoutInfo(_Section):
+    """Examples per chunk of each array (the unit of reading) and per shard (the unit of writing)."""
+
+    chunk_examples: Mapping[str, int]
+    shard_examples: int
+    num_shards: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a cache holds. Layer numbers follow hidden_states numbering (0 = embeddings, 1..L the
+    transformer layers): ``layers`` (L_k) of the stored hidden states, ``attention_layers`` (L_a)
+    of the stored attention probabilities, ``value_relation_layer`` of the value relation.
+    ``knowledge``: the kinds stored, in canonical order. ``complete``: every shard committed.
+    """
+
+    format: str
+    format_version: int
+    teacher: TeacherInfo
+    tokenizer: TokenizerInfo
+    data: DataInfo
+    max_length: int
+    spec: SpecInfo
+    layers: tuple[int, ...]
+    attention_layers: tuple[int, ...]
+    value_relation_layer: int | None
+    dims: DimsInfo
+    precision: str
+    layout: LayoutInfo
+    counts: Mapping[str, Any]
+    complete: bool
+    hsk_cache_version: str | None = None
+    selection_version: int | None = None
+
+    @property
+    def knowledge(self) -> tuple[str, ...]:
+        return self.spec.knowledge
+
+    @property
+    def num_examples(self) -> int:
+        return self.data.num_examples
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.data.label_names
+
+    @classmethod
+    def from_dict(cls, raw: Mapping) -> "Manifest":
+        """Parse the JSON manifest. Raises: CacheError naming the first missing or malformed field."""
+        if not isinstance(raw, Mapping):
+            raise CacheError("the cache manifest is not a JSON object: the cache is damaged; re-extract it")
+        sections = {"teacher": TeacherInfo, "tokenizer": TokenizerInfo, "spec": SpecInfo, "dims": DimsInfo,
+                    "layout": LayoutInfo}
+        values = {}
+        for f in fields(cls):
+            if f.name not in raw:
+                if f.default is MISSING:
+                    raise CacheError(f"the cache manifest lacks {f.name!r}: the cache is damaged; re-extract it")
+                continue
+            value = raw[f.name]
+            if f.name in sections:
+                value = sections[f.name].parse(value, f.name)
+            elif f.name == "data":
+                value = DataInfo.parse(value, "data")
+            else:
+                value = _freeze(value)
+            values[f.name] = value
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        """The JSON form (as stored in the cache)."""
+        return {f.name: _thaw(getattr(self, f.name)) for f in fields(self)}
