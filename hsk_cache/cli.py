@@ -13,6 +13,7 @@ import sys
 
 from hsk_cache.config import DEFAULT_SAVE_EVERY, EVAL_METRICS, DataConfig, ExtractSpec, StageConfig
 from hsk_cache.errors import ConfigError, HskError
+from hsk_cache.families import FAMILIES
 from hsk_cache.progress import bar as _bar
 from hsk_cache.progress import quiet_libraries
 
@@ -132,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init-layers", default=None, help="comma list of teacher layers (1-based) to copy with "
                    "--student-from (default: round(l·L/L_S) for l = 1..L_S)")
     g.add_argument("--student-pretrained", default=None, help="load this saved classifier as the student (default: none)")
+    g.add_argument("--student-family", default=None, choices=FAMILIES, help="build the student (from --student-layers "
+                   "etc.) as this encoder family instead of the teacher's; it shares the teacher's tokenizer "
+                   "(default: the teacher's family)")
     g = p.add_argument_group("optimization")
     g.add_argument("--hidden-epochs", type=float, default=3.0, help="hidden-state stage epochs; 0 skips it (default: %(default)s)")
     g.add_argument("--hidden-lr", type=float, default=1e-4, help="hidden-state stage learning rate (default: %(default)s)")
@@ -285,11 +289,13 @@ def _train(a) -> int:
         raise ConfigError("give at most one of --student-from and --student-pretrained")
     init_layers = _int_list(a.init_layers, "--init-layers") if a.init_layers else None
     if a.student_pretrained:
-        student = train.StudentConfig("pretrained", a.student_pretrained)
+        student = train.StudentConfig(kind="pretrained", path=a.student_pretrained, family=a.student_family)
     elif a.student_from:
-        student = train.StudentConfig("teacher-layers", a.student_from, a.student_layers, init_layers=init_layers)
+        student = train.StudentConfig(kind="teacher-layers", path=a.student_from, layers=a.student_layers,
+                                      init_layers=init_layers, family=a.student_family)
     else:
-        student = train.StudentConfig("config", None, a.student_layers, a.student_hidden, a.student_heads, a.student_ffn)
+        student = train.StudentConfig(kind="config", layers=a.student_layers, hidden=a.student_hidden,
+                                      heads=a.student_heads, ffn=a.student_ffn, family=a.student_family)
     stages = (
         StageConfig("hidden", a.hidden_epochs, a.hidden_lr, a.hidden_batch_size, a.warmup_ratio),
         StageConfig("prediction", a.pred_epochs, a.pred_lr, a.pred_batch_size, a.warmup_ratio),

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
-
 from hsk_cache.errors import ConfigError, ModelError
 
 # where each family's value projection V = x·W_V lives inside one transformer layer
@@ -44,11 +42,13 @@ def check_family(config, role: str = "model") -> str:
     return name
 
 
-def layer_stack(model) -> tuple[str, torch.nn.ModuleList]:
+def layer_stack(model) -> tuple[str, object]:
     """(state-dict name, module) of the model's transformer layers, e.g. ``bert.encoder.layer``.
 
     Raises: ModelError when the model has no ``nn.ModuleList`` of ``num_hidden_layers`` layers.
     """
+    import torch
+
     depth = model.config.num_hidden_layers
     stacks = [(name, module) for name, module in model.named_modules()
               if isinstance(module, torch.nn.ModuleList) and len(module) == depth and name]
@@ -59,7 +59,7 @@ def layer_stack(model) -> tuple[str, torch.nn.ModuleList]:
                      f"use a model of one of {', '.join(FAMILIES)}")
 
 
-def value_module(model, layer: int) -> torch.nn.Module:
+def value_module(model, layer: int):
     """The value projection of transformer layer ``layer`` (1-based) of a supported encoder.
 
     Raises: ModelError for an unsupported family or a layer outside 1..L.
@@ -86,6 +86,8 @@ def without_attention_dropout(model) -> None:
 
     Raises: ModelError for an unsupported family.
     """
+    import torch
+
     name = check_family(model.config)
     _, layers = layer_stack(model)
     for layer in layers:
@@ -97,6 +99,8 @@ def without_attention_dropout(model) -> None:
 
 def attention_dropout(model) -> float:
     """The attention-probability dropout of the model's first layer (0 when it has none)."""
+    import torch
+
     name = family(model.config)
     if name not in VALUE_PROJECTIONS:
         return float(getattr(model.config, attention_dropout_key(model.config), 0.0) or 0.0)
@@ -124,10 +128,18 @@ def student_config(family_name: str, teacher_config: dict, layers: int, hidden: 
         positions += pad + 1
     config = AutoConfig.for_model(family_name, vocab_size=teacher_config["vocab_size"], pad_token_id=pad,
                                   max_position_embeddings=positions)
-    config.num_hidden_layers, config.hidden_size, config.num_attention_heads = layers, hidden, heads
-    setattr(config, _FFN.get(family_name, "intermediate_size"), ffn)
+    reshape(config, layers, hidden, heads, ffn)
     if hasattr(config, "type_vocab_size") and family_name != "deberta-v2":
         config.type_vocab_size = max(teacher_config.get("type_vocab_size", 2), 1)
     if family_name == "electra":
         config.embedding_size = hidden
     return config
+
+
+def reshape(config, layers: int, hidden: int, heads: int, ffn: int) -> None:
+    """Give a config (in place) the student's depth, width, heads and feed-forward width, under
+    each family's option names (DistilBERT's ``hidden_dim``, DeBERTa-v2's pooler width)."""
+    config.num_hidden_layers, config.hidden_size, config.num_attention_heads = layers, hidden, heads
+    setattr(config, _FFN.get(family(config), "intermediate_size"), ffn)
+    if hasattr(config, "pooler_hidden_size"):  # DeBERTa-v2's pooler width defaults to 1536
+        config.pooler_hidden_size = hidden

@@ -228,8 +228,7 @@ def student_from_config(teacher_config: dict, num_labels: int, layers: int, hidd
     else:
         fields = {k: v for k, v in teacher_config.items() if k not in ("architectures", "_name_or_path", "transformers_version")}
         config = AutoConfig.for_model(**fields)
-        config.num_hidden_layers, config.hidden_size, config.num_attention_heads = layers, hidden, heads
-        setattr(config, families._FFN.get(families.family(teacher_config), "intermediate_size"), ffn)
+        families.reshape(config, layers, hidden, heads, ffn)
     config.num_labels = num_labels
     config.id2label, config.label2id = teacher_config.get("id2label"), teacher_config.get("label2id")
     return AutoModelForSequenceClassification.from_config(config, **_attention_kwargs(attention))
