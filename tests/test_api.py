@@ -1,0 +1,190 @@
+"""The public API: open_cache / Cache (dataset, collate, loader, epoch order), the typed manifest,
+DistillationLoss, the examples (HF Trainer, Accelerate) and the snippets of docs/api.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hsk_cache
+from hsk_cache import DistillationLoss, Manifest, open_cache
+from hsk_cache import extract, models, train
+from hsk_cache.config import DataConfig, ExtractSpec, StageConfig
+from tests.conftest import tiny_bert
+
+ROOT = Path(__file__).resolve().parents[1]
+KNOWLEDGE = "hidden_states,attention_probs,value_relation,logits"
+
+
+@pytest.fixture(scope="module")
+def full_cache(tiny_teacher, toy_dir, tmp_path_factory) -> str:
+    """Every knowledge kind, top-k tokens, magnitude width, int8, 4 shards."""
+    out = str(tmp_path_factory.mktemp("api") / "cache")
+    spec = ExtractSpec.parse("all", "topk:5", "magnitude:0.5", knowledge=KNOWLEDGE, attention_layers="all", dtype="int8")
+    extract.run(extract.ExtractConfig(tiny_teacher, DataConfig(toy_dir, max_length=32), out, spec, shard_examples=16))
+    return out
+
+
+def test_public_names():
+    assert {"open_cache", "DistillationLoss", "Cache", "Manifest", "model_inputs", "capture_values"} <= set(hsk_cache.__all__)
+    for name in hsk_cache.__all__:
+        assert getattr(hsk_cache, name) is not None
+
+
+@pytest.mark.parametrize("budget", [None, 1], ids=["in-memory", "shard-windows"])
+def test_collated_items_equal_the_loader_s_batches(full_cache, budget):
+    cache = open_cache(full_cache, **({"memory_budget_bytes": budget} if budget else {}))
+    assert (cache.window is None) == (budget is None)
+    dataset = cache.dataset()
+    assert len(dataset) == 64
+    for step in cache.sampler(8, seed=1):
+        reference = cache.fetch(step)
+        batch = cache.collate([dataset[i] for i in step.ids])
+        assert batch.keys() == reference.keys() and {"hidden_mask", "attention_probs", "value_relation"} <= batch.keys()
+        for key, value in reference.items():
+            assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key
+
+
+def test_an_item_is_one_example_trimmed_to_its_length(full_cache):
+    cache = open_cache(full_cache)
+    item = cache.dataset()[3]
+    n = int(cache.examples.lengths[3])
+    assert item["input_ids"].shape == (n,) and item["attention_mask"].sum() == n
+    assert item["labels"].shape == () and int(item["example_ids"]) == 3
+    layers, heads = len(cache.manifest.layers), cache.manifest.dims.heads
+    k = item["token_index"].shape[-1]
+    assert item["hidden_states"].shape == (layers, k, 32) and item["hidden_states"].dtype == torch.float32
+    assert item["attention_probs"].shape == (len(cache.manifest.attention_layers), heads, k, n)
+    assert item["value_relation"].shape[-1] == n and item["logits"].shape == (2,)
+    with pytest.raises(IndexError):
+        cache.dataset()[64]
+
+
+@pytest.mark.parametrize("budget", [None, 1], ids=["in-memory", "shard-windows"])
+def test_epoch_sampler_is_the_loader_s_order(full_cache, budget):
+    cache = open_cache(full_cache, **({"memory_budget_bytes": budget} if budget else {}))
+    sampler = cache.epoch_sampler(seed=4)
+    for epoch in range(2):
+        loader = cache.loader(8, seed=4)
+        loader.set_epoch(epoch)
+        expected = np.concatenate([b["example_ids"].numpy() for b in loader])
+        assert list(sampler) == expected.tolist()
+
+
+def test_the_manifest_is_typed_frozen_and_round_trips(full_cache):
+    cache = open_cache(full_cache)
+    m = cache.manifest
+    assert isinstance(m, Manifest) and m.layers == (0, 1, 2) and m.attention_layers == (1, 2)
+    assert m.value_relation_layer == 2 and m.knowledge == tuple(KNOWLEDGE.split(","))
+    assert m.teacher.hidden_size == 32 and m.data.label_names == ("neg", "pos") and m.dims.heads == 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.complete = False
+    with pytest.raises(TypeError):
+        m.teacher.config["hidden_size"] = 1
+    raw = json.loads((Path(full_cache) / "zarr.json").read_text())["attributes"]["hsk_cache"]
+    assert m.to_dict() == raw
+
+
+def test_a_damaged_manifest_is_named(full_cache, tmp_path):
+    from hsk_cache.errors import CacheError
+
+    raw = json.loads((Path(full_cache) / "zarr.json").read_text())["attributes"]["hsk_cache"]
+    del raw["dims"]["heads"]
+    with pytest.raises(CacheError, match="dims.heads"):
+        Manifest.from_dict(raw)
+
+
+def test_distillation_loss_owns_w_h_and_matches_hsk_train_s_terms(full_cache, tokenizer):
+    cache = open_cache(full_cache)
+    student = tiny_bert(tokenizer, layers=2, hidden=16, heads=4)
+    loss_fn = DistillationLoss(cache, student.config)
+    assert [name for name, _ in loss_fn.named_parameters()] == ["projection.weight", "projection.bias"]
+    assert loss_fn.hidden_map == {1: 1, 2: 2} and loss_fn.attention_map == {1: 1, 2: 2}
+    only_logits = DistillationLoss(cache.manifest, student.config, terms=("logits",), hard_label_weight=0.5)
+    assert only_logits.projection is None and list(only_logits.parameters()) == []
+    batch = cache.batch(np.arange(8))
+    outputs = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    loss, terms = only_logits(outputs, batch)
+    reference = torch.nn.functional.cross_entropy(outputs.logits, batch["logits"].softmax(-1))
+    reference = reference + 0.5 * torch.nn.functional.cross_entropy(outputs.logits, batch["labels"])
+    torch.testing.assert_close(loss, reference)
+    assert set(terms) == {"logits", "labels"}
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with pytest.raises(hsk_cache.ModelError, match="attn_implementation='eager'"):  # sdpa returns no attentions
+        loss_fn(student(**inputs, **loss_fn.output_flags()), batch)
+    student.set_attn_implementation("eager")
+    with pytest.raises(hsk_cache.ModelError, match="capture_values"):  # value relation without the values
+        loss_fn(student(**inputs, **loss_fn.output_flags()), batch)
+    with loss_fn.capture_values(student) as values:
+        loss, terms = loss_fn(student(**inputs, **loss_fn.output_flags()), batch, values)
+    assert set(terms) == {"hidden_states", "attention_probs", "value_relation", "logits"}
+
+
+def _run(script: str, *args: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = args[args.index("--out") + 1]
+    return json.loads((Path(out) / "losses.json").read_text())
+
+
+def _falls(losses: list[float]) -> bool:
+    q = max(1, len(losses) // 4)
+    return sum(losses[-q:]) / q < 0.8 * sum(losses[:q]) / q
+
+
+def test_examples_train_a_student_from_the_cache(full_cache, tmp_path):
+    common = ["--cache", full_cache, "--epochs", "4", "--batch-size", "8", "--lr", "1e-3", "--hidden", "16"]
+    trainer = _run("hf_trainer.py", *common, "--out", str(tmp_path / "trainer"))
+    accelerate = _run("accelerate_loop.py", *common, "--out", str(tmp_path / "accelerate"))
+    for result in (trainer, accelerate):
+        assert result["steps"] == 32 and _falls(result["losses"]), result["losses"]
+        assert set(result["terms"][0]) == {"loss", *KNOWLEDGE.split(",")}
+    for out in ("trainer", "accelerate"):
+        student = models.load_classifier(str(tmp_path / out))
+        assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 16
+
+
+def test_hf_trainer_and_hsk_train_take_the_same_steps(full_cache, tokenizer, tmp_path):
+    """Same student weights, seed, batch order (``--hsk-order``), AdamW and schedule, one hidden
+    stage over every intermediate term (W_h trained, attention dropout off, hidden dropout on).
+
+    Trainer differs in how it runs a step (accelerate's backward, its own no-op gradient-norm
+    call, a DataLoader with its own generator): the losses agree to float32 round-off, not
+    bitwise, so the check is 1e-5 relative at every step."""
+    student_dir = tmp_path / "init"
+    models.save(tiny_bert(tokenizer, layers=2, hidden=16, heads=4, seed=7), tokenizer, student_dir)
+    result = train.run(train.TrainConfig(
+        out=str(tmp_path / "hsk"), cache=full_cache, student=train.StudentConfig(kind="pretrained", path=str(student_dir)),
+        stages=(StageConfig("hidden", 3, 1e-3, 8),), seed=2, save_every="0", num_workers=0,
+    ))
+    hsk = result.stages[0].losses
+    trainer = _run("hf_trainer.py", "--cache", full_cache, "--student", str(student_dir), "--epochs", "3",
+                   "--batch-size", "8", "--lr", "1e-3", "--seed", "2", "--hsk-order",
+                   "--terms", "hidden_states,attention_probs,value_relation", "--out", str(tmp_path / "trainer"))
+    assert len(trainer["losses"]) == len(hsk) == 24
+    np.testing.assert_allclose(trainer["losses"], hsk, rtol=1e-5)
+    assert trainer["losses"][0] == hsk[0]  # the first step (no update yet) is bitwise equal
+
+
+def test_docs_api_snippets_run(full_cache, tmp_path, monkeypatch):
+    text = (ROOT / "docs" / "api.md").read_text()
+    snippets = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(snippets) >= 4
+    (tmp_path / "runs").mkdir()
+    os.symlink(full_cache, tmp_path / "runs" / "cache")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for snippet in snippets:
+        exec(compile(snippet, "docs/api.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    assert namespace["loss"].item() > 0 and "hidden_states" in namespace["terms"]
