@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: setup  ## the main job: fine-tune, extract, train from the cache, evaluate
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+lint: setup  ## ruff: lint and format check (configured in pyproject.toml)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: setup  ## benchmarks/results/*.{json,md}: extraction, loader, training step and checkpoint cost (~25 min on 2 cores)
 	$(BIN)/python -m benchmarks.extract_throughput

@@ -22,17 +22,21 @@ from transformers import BertConfig, BertForSequenceClassification, get_linear_s
 
 from benchmarks.common import interleave, spread, write
 from hsk_cache import checkpoint
-from hsk_cache.loader import Sampler
 from hsk_cache.config import DEFAULT_SAVE_EVERY, Interval
+from hsk_cache.loader import Sampler
 
-STUDENTS = {"TinyBERT4 (4×312)": (4, 312, 12, 1200), "demo student (3×384)": (3, 384, 12, 1536),
-            "BERT-base shape (12×768)": (12, 768, 12, 3072)}
+STUDENTS = {
+    "TinyBERT4 (4×312)": (4, 312, 12, 1200),
+    "demo student (3×384)": (3, 384, 12, 1536),
+    "BERT-base shape (12×768)": (12, 768, 12, 3072),
+}
 BATCH, LENGTH = 32, 128
 
 
 def student(layers: int, hidden: int, heads: int, ffn: int):
-    config = BertConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, intermediate_size=ffn,
-                        num_labels=2)
+    config = BertConfig(
+        num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, intermediate_size=ffn, num_labels=2
+    )
     return BertForSequenceClassification(config)
 
 
@@ -46,7 +50,10 @@ class Run:
         self.optimizer = torch.optim.AdamW(self.modules.parameters(), lr=1e-4)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, 10, 1000)
         self.sampler = Sampler(100_000, BATCH, 0)
-        self.inputs = {"input_ids": torch.randint(1000, 30000, (BATCH, LENGTH)), "labels": torch.randint(0, 2, (BATCH,))}
+        self.inputs = {
+            "input_ids": torch.randint(1000, 30000, (BATCH, LENGTH)),
+            "labels": torch.randint(0, 2, (BATCH,)),
+        }
         self.root, self.steps = root, 0
         self.step()  # warm-up, and AdamW state for every parameter
 
@@ -60,8 +67,15 @@ class Run:
         self.steps += 1
 
     def save(self) -> None:
-        checkpoint.save(self.root, 0, self.steps, self.modules, {"stage_done": False, "sampler": self.sampler.state_dict()},
-                        self.optimizer, self.scheduler)
+        checkpoint.save(
+            self.root,
+            0,
+            self.steps,
+            self.modules,
+            {"stage_done": False, "sampler": self.sampler.state_dict()},
+            self.optimizer,
+            self.scheduler,
+        )
 
     def bytes_written(self) -> int:
         path = checkpoint.latest(self.root)
@@ -72,8 +86,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="only the smallest student, 1 repeat (a smoke test)")
-    parser.add_argument("--dir", default=None, help="where checkpoints are written (default: a temporary directory "
-                        "under runs/, on the disk training writes to)")
+    parser.add_argument(
+        "--dir",
+        default=None,
+        help="where checkpoints are written (default: a temporary directory "
+        "under runs/, on the disk training writes to)",
+    )
     args = parser.parse_args(argv)
     students = dict(list(STUDENTS.items())[:1]) if args.quick else STUDENTS
     repeats = 1 if args.quick else args.repeats
@@ -94,18 +112,25 @@ def main(argv=None) -> int:
             entry = {
                 "checkpoint_s": {"median": save, "min": min(save_s), "max": max(save_s), "seconds": save_s},
                 "step_s": {"median": step, "min": min(step_s), "max": max(step_s), "seconds": step_s},
-                "checkpoint_bytes": size, "write_mb_per_s": size / save / 1e6,
+                "checkpoint_bytes": size,
+                "write_mb_per_s": size / save / 1e6,
                 "overhead_at_default_interval": save / interval,
                 "steps_for_1_percent": save / (0.01 * step),
             }
             payload["students"][name] = entry
-            rows.append(f"| {name} | {size / 1e6:.0f} MB | {spread(entry['checkpoint_s'])} | {entry['write_mb_per_s']:.0f} "
-                        f"| {spread(entry['step_s'])} | {100 * entry['overhead_at_default_interval']:.2f}% "
-                        f"| {entry['steps_for_1_percent']:.0f} |")
-    table = "\n".join([
-        f"| student | checkpoint size | checkpoint s | MB/s | train step s (batch {BATCH} × {LENGTH}) | "
-        f"overhead at --save-every {DEFAULT_SAVE_EVERY} | --save-every N steps for 1% |",
-        "|---|---|---|---|---|---|---|", *rows])
+            rows.append(
+                f"| {name} | {size / 1e6:.0f} MB | {spread(entry['checkpoint_s'])} | {entry['write_mb_per_s']:.0f} "
+                f"| {spread(entry['step_s'])} | {100 * entry['overhead_at_default_interval']:.2f}% "
+                f"| {entry['steps_for_1_percent']:.0f} |"
+            )
+    table = "\n".join(
+        [
+            f"| student | checkpoint size | checkpoint s | MB/s | train step s (batch {BATCH} × {LENGTH}) | "
+            f"overhead at --save-every {DEFAULT_SAVE_EVERY} | --save-every N steps for 1% |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
     write("checkpoint", payload, table)
     return 0
 

@@ -30,8 +30,14 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def interleave(competitors: dict, repeats: int) -> dict[str, list[float]]:
@@ -49,8 +55,13 @@ def interleave(competitors: dict, repeats: int) -> dict[str, list[float]]:
 def summarize(seconds: list[float], work: float) -> dict:
     """Throughput (work/s) median, min, max over repeats."""
     rates = sorted(work / s for s in seconds)
-    return {"median": statistics.median(rates), "min": rates[0], "max": rates[-1], "repeats": len(rates),
-            "seconds": seconds}
+    return {
+        "median": statistics.median(rates),
+        "min": rates[0],
+        "max": rates[-1],
+        "repeats": len(rates),
+        "seconds": seconds,
+    }
 
 
 def ratios(numerators: list[float], denominators: list[float]) -> dict:
@@ -68,10 +79,11 @@ def spread(summary: dict, digits: int = 2, suffix: str = "", key: str = "") -> s
 def write(name: str, payload: dict, table: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     command = ["python", "-m", f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]]
-    payload = {"benchmark": name, "command": " ".join(shlex.quote(a) for a in command),
-               "machine": machine(), **payload}
+    payload = {"benchmark": name, "command": " ".join(shlex.quote(a) for a in command), "machine": machine(), **payload}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
-    header = f"# {name}\n\nCommand: `{payload['command']}`\n\nMachine: {payload['machine']['cpu']}, " \
-             f"{payload['machine']['cores']} cores, torch {payload['machine']['torch']}\n\n"
+    header = (
+        f"# {name}\n\nCommand: `{payload['command']}`\n\nMachine: {payload['machine']['cpu']}, "
+        f"{payload['machine']['cores']} cores, torch {payload['machine']['torch']}\n\n"
+    )
     (RESULTS / f"{name}.md").write_text(header + table + "\n")
     print(table)

@@ -28,6 +28,7 @@ from hsk_cache.knowledge import model_inputs
 from hsk_cache.progress import quiet_libraries
 from hsk_cache.teacher import autocast
 
+
 class BatchClock:
     """A progress factory recording when each extracted batch completes."""
 
@@ -47,7 +48,10 @@ class BatchClock:
         return (self.closed - self.times[0]) / sum(self.counts[1:])
 
 
-SPECS = {"layers 2,4,6 / topk:10%": ExtractSpec.parse("2,4,6", "topk:10%"), "last / all tokens": ExtractSpec.parse("last", "all")}
+SPECS = {
+    "layers 2,4,6 / topk:10%": ExtractSpec.parse("2,4,6", "topk:10%"),
+    "last / all tokens": ExtractSpec.parse("last", "all"),
+}
 
 
 def main() -> None:
@@ -60,26 +64,35 @@ def main() -> None:
     quiet_libraries()
     work = tempfile.mkdtemp(prefix="hsk-bench-")
     teacher = f"{work}/teacher"
-    models.save(models.load_classifier(args.teacher, label_names=tuple("abcde")), models.load_tokenizer(args.teacher), teacher)
-    config = DataConfig("bbc-news", "train", max_length=128, limit=args.examples)
+    models.save(
+        models.load_classifier(args.teacher, label_names=tuple("abcde")), models.load_tokenizer(args.teacher), teacher
+    )
+    config = DataConfig(source="bbc-news", split="train", max_length=128, limit=args.examples)
     tokenizer = models.load_tokenizer(teacher)
-    examples = Examples.from_dataset(data.tokenize(data.load_split(config), tokenizer, 128), 128, tokenizer.pad_token_id)
+    examples = Examples.from_dataset(
+        data.tokenize(data.load_split(config), tokenizer, 128), 128, tokenizer.pad_token_id
+    )
     rows = {}
     for label, spec in SPECS.items():
         model = models.load_classifier(teacher, attention=spec.needs_attention)
 
-        def bare():
+        def bare(model=model):
             with torch.no_grad(), autocast(args.precision):
                 for index in sequential_batches(len(examples), 32):
                     model(**model_inputs(collate(examples, index).as_dict(), model))
 
         steady = []
 
-        def run_extract():
+        def run_extract(spec=spec, steady=steady):
             out = f"{work}/cache"
             shutil.rmtree(out, ignore_errors=True)
             clock = BatchClock()
-            extract.run(extract.ExtractConfig(teacher, config, out, spec, 32, args.precision), clock)
+            extract.run(
+                extract.ExtractConfig(
+                    teacher=teacher, data=config, out=out, spec=spec, batch_size=32, precision=args.precision
+                ),
+                clock,
+            )
             steady.append(clock.seconds_per_example() * len(examples))
 
         times = interleave({"bare forward": bare, "extract": run_extract}, args.repeats)
@@ -88,14 +101,22 @@ def main() -> None:
         for name in ("extract", "extract, steady state"):
             rows[label][f"{name} / bare"] = ratios(times["bare forward"], times[name])
     shutil.rmtree(work, ignore_errors=True)
-    lines = ["| spec | bare forward ex/s | extract end to end ex/s | extract steady state ex/s | end to end / bare | "
-             "steady state / bare |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| spec | bare forward ex/s | extract end to end ex/s | extract steady state ex/s | end to end / bare | "
+        "steady state / bare |",
+        "|---|---|---|---|---|---|",
+    ]
     for label, r in rows.items():
-        lines.append(f"| {label} | {spread(r['bare forward'], 1)} | {spread(r['extract'], 1)} | "
-                     f"{spread(r['extract, steady state'], 1)} | {spread(r['extract / bare'])} | "
-                     f"{spread(r['extract, steady state / bare'])} |")
-    write(f"extract_throughput_{args.precision}", {"examples": len(examples), "precision": args.precision, "rows": rows},
-          "\n".join(lines))
+        lines.append(
+            f"| {label} | {spread(r['bare forward'], 1)} | {spread(r['extract'], 1)} | "
+            f"{spread(r['extract, steady state'], 1)} | {spread(r['extract / bare'])} | "
+            f"{spread(r['extract, steady state / bare'])} |"
+        )
+    write(
+        f"extract_throughput_{args.precision}",
+        {"examples": len(examples), "precision": args.precision, "rows": rows},
+        "\n".join(lines),
+    )
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ import zarr
 
 from benchmarks.common import write
 from hsk_cache import models
+from hsk_cache.cache import open_cache
 from hsk_cache.config import ExtractSpec
 from hsk_cache.progress import quiet_libraries
-from hsk_cache.cache import open_cache
 from hsk_cache.store import layout
 from hsk_cache.store.writer import CacheWriter
 
@@ -45,16 +45,35 @@ def build(path: str, n: int) -> None:
     chunk, shard = layout.chunking(specs, n)
     config = {"num_hidden_layers": 12, "hidden_size": D, "num_attention_heads": 12, "vocab_size": 30522}
     manifest = {
-        "format": layout.FORMAT_NAME, "format_version": layout.FORMAT_VERSION,
-        "teacher": {"path": "synthetic", "weights_sha256": "0", "num_layers": 12, "hidden_size": D, "num_heads": 12,
-                    "config": config},
+        "format": layout.FORMAT_NAME,
+        "format_version": layout.FORMAT_VERSION,
+        "teacher": {
+            "path": "synthetic",
+            "weights_sha256": "0",
+            "num_layers": 12,
+            "hidden_size": D,
+            "num_heads": 12,
+            "config": config,
+        },
         "data": {"num_examples": n, "label_names": ["a", "b"], "fingerprint": "synthetic"},
-        "max_length": T, "spec": spec.describe(), "layers": [12], "attention_layers": [], "value_relation_layer": None,
-        "dims": {"kept_tokens": K, "hidden_size": D, "kept_dims": D, "slots": 0, "heads": 12, "classes": 2,
-                 "token_types": True},
-        "precision": "fp32", "layout": {"chunk_examples": chunk, "shard_examples": shard,
-                                        "num_shards": layout.num_shards(n, shard)},
-        "counts": {}, "complete": False,
+        "max_length": T,
+        "spec": spec.describe(),
+        "layers": [12],
+        "attention_layers": [],
+        "value_relation_layer": None,
+        "dims": {
+            "kept_tokens": K,
+            "hidden_size": D,
+            "kept_dims": D,
+            "slots": 0,
+            "heads": 12,
+            "classes": 2,
+            "token_types": True,
+        },
+        "precision": "fp32",
+        "layout": {"chunk_examples": chunk, "shard_examples": shard, "num_shards": layout.num_shards(n, shard)},
+        "counts": {},
+        "complete": False,
     }
     writer = CacheWriter.open(path, manifest, specs)
     writer.write_tokenizer(models.load_tokenizer(models.BUNDLED_TEACHER))
@@ -63,13 +82,20 @@ def build(path: str, n: int) -> None:
         a, b = layout.shard_range(s, n, shard)
         m = b - a
         lengths = rng.integers(K + 2, T + 1, m).astype(np.int32)
-        writer.write_shard(s, a, {
-            "input_ids": rng.integers(1000, 30000, (m, T)).astype(np.int32), "lengths": lengths,
-            "token_type_ids": np.zeros((m, T), np.int8), "labels": rng.integers(0, 2, m),
-            "example_ids": np.arange(a, b), "token_index": np.tile(np.arange(K, dtype=np.int16), (m, 1, 1)),
-            "hidden_states": rng.standard_normal((m, 1, K, D), dtype=np.float32).astype(np.float16),
-            "logits": rng.standard_normal((m, 2), dtype=np.float32),
-        })
+        writer.write_shard(
+            s,
+            a,
+            {
+                "input_ids": rng.integers(1000, 30000, (m, T)).astype(np.int32),
+                "lengths": lengths,
+                "token_type_ids": np.zeros((m, T), np.int8),
+                "labels": rng.integers(0, 2, m),
+                "example_ids": np.arange(a, b),
+                "token_index": np.tile(np.arange(K, dtype=np.int16), (m, 1, 1)),
+                "hidden_states": rng.standard_normal((m, 1, K, D), dtype=np.float32).astype(np.float16),
+                "logits": rng.standard_normal((m, 2), dtype=np.float32),
+            },
+        )
     writer.finish({"examples": n})
 
 
@@ -123,11 +149,17 @@ def main() -> None:
         random_rates.append(1 / random_zarr_reads(path, 30))
     rates["random zarr batch reads, warm"] = random_rates
     shutil.rmtree(work, ignore_errors=True)
-    summary = {name: {"median": statistics.median(r), "min": min(r), "max": max(r), "examples_per_s": r} for name, r in rates.items()}
+    summary = {
+        name: {"median": statistics.median(r), "min": min(r), "max": max(r), "examples_per_s": r}
+        for name, r in rates.items()
+    }
     lines = ["| competitor | shuffled examples/s, median (min–max) |", "|---|---|"]
     lines += [f"| {name} | {s['median']:,.0f} ({s['min']:,.0f}–{s['max']:,.0f}) |" for name, s in summary.items()]
-    write("loader", {"examples": args.examples, "tokens": K, "dims": D, "dtype": "float16", "batch": BATCH,
-                     "results": summary}, "\n".join(lines))
+    write(
+        "loader",
+        {"examples": args.examples, "tokens": K, "dims": D, "dtype": "float16", "batch": BATCH, "results": summary},
+        "\n".join(lines),
+    )
 
 
 if __name__ == "__main__":

@@ -29,14 +29,16 @@ import torch
 
 from benchmarks.common import ratios, spread, write
 from hsk_cache import extract, models, objectives
+from hsk_cache.cache import open_cache
 from hsk_cache.config import DataConfig, ExtractSpec, StageConfig
 from hsk_cache.progress import quiet_libraries
-from hsk_cache.cache import open_cache
 from hsk_cache.sources import DatasetSource, OnlineSource
 from hsk_cache.train import StudentConfig, TrainConfig, build_student, distillation_loss, fit
 
-STUDENTS = {"TinyBERT4 (4×312)": StudentConfig("config", layers=4, hidden=312, heads=12, ffn=1200),
-            "2×384": StudentConfig("config", layers=2, hidden=384, heads=12, ffn=1536)}
+STUDENTS = {
+    "TinyBERT4 (4×312)": StudentConfig(kind="config", layers=4, hidden=312, heads=12, ffn=1200),
+    "2×384": StudentConfig(kind="config", layers=2, hidden=384, heads=12, ffn=1536),
+}
 BATCH, LENGTH = 32, 128
 
 
@@ -74,8 +76,12 @@ def teachers(work: str, quick: bool) -> dict[str, str]:
     models.save(models.load_classifier(bundled, label_names=names), tokenizer, minilm)
     out = {"MiniLM-L6 (6×384)": minilm}
     if not quick:
-        config = BertConfig(vocab_size=len(tokenizer), num_labels=5, id2label=dict(enumerate(names)),
-                            label2id={n: i for i, n in enumerate(names)})
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            num_labels=5,
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
+        )
         torch.manual_seed(0)
         base = f"{work}/bert_base"
         models.save(BertForSequenceClassification(config), tokenizer, base)
@@ -85,7 +91,7 @@ def teachers(work: str, quick: bool) -> dict[str, str]:
 
 def run_competitor(source, student, objective, steps: int, extra=()) -> float:
     clock = StepClock()
-    stage = StageConfig("hidden", steps / (-(-len(source) // BATCH)), 1e-4, BATCH)
+    stage = StageConfig(kind="hidden", epochs=steps / (-(-len(source) // BATCH)), lr=1e-4, batch_size=BATCH)
     fit(student, source, stage, objective, seed=0, extra_params=extra, progress=clock, num_workers=0)
     return clock.step_seconds()
 
@@ -99,7 +105,7 @@ def main() -> None:
     quiet_libraries()
     torch.manual_seed(0)
     work = tempfile.mkdtemp(prefix="hsk-speedup-")
-    data = DataConfig("bbc-news", "train", max_length=LENGTH, limit=(args.steps + 1) * BATCH)
+    data = DataConfig(source="bbc-news", split="train", max_length=LENGTH, limit=(args.steps + 1) * BATCH)
     results = {}
     for teacher_name, teacher in teachers(work, args.quick).items():
         for student_name, student_config in STUDENTS.items():
@@ -107,13 +113,18 @@ def main() -> None:
             layers = ",".join(map(str, models.default_init_layers(depth, student_config.layers)))
             spec = ExtractSpec.parse(layers, "topk:16", dtype="float16")
             cache = f"{work}/cache_{len(results)}"
-            extract.run(extract.ExtractConfig(teacher, data, cache, spec, precision="bf16"))
-            sources = {"online fp32": OnlineSource(teacher, data, spec, "fp32"),
-                       "online bf16": OnlineSource(teacher, data, spec, "bf16"),
-                       "cache": open_cache(cache), "student only": DatasetSource(data, models.load_tokenizer(teacher))}
+            extract.run(extract.ExtractConfig(teacher=teacher, data=data, out=cache, spec=spec, precision="bf16"))
+            sources = {
+                "online fp32": OnlineSource(teacher, data, spec, "fp32"),
+                "online bf16": OnlineSource(teacher, data, spec, "bf16"),
+                "cache": open_cache(cache),
+                "student only": DatasetSource(data, models.load_tokenizer(teacher)),
+            }
             config = TrainConfig(out="unused", student=student_config, cache=cache)
             base = build_student(student_config, sources["cache"].teacher_config, sources["cache"].label_names)
-            hidden = distillation_loss(config, base, sources["cache"], [StageConfig("hidden", 1, 1e-4, BATCH)])
+            hidden = distillation_loss(
+                config, base, sources["cache"], [StageConfig(kind="hidden", epochs=1, lr=1e-4, batch_size=BATCH)]
+            )
             times = {name: [] for name in sources}
             for _ in range(args.repeats):
                 for name, source in sources.items():
@@ -122,31 +133,55 @@ def main() -> None:
                         times[name].append(run_competitor(source, student, objectives.labels, args.steps))
                     else:
                         step = objectives.distillation(loss_fn, ("hidden_states",))
-                        times[name].append(run_competitor(source, student, step, args.steps, list(loss_fn.parameters())))
+                        times[name].append(
+                            run_competitor(source, student, step, args.steps, list(loss_fn.parameters()))
+                        )
             results[f"{teacher_name} → {student_name}"] = summarize(times, layers)
-            print(f"{teacher_name} → {student_name}: " + ", ".join(f"{k} {v['median_s']:.3f}s" for k, v in results[f"{teacher_name} → {student_name}"].items() if isinstance(v, dict) and "median_s" in v), flush=True)
-    write("speedup", {"batch": BATCH, "length": LENGTH, "steps": args.steps, "repeats": args.repeats, "results": results},
-          table(results))
+            print(
+                f"{teacher_name} → {student_name}: "
+                + ", ".join(
+                    f"{k} {v['median_s']:.3f}s"
+                    for k, v in results[f"{teacher_name} → {student_name}"].items()
+                    if isinstance(v, dict) and "median_s" in v
+                ),
+                flush=True,
+            )
+    write(
+        "speedup",
+        {"batch": BATCH, "length": LENGTH, "steps": args.steps, "repeats": args.repeats, "results": results},
+        table(results),
+    )
 
 
 def summarize(times: dict[str, list[float]], layers: str) -> dict:
-    out = {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "seconds": t} for name, t in times.items()}
-    for label, a, b in (("online fp32 / cache", "online fp32", "cache"), ("online bf16 / cache", "online bf16", "cache"),
-                        ("cache / student only", "cache", "student only")):
+    out = {
+        name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "seconds": t}
+        for name, t in times.items()
+    }
+    for label, a, b in (
+        ("online fp32 / cache", "online fp32", "cache"),
+        ("online bf16 / cache", "online bf16", "cache"),
+        ("cache / student only", "cache", "student only"),
+    ):
         out[label] = ratios(times[a], times[b])
     out["teacher_layers"] = layers
     return out
 
 
 def table(results: dict) -> str:
-    lines = ["| teacher → student | online fp32 s/step | online bf16 s/step | cache s/step | student only s/step | "
-             "online fp32 / cache | online bf16 / cache | cache / student only |", "|---|---|---|---|---|---|---|---|"]
-    cell = lambda r: spread(r, 3, key="_s")  # noqa: E731
-    ratio = lambda r: spread(r, 2, "×")  # noqa: E731
+    lines = [
+        "| teacher → student | online fp32 s/step | online bf16 s/step | cache s/step | student only s/step | "
+        "online fp32 / cache | online bf16 / cache | cache / student only |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    cell = lambda r: spread(r, 3, key="_s")
+    ratio = lambda r: spread(r, 2, "×")
     for name, r in results.items():
-        lines.append(f"| {name} | {cell(r['online fp32'])} | {cell(r['online bf16'])} | {cell(r['cache'])} | "
-                     f"{cell(r['student only'])} | {ratio(r['online fp32 / cache'])} | {ratio(r['online bf16 / cache'])} | "
-                     f"{ratio(r['cache / student only'])} |")
+        lines.append(
+            f"| {name} | {cell(r['online fp32'])} | {cell(r['online bf16'])} | {cell(r['cache'])} | "
+            f"{cell(r['student only'])} | {ratio(r['online fp32 / cache'])} | {ratio(r['online bf16 / cache'])} | "
+            f"{ratio(r['cache / student only'])} |"
+        )
     return "\n".join(lines)
 
 

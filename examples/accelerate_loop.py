@@ -25,8 +25,13 @@ from hsk_cache import DistillationLoss, model_inputs, open_cache, without_attent
 def build_student(cache, args):
     if args.student:
         return AutoModelForSequenceClassification.from_pretrained(args.student, attn_implementation="eager")
-    config = AutoConfig.for_model(**{k: v for k, v in cache.teacher_config.items()
-                                     if k not in ("architectures", "_name_or_path", "transformers_version")})
+    config = AutoConfig.for_model(
+        **{
+            k: v
+            for k, v in cache.teacher_config.items()
+            if k not in ("architectures", "_name_or_path", "transformers_version")
+        }
+    )
     config.num_hidden_layers, config.hidden_size = args.layers, args.hidden
     config.num_attention_heads, config.intermediate_size = args.heads, 4 * args.hidden
     return AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
@@ -54,8 +59,13 @@ def main(argv=None) -> dict:
     if "attention_probs" in cache.knowledge:
         without_attention_dropout(student)  # compare undropped attention rows
     loss_fn = DistillationLoss(cache.manifest, student.config)
-    loader = DataLoader(cache.dataset(), batch_size=args.batch_size, shuffle=True, collate_fn=cache.collate,
-                        generator=torch.Generator().manual_seed(args.seed))
+    loader = DataLoader(
+        cache.dataset(),
+        batch_size=args.batch_size,
+        shuffle=True,
+        collate_fn=cache.collate,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     parameters = [*student.parameters(), *loss_fn.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr)
     steps = args.epochs * len(loader)
@@ -83,8 +93,10 @@ def main(argv=None) -> dict:
         cache.tokenizer.save_pretrained(args.out)
         result = {"steps": len(history), "losses": [h["loss"] for h in history], "terms": history}
         (Path(args.out) / "losses.json").write_text(json.dumps(result))
-        print(f"trained {len(history)} steps, loss {history[0]['loss']:.4f} → {history[-1]['loss']:.4f}; "
-              f"student in {args.out}")
+        print(
+            f"trained {len(history)} steps, loss {history[0]['loss']:.4f} → {history[-1]['loss']:.4f}; "
+            f"student in {args.out}"
+        )
         return result
     return {}
 

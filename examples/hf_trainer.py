@@ -27,8 +27,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
-from transformers import (AutoConfig, AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments,
-                          get_linear_schedule_with_warmup)
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    get_linear_schedule_with_warmup,
+)
 
 from hsk_cache import DistillationLoss, model_inputs, open_cache, without_attention_dropout
 
@@ -74,8 +80,13 @@ class LossParameters(TrainerCallback):
 def build_student(cache, args):
     if args.student:
         return AutoModelForSequenceClassification.from_pretrained(args.student, attn_implementation="eager")
-    config = AutoConfig.for_model(**{k: v for k, v in cache.teacher_config.items()
-                                     if k not in ("architectures", "_name_or_path", "transformers_version")})
+    config = AutoConfig.for_model(
+        **{
+            k: v
+            for k, v in cache.teacher_config.items()
+            if k not in ("architectures", "_name_or_path", "transformers_version")
+        }
+    )
     config.num_hidden_layers, config.hidden_size = args.layers, args.hidden
     config.num_attention_heads, config.intermediate_size = args.heads, 4 * args.hidden
     return AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
@@ -94,8 +105,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--terms", default=None, help="comma list of loss terms (hidden_states, attention_probs, "
-                        "value_relation, logits; default: every kind the cache holds)")
+    parser.add_argument(
+        "--terms",
+        default=None,
+        help="comma list of loss terms (hidden_states, attention_probs, "
+        "value_relation, logits; default: every kind the cache holds)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hsk-order", action="store_true", help="batches in hsk train's order for --seed")
     args = parser.parse_args(argv)
@@ -112,21 +127,39 @@ def main(argv=None) -> dict:
     dataset = cache.dataset()
     loader = None
     if args.hsk_order:
-        loader = DataLoader(dataset, batch_size=args.batch_size, sampler=cache.epoch_sampler(args.seed),
-                            collate_fn=cache.collate, generator=torch.Generator().manual_seed(args.seed))
+        loader = DataLoader(
+            dataset,
+            batch_size=args.batch_size,
+            sampler=cache.epoch_sampler(args.seed),
+            collate_fn=cache.collate,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
     steps = round(args.epochs * -(-len(dataset) // args.batch_size))
     # 3. W_h trains with the student: one optimizer over both, clipped together
     parameters = [p for p in student.parameters() if p.requires_grad] + list(loss_fn.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=args.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * steps), steps)
     training_args = TrainingArguments(
-        output_dir=args.out, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
-        seed=args.seed, max_grad_norm=0.0, remove_unused_columns=False, report_to=[], save_strategy="no",
-        logging_strategy="no", disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+        output_dir=args.out,
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        seed=args.seed,
+        max_grad_norm=0.0,
+        remove_unused_columns=False,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
     )
     trainer = DistillationTrainer(
-        model=student, args=training_args, train_dataset=dataset, data_collator=cache.collate,
-        optimizers=(optimizer, scheduler), callbacks=[LossParameters(parameters, loss_fn)], distillation_loss=loss_fn,
+        model=student,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=cache.collate,
+        optimizers=(optimizer, scheduler),
+        callbacks=[LossParameters(parameters, loss_fn)],
+        distillation_loss=loss_fn,
         train_loader=loader,
     )
     trainer.train()
@@ -134,8 +167,11 @@ def main(argv=None) -> dict:
     cache.tokenizer.save_pretrained(args.out)
     if loss_fn.projection is not None:  # W_h, for a later stage that continues from this one
         save_file(loss_fn.state_dict(), str(Path(args.out) / "distillation_loss.safetensors"))
-    result = {"steps": len(trainer.step_terms), "losses": [t["loss"] for t in trainer.step_terms],
-              "terms": trainer.step_terms}
+    result = {
+        "steps": len(trainer.step_terms),
+        "losses": [t["loss"] for t in trainer.step_terms],
+        "terms": trainer.step_terms,
+    }
     (Path(args.out) / "losses.json").write_text(json.dumps(result))
     first, last = result["losses"][:1], result["losses"][-1:]
     print(f"trained {result['steps']} steps, loss {first[0]:.4f} → {last[0]:.4f}; student in {args.out}")

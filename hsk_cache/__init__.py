@@ -27,7 +27,7 @@ _EXPORTS = {
     "EpochSampler": "hsk_cache.cache",
     "DistillationLoss": "hsk_cache.distill",
     "DistillationOutput": "hsk_cache.distill",
-    "model_inputs": "hsk_cache.distill",
+    "model_inputs": "hsk_cache.knowledge",
     "capture_values": "hsk_cache.relations",
     "without_attention_dropout": "hsk_cache.families",
     "Manifest": "hsk_cache.store.manifest",

@@ -31,7 +31,7 @@ class Examples:
         return len(self.lengths)
 
     @classmethod
-    def from_dataset(cls, tokenized, max_length: int, pad_id: int) -> "Examples":
+    def from_dataset(cls, tokenized, max_length: int, pad_id: int) -> Examples:
         """From a tokenized ``datasets.Dataset`` (input_ids lists no longer than max_length)."""
         n = len(tokenized)
         input_ids = np.full((n, max_length), pad_id, dtype=np.int32)
@@ -75,9 +75,14 @@ class Batch:
         out = {**self.model_inputs(), "labels": self.labels, "example_ids": self.example_ids}
         return out
 
-    def to(self, device) -> "Batch":
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Batch(*(move(t) for t in (self.input_ids, self.attention_mask, self.token_type_ids, self.labels, self.example_ids)))
+    def to(self, device) -> Batch:
+        move = lambda t: None if t is None else t.to(device)
+        return Batch(
+            *(
+                move(t)
+                for t in (self.input_ids, self.attention_mask, self.token_type_ids, self.labels, self.example_ids)
+            )
+        )
 
 
 def collate(examples: Examples, index: np.ndarray) -> Batch:
@@ -90,8 +95,11 @@ def collate(examples: Examples, index: np.ndarray) -> Batch:
     if examples.token_type_ids is not None:
         token_type_ids = torch.from_numpy(examples.token_type_ids[index, :width].astype(np.int64))
     return Batch(
-        input_ids, attention_mask, token_type_ids,
-        torch.from_numpy(examples.labels[index]), torch.from_numpy(examples.example_ids[index]),
+        input_ids,
+        attention_mask,
+        token_type_ids,
+        torch.from_numpy(examples.labels[index]),
+        torch.from_numpy(examples.example_ids[index]),
     )
 
 

@@ -30,7 +30,7 @@ _EXAMPLE_ARRAYS = {"input_ids", "token_type_ids", "lengths", "labels", "example_
 _PAD = {"token_index": -1, "attention_index": -1, "value_index": -1}  # everything else pads with 0 / False
 
 
-def open_cache(path: str | Path, *, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET, progress=None) -> "Cache":
+def open_cache(path: str | Path, *, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET, progress=None) -> Cache:
     """Open a complete cache made by ``hsk extract``.
 
     Args:
@@ -148,7 +148,7 @@ class Cache:
 
     # -- the PyTorch dataset ------------------------------------------------------------------
 
-    def dataset(self) -> "CacheDataset":
+    def dataset(self) -> CacheDataset:
         """A map-style ``torch.utils.data.Dataset`` of this cache's examples (see ``item``)."""
         return CacheDataset(self)
 
@@ -198,7 +198,7 @@ class Cache:
             out[key] = stacked
         return out
 
-    def epoch_sampler(self, seed: int = 0) -> "EpochSampler":
+    def epoch_sampler(self, seed: int = 0) -> EpochSampler:
         """A ``torch.utils.data.Sampler`` over example ids in ``hsk train``'s epoch order for
         ``seed`` (with batch size B, a DataLoader over it makes the same batches as
         ``cache.loader(B, seed)`` when the cache is in memory)."""
@@ -239,5 +239,7 @@ class EpochSampler(torch.utils.data.Sampler):
         if self.window is None:
             order = full_order(self.n, self.seed, epoch)
         else:
-            order = np.concatenate([ids for _, ids in window_order(self.n, self.shard_examples, self.window, self.seed, epoch)])
+            order = np.concatenate(
+                [ids for _, ids in window_order(self.n, self.shard_examples, self.window, self.seed, epoch)]
+            )
         return iter(order.tolist())

@@ -81,8 +81,15 @@ def latest(out: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def save(out: str | Path, stage: int, step: int, modules: torch.nn.ModuleDict, state: dict,
-         optimizer: torch.optim.Optimizer | None = None, scheduler=None) -> Path:
+def save(
+    out: str | Path,
+    stage: int,
+    step: int,
+    modules: torch.nn.ModuleDict,
+    state: dict,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler=None,
+) -> Path:
     """Write a checkpoint atomically and remove the older ones. ``optimizer``/``scheduler``: the
     stage's, or None at a stage end (the next stage starts its own). Returns its directory."""
     root = Path(out) / CHECKPOINTS
@@ -113,8 +120,10 @@ def load_state(path: Path) -> dict:
     try:
         return json.loads((path / STATE_FILE).read_text())
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {str(path)!r} is unreadable ({err}): remove it to resume from an earlier "
-                              "one, or pass --overwrite to start over") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is unreadable ({err}): remove it to resume from an earlier "
+            "one, or pass --overwrite to start over"
+        ) from None
 
 
 def load_weights(path: Path, modules: torch.nn.ModuleDict) -> None:
@@ -125,11 +134,15 @@ def load_weights(path: Path, modules: torch.nn.ModuleDict) -> None:
     try:
         missing, unexpected = load_model(modules, str(path / "weights.safetensors"), strict=False)
     except Exception as err:  # safetensors raises several types for damaged files
-        raise CheckpointError(f"checkpoint weights {str(path / 'weights.safetensors')!r} are unreadable: {err}") from None
+        raise CheckpointError(
+            f"checkpoint weights {str(path / 'weights.safetensors')!r} are unreadable: {err}"
+        ) from None
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {str(path)!r} holds another model ({len(missing)} keys missing, "
-                              f"{len(unexpected)} unexpected, e.g. {(list(missing) + list(unexpected))[0]!r}): "
-                              "pass --overwrite to start over")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds another model ({len(missing)} keys missing, "
+            f"{len(unexpected)} unexpected, e.g. {(list(missing) + list(unexpected))[0]!r}): "
+            "pass --overwrite to start over"
+        )
 
 
 def load_training(path: Path, state: dict, optimizer, scheduler) -> None:

@@ -48,7 +48,7 @@ class LayerSpec:
     k: int | None = None
 
     @classmethod
-    def parse(cls, text: str, option: str = "--layers") -> "LayerSpec":
+    def parse(cls, text: str, option: str = "--layers") -> LayerSpec:
         text = text.strip().lower()
         if text in ("last", "all"):
             return cls(text)
@@ -59,7 +59,8 @@ class LayerSpec:
             layers = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
         except ValueError:
             raise ConfigError(
-                f"unknown {option} value {text!r}: use last, all, uniform:K, top:K, bottom:K, or a comma list like 2,4,6"
+                f"unknown {option} value {text!r}: use last, all, uniform:K, top:K, bottom:K, "
+                "or a comma list like 2,4,6"
             ) from None
         if not layers:
             raise ConfigError(f"{option} is empty: use last, all, or a comma list like 2,4,6")
@@ -85,7 +86,9 @@ class LayerSpec:
                 )
             return self.layers
         if self.k > num_layers:
-            raise ConfigError(f"{self.describe()} asks for {self.k} layers but the teacher has {num_layers}: use K ≤ {num_layers}")
+            raise ConfigError(
+                f"{self.describe()} asks for {self.k} layers but the teacher has {num_layers}: use K ≤ {num_layers}"
+            )
         if self.kind == "top":
             return tuple(range(num_layers - self.k + 1, num_layers + 1))
         if self.kind == "bottom":
@@ -114,7 +117,7 @@ class TokenSpec:
     with_sep: bool = False
 
     @classmethod
-    def parse(cls, text: str) -> "TokenSpec":
+    def parse(cls, text: str) -> TokenSpec:
         text = text.strip().lower()
         if text in ("all", "cls"):
             return cls(text)
@@ -176,13 +179,15 @@ class DimSpec:
     fraction: float | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "DimSpec":
+    def parse(cls, text: str) -> DimSpec:
         text = text.strip().lower()
         if text == "all":
             return cls("all")
         name, sep, arg = text.partition(":")
         if name not in DIM_STRATEGIES[1:] or not sep:
-            raise ConfigError(f"unknown --dims value {text!r}: use all, uniform:P, random:P or magnitude:P (P in (0, 1])")
+            raise ConfigError(
+                f"unknown --dims value {text!r}: use all, uniform:P, random:P or magnitude:P (P in (0, 1])"
+            )
         try:
             fraction = float(arg)
         except ValueError:
@@ -239,7 +244,9 @@ class ExtractSpec:
     @property
     def needs_attention(self) -> bool:
         """The teacher must return attention probabilities (eager attention)."""
-        ranks = self.tokens.kind == "topk" and any(k in self.knowledge for k in ("hidden_states", "attention_probs", "value_relation"))
+        ranks = self.tokens.kind == "topk" and any(
+            k in self.knowledge for k in ("hidden_states", "attention_probs", "value_relation")
+        )
         return ranks or "attention_probs" in self.knowledge
 
     def describe(self) -> dict:
@@ -261,12 +268,36 @@ class ExtractSpec:
         return out
 
     @classmethod
-    def parse(cls, layers="last", tokens="all", dims="all", knowledge="hidden_states,logits", dtype="float16",
-              codec="none", attention_layers="last", value_relation_layer=None, importance_layer=None, seed=0):
-        kinds = tuple(k.strip() for k in knowledge.split(",") if k.strip()) if isinstance(knowledge, str) else tuple(knowledge)
-        return cls(LayerSpec.parse(layers), TokenSpec.parse(tokens), DimSpec.parse(dims), kinds, dtype, codec,
-                   LayerSpec.parse(attention_layers, "--attention-layers"), _layer_number(value_relation_layer),
-                   _layer_number(importance_layer), seed)
+    def parse(
+        cls,
+        layers="last",
+        tokens="all",
+        dims="all",
+        knowledge="hidden_states,logits",
+        dtype="float16",
+        codec="none",
+        attention_layers="last",
+        value_relation_layer=None,
+        importance_layer=None,
+        seed=0,
+    ):
+        kinds = (
+            tuple(k.strip() for k in knowledge.split(",") if k.strip())
+            if isinstance(knowledge, str)
+            else tuple(knowledge)
+        )
+        return cls(
+            LayerSpec.parse(layers),
+            TokenSpec.parse(tokens),
+            DimSpec.parse(dims),
+            kinds,
+            dtype,
+            codec,
+            LayerSpec.parse(attention_layers, "--attention-layers"),
+            _layer_number(value_relation_layer),
+            _layer_number(importance_layer),
+            seed,
+        )
 
 
 def _layer_number(value) -> int | None:
@@ -281,7 +312,7 @@ def _layer_number(value) -> int | None:
     return number
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """Where examples come from and how they are tokenized.
 
@@ -309,7 +340,7 @@ class DataConfig:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StageConfig:
     """One training stage: its loss kind (``hidden``, ``prediction`` or ``labels``) and optimizer settings."""
 
@@ -355,7 +386,7 @@ class Interval:
     seconds: float | None = None
 
     @classmethod
-    def parse(cls, text: str | int) -> "Interval":
+    def parse(cls, text: str | int) -> Interval:
         """``500`` (steps), ``90s``, ``5min``, ``2h``, or ``0`` (stage ends only).
 
         Raises: ConfigError for anything else.
@@ -363,7 +394,9 @@ class Interval:
         text = str(text).strip().lower()
         match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?", text)
         if match is None:
-            raise ConfigError(f"--save-every {text!r}: use a step count like 500, a duration like 90s, 5min or 2h, or 0")
+            raise ConfigError(
+                f"--save-every {text!r}: use a step count like 500, a duration like 90s, 5min or 2h, or 0"
+            )
         value, unit = float(match.group(1)), match.group(2)
         if value == 0:
             return cls()

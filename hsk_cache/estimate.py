@@ -39,8 +39,15 @@ class Estimate:
         return self.total_bytes / max(self.examples, 1)
 
 
-def estimate(specs: list[ArraySpec], examples: Examples, dims: Dims, chunks: dict[str, int], shard: int, tokens: TokenSpec,
-             sample: dict[str, np.ndarray] | None = None) -> Estimate:
+def estimate(
+    specs: list[ArraySpec],
+    examples: Examples,
+    dims: Dims,
+    chunks: dict[str, int],
+    shard: int,
+    tokens: TokenSpec,
+    sample: dict[str, np.ndarray] | None = None,
+) -> Estimate:
     """Predicted bytes of every array (metadata included; the tokenizer copy excluded, as in
     ``CacheReader.stored_bytes``). ``sample``: encoded knowledge rows of a few examples, from
     which compressed float arrays take their compression ratio."""
@@ -90,7 +97,11 @@ def _kept_counts(examples: Examples, dims: Dims, tokens: TokenSpec) -> np.ndarra
         return np.minimum(lengths, dims.k)
     if tokens.kind == "cls":
         return np.ones_like(lengths)
-    per = np.full_like(lengths, tokens.k) if tokens.k is not None else np.maximum(1, np.ceil(lengths * tokens.percent / 100))
+    per = (
+        np.full_like(lengths, tokens.k)
+        if tokens.k is not None
+        else np.maximum(1, np.ceil(lengths * tokens.percent / 100))
+    )
     eligible = lengths - (0 if tokens.with_sep else 1)
     return np.minimum(per, eligible).astype(np.int64)
 
@@ -98,7 +109,11 @@ def _kept_counts(examples: Examples, dims: Dims, tokens: TokenSpec) -> np.ndarra
 def _synthetic_index(shape: tuple[int, ...], kept: np.ndarray, ordered: bool) -> np.ndarray:
     """Positions with the real −1 padding; ascending for all/cls/left, scattered for topk/random."""
     n, k = shape[0], shape[-1]
-    positions = np.arange(k)[None, :] if ordered else np.random.default_rng(0).permuted(np.tile(np.arange(4 * k), (n, 1)), axis=1)[:, :k]
+    positions = (
+        np.arange(k)[None, :]
+        if ordered
+        else np.random.default_rng(0).permuted(np.tile(np.arange(4 * k), (n, 1)), axis=1)[:, :k]
+    )
     index = np.where(np.arange(k)[None, :] < kept[:, None], positions, -1).astype(np.int16)
     middle = shape[1:-1]
     return np.broadcast_to(index.reshape(n, *([1] * len(middle)), k), shape)

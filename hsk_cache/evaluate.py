@@ -12,7 +12,7 @@ from hsk_cache import models
 from hsk_cache.batching import sequential_batches
 from hsk_cache.config import DataConfig
 from hsk_cache.errors import ModelError
-from hsk_cache.distill import model_inputs
+from hsk_cache.knowledge import model_inputs
 from hsk_cache.sources import DatasetSource
 from hsk_cache.teacher import autocast
 
@@ -62,23 +62,45 @@ class Evaluator:
     Raises: DataError for bad data; ModelError when the split has other classes than the task.
     """
 
-    def __init__(self, data_config: DataConfig, tokenizer, label_names: tuple[str, ...], every: int = 0,
-                 metric: str = "accuracy", batch_size: int = 64, precision: str = "fp32", device: str = "cpu") -> None:
+    def __init__(
+        self,
+        data_config: DataConfig,
+        tokenizer,
+        label_names: tuple[str, ...],
+        every: int = 0,
+        metric: str = "accuracy",
+        batch_size: int = 64,
+        precision: str = "fp32",
+        device: str = "cpu",
+    ) -> None:
         self.source = DatasetSource(data_config, tokenizer, label_names)
         if len(self.source.label_names) != len(label_names):
-            raise ModelError(f"--eval-data {data_config.source!r} has {len(self.source.label_names)} classes, the "
-                             f"training task {len(label_names)}: evaluate on the same task's dev split")
+            raise ModelError(
+                f"--eval-data {data_config.source!r} has {len(self.source.label_names)} classes, the "
+                f"training task {len(label_names)}: evaluate on the same task's dev split"
+            )
         self.tokenizer, self.num_classes = tokenizer, len(label_names)
-        self.every, self.metric, self.batch_size, self.precision, self.device = every, metric, batch_size, precision, device
+        self.every, self.metric, self.batch_size, self.precision, self.device = (
+            every,
+            metric,
+            batch_size,
+            precision,
+            device,
+        )
 
     def __call__(self, model) -> dict:
         predictions = predict(model, self.source, self.batch_size, self.precision, device=self.device)
         labels = self.source.examples.labels
-        return {"accuracy": float((predictions == labels).mean()),
-                "mcc": matthews_corrcoef(labels, predictions, self.num_classes), "examples": len(labels)}
+        return {
+            "accuracy": float((predictions == labels).mean()),
+            "mcc": matthews_corrcoef(labels, predictions, self.num_classes),
+            "examples": len(labels),
+        }
 
 
-def run(model_path: str, data_config: DataConfig, batch_size: int = 64, precision: str = "fp32", progress=None) -> EvalResult:
+def run(
+    model_path: str, data_config: DataConfig, batch_size: int = 64, precision: str = "fp32", progress=None
+) -> EvalResult:
     """Evaluate the classifier at ``model_path`` on ``data_config``'s split.
 
     Raises: ModelError for a path with no model; DataError for bad data; ModelError when the

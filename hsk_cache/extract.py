@@ -24,7 +24,7 @@ from hsk_cache.teacher import Plan, run_teacher, select_knowledge
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExtractConfig:
     teacher: str
     data: DataConfig
@@ -47,7 +47,7 @@ class ExtractConfig:
             raise ConfigError(f"--shard-examples {s}: use a power of two such as 256")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExtractResult:
     manifest: Manifest  # the finished cache's
     shards_written: int  # including repaired ones
@@ -60,11 +60,23 @@ def dims_for(spec: ExtractSpec, config, examples: Examples, plan: Plan, max_leng
     """The stored sizes for ``spec`` on a teacher with ``config`` (a transformers config)."""
     k = spec.tokens.kept_tokens(max_length)
     return layout.Dims(
-        n=len(examples), t=max_length, layers=len(plan.layers), k=k, d=config.hidden_size, c=config.num_labels,
-        token_types=examples.token_type_ids is not None, knowledge=spec.knowledge, dtype=spec.dtype,
-        codec=spec.codec, width=spec.dims.kind, kept_dims=spec.dims.kept_dims(config.hidden_size),
-        slots=width.max_kept_elements(spec.dims.fraction, k, config.hidden_size) if spec.dims.kind == "magnitude" else 0,
-        attention_layers=len(plan.attention_layers), heads=config.num_attention_heads,
+        n=len(examples),
+        t=max_length,
+        layers=len(plan.layers),
+        k=k,
+        d=config.hidden_size,
+        c=config.num_labels,
+        token_types=examples.token_type_ids is not None,
+        knowledge=spec.knowledge,
+        dtype=spec.dtype,
+        codec=spec.codec,
+        width=spec.dims.kind,
+        kept_dims=spec.dims.kept_dims(config.hidden_size),
+        slots=width.max_kept_elements(spec.dims.fraction, k, config.hidden_size)
+        if spec.dims.kind == "magnitude"
+        else 0,
+        attention_layers=len(plan.attention_layers),
+        heads=config.num_attention_heads,
     )
 
 
@@ -129,9 +141,11 @@ def run(config: ExtractConfig, progress=None) -> ExtractResult:
         return _write(config, p, manifest, progress, started)
     except OSError as err:
         reason = err.strerror or type(err).__name__
-        raise CacheError(f"writing the cache {config.out!r} failed: {reason} ({err.filename or 'storage'}); shards "
-                         "committed so far are kept: fix the storage (free space, permissions) and rerun the same "
-                         "command to resume") from None
+        raise CacheError(
+            f"writing the cache {config.out!r} failed: {reason} ({err.filename or 'storage'}); shards "
+            "committed so far are kept: fix the storage (free space, permissions) and rerun the same "
+            "command to resume"
+        ) from None
 
 
 def _write(config: ExtractConfig, p: Prepared, manifest: dict, progress, started: float) -> ExtractResult:
@@ -155,7 +169,13 @@ def _write(config: ExtractConfig, p: Prepared, manifest: dict, progress, started
             bar.close()
     final = writer.finish({"examples": n, "shards": len(committed)})
     elapsed = time.perf_counter() - started
-    return ExtractResult(Manifest.from_dict(final), int((~committed).sum()), int(committed.sum()), elapsed, len(repaired))
+    return ExtractResult(
+        manifest=Manifest.from_dict(final),
+        shards_written=int((~committed).sum()),
+        shards_skipped=int(committed.sum()),
+        elapsed_s=elapsed,
+        shards_repaired=len(repaired),
+    )
 
 
 def _repair(writer: CacheWriter, progress) -> list[int]:
@@ -193,8 +213,10 @@ def _extract_shard(p: Prepared, start, stop, config, dim_index, bar) -> dict[str
     examples, plan = p.examples, p.plan
     rows = np.arange(start, stop)
     block = {
-        "input_ids": examples.input_ids[rows], "lengths": examples.lengths[rows],
-        "labels": examples.labels[rows], "example_ids": examples.example_ids[rows],
+        "input_ids": examples.input_ids[rows],
+        "lengths": examples.lengths[rows],
+        "labels": examples.labels[rows],
+        "example_ids": examples.example_ids[rows],
     }
     if examples.token_type_ids is not None:
         block["token_type_ids"] = examples.token_type_ids[rows]
@@ -236,20 +258,35 @@ def _manifest(config: ExtractConfig, p: Prepared) -> dict:
         },
         "tokenizer": {"group": TOKENIZER_GROUP, "name_or_path": tokenizer.name_or_path, "vocab_size": len(tokenizer)},
         "data": {
-            **config.data.describe(), "task": split.task, "fingerprint": data.fingerprint(p.tokenized),
+            **config.data.describe(),
+            "task": split.task,
+            "fingerprint": data.fingerprint(p.tokenized),
             "resolved_source": str(Path(config.data.source).expanduser().resolve())
-            if Path(config.data.source).expanduser().exists() else config.data.source,
-            "num_examples": dims.n, "label_names": list(split.label_names),
+            if Path(config.data.source).expanduser().exists()
+            else config.data.source,
+            "num_examples": dims.n,
+            "label_names": list(split.label_names),
         },
         "max_length": config.data.max_length,
         "spec": config.spec.describe(),
         "layers": list(plan.layers),
         "attention_layers": list(plan.attention_layers),
         "value_relation_layer": plan.value_relation_layer,
-        "dims": {"kept_tokens": dims.k, "hidden_size": dims.d, "kept_dims": dims.kept_dims, "slots": dims.slots,
-                 "heads": dims.heads, "classes": dims.c, "token_types": dims.token_types},
+        "dims": {
+            "kept_tokens": dims.k,
+            "hidden_size": dims.d,
+            "kept_dims": dims.kept_dims,
+            "slots": dims.slots,
+            "heads": dims.heads,
+            "classes": dims.c,
+            "token_types": dims.token_types,
+        },
         "precision": config.precision,
-        "layout": {"chunk_examples": p.chunk, "shard_examples": p.shard, "num_shards": layout.num_shards(dims.n, p.shard)},
+        "layout": {
+            "chunk_examples": p.chunk,
+            "shard_examples": p.shard,
+            "num_shards": layout.num_shards(dims.n, p.shard),
+        },
         "counts": {},
         "complete": False,
     }

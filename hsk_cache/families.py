@@ -50,13 +50,17 @@ def layer_stack(model) -> tuple[str, object]:
     import torch
 
     depth = model.config.num_hidden_layers
-    stacks = [(name, module) for name, module in model.named_modules()
-              if isinstance(module, torch.nn.ModuleList) and len(module) == depth and name]
+    stacks = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.ModuleList) and len(module) == depth and name
+    ]
     stacks.sort(key=lambda item: item[0].rsplit(".", 1)[-1] not in ("layer", "layers"))  # the usual name first
     if stacks:
         return stacks[0]
-    raise ModelError(f"{type(model).__name__} has no list of {depth} transformer layers: "
-                     f"use a model of one of {', '.join(FAMILIES)}")
+    raise ModelError(
+        f"{type(model).__name__} has no list of {depth} transformer layers: use a model of one of {', '.join(FAMILIES)}"
+    )
 
 
 def value_module(model, layer: int):
@@ -126,8 +130,9 @@ def student_config(family_name: str, teacher_config: dict, layers: int, hidden: 
     positions = max_positions(teacher_config)
     if family_name in PADDING_OFFSET_FAMILIES:
         positions += pad + 1
-    config = AutoConfig.for_model(family_name, vocab_size=teacher_config["vocab_size"], pad_token_id=pad,
-                                  max_position_embeddings=positions)
+    config = AutoConfig.for_model(
+        family_name, vocab_size=teacher_config["vocab_size"], pad_token_id=pad, max_position_embeddings=positions
+    )
     reshape(config, layers, hidden, heads, ffn)
     if hasattr(config, "type_vocab_size") and family_name != "deberta-v2":
         config.type_vocab_size = max(teacher_config.get("type_vocab_size", 2), 1)

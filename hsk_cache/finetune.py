@@ -13,7 +13,7 @@ from hsk_cache.sources import DatasetSource
 from hsk_cache.train import StageResult, fit
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FinetuneConfig:
     model: str
     data: DataConfig
@@ -26,10 +26,10 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
-        StageConfig("labels", self.epochs, self.lr, self.batch_size)  # validates the numbers
+        StageConfig(kind="labels", epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)  # validates the numbers
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FinetuneResult:
     out: str
     stage: StageResult
@@ -49,7 +49,9 @@ def run(config: FinetuneConfig, progress=None) -> FinetuneResult:
     torch.manual_seed(config.seed)
     model = models.load_classifier(config.model, label_names=source.label_names)
     models.check_max_length(model.config, config.data.max_length)
-    stage = StageConfig("labels", config.epochs, config.lr, config.batch_size)
-    result = fit(model, source, stage, objectives.labels, seed=config.seed, precision=config.precision, progress=progress)
+    stage = StageConfig(kind="labels", epochs=config.epochs, lr=config.lr, batch_size=config.batch_size)
+    result = fit(
+        model, source, stage, objectives.labels, seed=config.seed, precision=config.precision, progress=progress
+    )
     models.save(model, tokenizer, config.out)
-    return FinetuneResult(config.out, result, time.perf_counter() - started)
+    return FinetuneResult(out=config.out, stage=result, elapsed_s=time.perf_counter() - started)

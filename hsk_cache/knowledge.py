@@ -33,8 +33,16 @@ from dataclasses import dataclass, fields
 import torch
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-KNOWLEDGE_KEYS = ("token_index", "hidden_states", "hidden_mask", "attention_index", "attention_probs", "value_index",
-                  "value_relation", "logits")
+KNOWLEDGE_KEYS = (
+    "token_index",
+    "hidden_states",
+    "hidden_mask",
+    "attention_index",
+    "attention_probs",
+    "value_index",
+    "value_relation",
+    "logits",
+)
 
 
 @dataclass
@@ -61,7 +69,7 @@ class Knowledge:
     value_relation: torch.Tensor | None = None
     logits: torch.Tensor | None = None
 
-    def to(self, device) -> "Knowledge":
+    def to(self, device) -> Knowledge:
         """A copy with every tensor on ``device``."""
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         return Knowledge(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()})
@@ -91,11 +99,17 @@ class StoredKnowledge:
     teacher_heads: int
 
     @classmethod
-    def of_manifest(cls, manifest) -> "StoredKnowledge":
+    def of_manifest(cls, manifest) -> StoredKnowledge:
         """From a cache's ``store.manifest.Manifest``."""
-        return cls(tuple(manifest.knowledge), tuple(manifest.layers), tuple(manifest.attention_layers),
-                   manifest.value_relation_layer, manifest.teacher.num_layers, manifest.teacher.hidden_size,
-                   manifest.teacher.num_heads)
+        return cls(
+            tuple(manifest.knowledge),
+            tuple(manifest.layers),
+            tuple(manifest.attention_layers),
+            manifest.value_relation_layer,
+            manifest.teacher.num_layers,
+            manifest.teacher.hidden_size,
+            manifest.teacher.num_heads,
+        )
 
 
 def model_inputs(batch: dict, model=None) -> dict:

@@ -30,7 +30,9 @@ def full_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def window_order(n: int, shard_examples: int, window: int, seed: int, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def window_order(
+    n: int, shard_examples: int, window: int, seed: int, epoch: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Shard-window shuffle: [(shards of the window, permuted example ids of the window), …].
 
     Shards are visited in a seeded random order, ``window`` at a time; the concatenated example
@@ -69,7 +71,9 @@ class Sampler:
     resumed run must continue.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, shard_examples: int | None = None, window: int | None = None):
+    def __init__(
+        self, n: int, batch_size: int, seed: int, shard_examples: int | None = None, window: int | None = None
+    ):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.shard_examples, self.window = shard_examples, window
         self.epoch, self.step = 0, 0
@@ -82,7 +86,10 @@ class Sampler:
     def steps_per_epoch(self) -> int:
         if not self.windowed:
             return -(-self.n // self.batch_size)
-        return sum(len(batches_of(ids, self.batch_size)) for _, ids in window_order(self.n, self.shard_examples, self.window, self.seed, 0))
+        return sum(
+            len(batches_of(ids, self.batch_size))
+            for _, ids in window_order(self.n, self.shard_examples, self.window, self.seed, 0)
+        )
 
     def plan(self, epoch: int) -> list[tuple[np.ndarray | None, np.ndarray]]:
         """[(shards to load or None, batch ids)] for every step of ``epoch``."""
@@ -92,8 +99,11 @@ class Sampler:
         if not self.windowed:
             steps = [(None, b) for b in batches_of(full_order(self.n, self.seed, epoch), self.batch_size)]
         else:
-            steps = [(shards, b) for shards, ids in window_order(self.n, self.shard_examples, self.window, self.seed, epoch)
-                     for b in batches_of(ids, self.batch_size)]
+            steps = [
+                (shards, b)
+                for shards, ids in window_order(self.n, self.shard_examples, self.window, self.seed, epoch)
+                for b in batches_of(ids, self.batch_size)
+            ]
         self._plan = (epoch, steps)
         return steps
 
@@ -115,8 +125,15 @@ class Sampler:
 
     def state_dict(self) -> dict:
         """The position of the next batch to train, with what the order depends on (JSON)."""
-        return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "batch_size": self.batch_size, "n": self.n,
-                "shard_examples": self.shard_examples if self.windowed else None, "window": self.window}
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "n": self.n,
+            "shard_examples": self.shard_examples if self.windowed else None,
+            "window": self.window,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Raises: ValueError naming the field when ``state`` comes from another order (seed,
@@ -176,7 +193,6 @@ def prefetch(items: Iterator, depth: int) -> Iterator:
                 slots.get_nowait()
             except queue.Empty:
                 thread.join(timeout=0.01)
-
 
 
 class Loader:

@@ -42,7 +42,9 @@ def distribution_kl(student_probs: torch.Tensor, teacher_probs: torch.Tensor, ro
     Returns: scalar float32.
     """
     t, s = teacher_probs.float(), student_probs.float()
-    pointwise = torch.where(t > 0, t * (torch.log(t.clamp(min=1e-12)) - torch.log(s.clamp(min=1e-12))), torch.zeros_like(t))
+    pointwise = torch.where(
+        t > 0, t * (torch.log(t.clamp(min=1e-12)) - torch.log(s.clamp(min=1e-12))), torch.zeros_like(t)
+    )
     weight = row_valid[:, None, :].float().expand(t.shape[:3])
     return (pointwise.sum(-1) * weight).sum() / weight.sum().clamp(min=1)
 
@@ -59,7 +61,9 @@ def distribution_mse(student_probs: torch.Tensor, teacher_probs: torch.Tensor, r
     return (squared * weight).sum() / weight.sum().clamp(min=1)
 
 
-def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def soft_cross_entropy(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """Prediction-layer distillation: cross-entropy against the teacher's softened distribution.
 
     L_pred = τ² · mean_b [ −Σ_c softmax(z_T/τ)_c · log softmax(z_S/τ)_c ]

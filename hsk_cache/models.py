@@ -53,17 +53,33 @@ def _check_model_dir(path: str, marker: str = "config.json") -> None:
 
 def _load_error(path: str, err: Exception, what: str) -> ModelError:
     if not Path(path).expanduser().exists():
-        return ModelError(f"no {what} at {path!r}: it is not a local directory and the hub could not provide it; check the path")
+        return ModelError(
+            f"no {what} at {path!r}: it is not a local directory and the hub could not provide it; check the path"
+        )
     return ModelError(f"cannot load a {what} from {path!r}: {first_line(err)}")
 
 
 # Families whose learned position ids start at pad_token_id + 1 (transformers'
 # ``create_position_ids_from_input_ids``), so only max_position_embeddings − (pad_token_id + 1)
 # positions are usable. ESM does this too but ESM-2 uses rotary positions; it is left out.
-PADDING_OFFSET_FAMILIES = frozenset({
-    "roberta", "roberta-prelayernorm", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer",
-    "data2vec-text", "ibert", "mpnet", "luke", "markuplm", "layoutlmv3", "lilt", "xmod",
-})
+PADDING_OFFSET_FAMILIES = frozenset(
+    {
+        "roberta",
+        "roberta-prelayernorm",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "camembert",
+        "longformer",
+        "data2vec-text",
+        "ibert",
+        "mpnet",
+        "luke",
+        "markuplm",
+        "layoutlmv3",
+        "lilt",
+        "xmod",
+    }
+)
 
 
 def _getter(config):
@@ -161,8 +177,16 @@ def load_config(path: str):
         raise _load_error(path, err, "model config") from None
 
 
-HUB_FILES = ["config.json", "tokenizer*", "vocab*", "special_tokens_map.json", "*.model", "*.safetensors",
-             "*.json", "*.txt"]
+HUB_FILES = [
+    "config.json",
+    "tokenizer*",
+    "vocab*",
+    "special_tokens_map.json",
+    "*.model",
+    "*.safetensors",
+    "*.json",
+    "*.txt",
+]
 
 
 def local_dir(path_or_name: str) -> Path:
@@ -207,8 +231,16 @@ def weights_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def student_from_config(teacher_config: dict, num_labels: int, layers: int, hidden: int, heads: int, ffn: int,
-                        attention: bool = False, family: str | None = None):
+def student_from_config(
+    teacher_config: dict,
+    num_labels: int,
+    layers: int,
+    hidden: int,
+    heads: int,
+    ffn: int,
+    attention: bool = False,
+    family: str | None = None,
+):
     """A randomly initialized student with a new shape, of the teacher's family or of ``family``
     (one of ``families.FAMILIES``, sharing the teacher's vocabulary).
 
@@ -226,7 +258,11 @@ def student_from_config(teacher_config: dict, num_labels: int, layers: int, hidd
     if family is not None and family != families.family(teacher_config):
         config = families.student_config(family, teacher_config, layers, hidden, heads, ffn)
     else:
-        fields = {k: v for k, v in teacher_config.items() if k not in ("architectures", "_name_or_path", "transformers_version")}
+        fields = {
+            k: v
+            for k, v in teacher_config.items()
+            if k not in ("architectures", "_name_or_path", "transformers_version")
+        }
         config = AutoConfig.for_model(**fields)
         families.reshape(config, layers, hidden, heads, ffn)
     config.num_labels = num_labels
@@ -306,7 +342,7 @@ def _renumber_layers(state: dict, layers: tuple[int, ...], pattern: re.Pattern) 
             renamed[key] = value
             continue
         for new in targets.get(int(match.group(2)), []):
-            renamed[key[: match.start(2)] + str(new) + key[match.end(2):]] = value
+            renamed[key[: match.start(2)] + str(new) + key[match.end(2) :]] = value
     return renamed
 
 

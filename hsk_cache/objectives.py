@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from hsk_cache import losses
-from hsk_cache.distill import DistillationLoss, model_inputs
+from hsk_cache.distill import DistillationLoss
+from hsk_cache.knowledge import model_inputs
 
 
 def distillation(loss_fn: DistillationLoss, terms=None):

@@ -26,7 +26,9 @@ def encode(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
     if dtype == "float16":
         return x.astype(np.float16), None
     if dtype == "bfloat16":
-        return torch.from_numpy(np.ascontiguousarray(x)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16), None
+        return torch.from_numpy(np.ascontiguousarray(x)).to(torch.bfloat16).view(torch.int16).numpy().view(
+            np.uint16
+        ), None
     scale = np.abs(x).max(axis=-1) / INT8_MAX if x.shape[-1] else np.zeros(x.shape[:-1], np.float32)
     safe = np.where(scale > 0, scale, 1.0).astype(np.float32)
     q = np.clip(np.rint(x / safe[..., None]), -INT8_MAX, INT8_MAX).astype(np.int8)

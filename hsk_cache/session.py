@@ -79,14 +79,18 @@ class Session:
         self.save_every = Interval.parse(DEFAULT_SAVE_EVERY)
         self.best_stage = -1  # evaluations of this stage compete for the best model
         self.best = state.get("best") if state else None
-        self.checkpoints, self.checkpoint_s = (state.get("checkpoints", 0), state.get("checkpoint_s", 0.0)) if state else (0, 0.0)
+        self.checkpoints, self.checkpoint_s = (
+            (state.get("checkpoints", 0), state.get("checkpoint_s", 0.0)) if state else (0, 0.0)
+        )
         self.losses: dict[int, list[float]] = {}  # logged losses per stage index, up to the checkpoint
         self._log = None
         self._lock: FileLock | None = None
         self._last_save = (0, time.perf_counter())
 
     @classmethod
-    def open(cls, out: str | Path, identity: dict, overwrite: bool = False, require_checkpoint: bool = False) -> "Session":
+    def open(
+        cls, out: str | Path, identity: dict, overwrite: bool = False, require_checkpoint: bool = False
+    ) -> Session:
         """Check ``out`` against ``identity`` and find the checkpoint to resume from. Writes nothing.
 
         Raises: CheckpointError when ``out`` holds a run of another config, or something that is
@@ -95,12 +99,19 @@ class Session:
         out = Path(out)
         identity = json.loads(json.dumps(identity, default=str))
         if overwrite or not (out / RUN_FILE).exists():
-            if not overwrite and out.is_dir() and any(p.name != LOCK_FILE and not p.name.startswith(".tmp-")
-                                                      for p in out.iterdir()):
-                raise CheckpointError(f"--out {str(out)!r} exists and holds no hsk train run: choose another --out, "
-                                      "or pass --overwrite to write the student there")
+            if (
+                not overwrite
+                and out.is_dir()
+                and any(p.name != LOCK_FILE and not p.name.startswith(".tmp-") for p in out.iterdir())
+            ):
+                raise CheckpointError(
+                    f"--out {str(out)!r} exists and holds no hsk train run: choose another --out, "
+                    "or pass --overwrite to write the student there"
+                )
             if require_checkpoint:
-                raise CheckpointError(f"--resume: {str(out)!r} holds no checkpoint to resume from: drop --resume to start")
+                raise CheckpointError(
+                    f"--resume: {str(out)!r} holds no checkpoint to resume from: drop --resume to start"
+                )
             return cls(out, identity, None, None)
         _check_same(out, _read_json(out / RUN_FILE).get("identity", {}), identity)
         path = checkpoint.latest(out)
@@ -114,7 +125,9 @@ class Session:
         summary = self.out / SUMMARY_FILE
         return (self.out / RUN_FILE).exists() and summary.exists() and bool(_read_json(summary).get("finished"))
 
-    def start(self, modules: torch.nn.ModuleDict, evaluator, save_every: Interval, best_stage: int, overwrite: bool) -> None:
+    def start(
+        self, modules: torch.nn.ModuleDict, evaluator, save_every: Interval, best_stage: int, overwrite: bool
+    ) -> None:
         """Begin writing: clear an overwritten run, record the identity, cut the log back to the
         checkpoint, and load the checkpoint's weights into ``modules``."""
         self.modules, self.evaluator, self.save_every, self.best_stage = modules, evaluator, save_every, best_stage
@@ -123,11 +136,15 @@ class Session:
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
-            raise CheckpointError(f"another hsk train is running on --out {str(self.out)!r}: wait for it to finish, "
-                                  "or choose another --out") from None
+            raise CheckpointError(
+                f"another hsk train is running on --out {str(self.out)!r}: wait for it to finish, "
+                "or choose another --out"
+            ) from None
         if checkpoint.latest(self.out) != self.resume_from and not overwrite:
             self.close()
-            raise CheckpointError(f"the run in --out {str(self.out)!r} changed while this one started: rerun the command")
+            raise CheckpointError(
+                f"the run in --out {str(self.out)!r} changed while this one started: rerun the command"
+            )
         for stale in self.out.glob(".tmp-*"):  # a write cut short by a kill
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         _STOP.update(signal=None, armed=True)
@@ -157,8 +174,10 @@ class Session:
         try:
             ctx.sampler.load_state_dict(s["sampler"])
         except ValueError as err:
-            raise CheckpointError(f"cannot resume {str(self.out)!r}: {err}; rerun with the original "
-                                  "--memory-budget-gb, or pass --overwrite to start over") from None
+            raise CheckpointError(
+                f"cannot resume {str(self.out)!r}: {err}; rerun with the original "
+                "--memory-budget-gb, or pass --overwrite to start over"
+            ) from None
         checkpoint.load_training(self.resume_from, s, ctx.optimizer, ctx.scheduler)
         self._last_save = (s["step"], time.perf_counter())
         return s["step"]
@@ -190,15 +209,28 @@ class Session:
 
     def save(self, ctx: StageContext, step: int, stage_done: bool = False) -> None:
         started = time.perf_counter()
-        state = {"stage_done": stage_done, "sampler": ctx.sampler.state_dict(), "best": self.best,
-                 "checkpoints": self.checkpoints + 1, "checkpoint_s": self.checkpoint_s}
+        state = {
+            "stage_done": stage_done,
+            "sampler": ctx.sampler.state_dict(),
+            "best": self.best,
+            "checkpoints": self.checkpoints + 1,
+            "checkpoint_s": self.checkpoint_s,
+        }
         training = (None, None) if stage_done else (ctx.optimizer, ctx.scheduler)
         path = checkpoint.save(self.out, ctx.index, step, self.modules, state, *training)
         self.checkpoints += 1
         self.checkpoint_s += time.perf_counter() - started
         self._last_save = (step, time.perf_counter())
-        self._write({"event": "checkpoint", "stage": ctx.kind, "stage_index": ctx.index, "step": step,
-                     "path": str(path.relative_to(self.out)), "elapsed_s": round(time.perf_counter() - started, 4)})
+        self._write(
+            {
+                "event": "checkpoint",
+                "stage": ctx.kind,
+                "stage_index": ctx.index,
+                "step": step,
+                "path": str(path.relative_to(self.out)),
+                "elapsed_s": round(time.perf_counter() - started, 4),
+            }
+        )
 
     def evaluate(self, index: int, kind: str, step: int) -> dict:
         """Dev accuracy and MCC of the student now; saves it to ``best/`` when it is the best
@@ -258,8 +290,10 @@ class Session:
 
 def _check_same(out: Path, old: dict, new: dict) -> None:
     for key, (a, b) in _differences(old, new):
-        raise CheckpointError(f"--out {str(out)!r} holds a run with a different {key} ({a!r} vs {b!r}): rerun the "
-                              "original command to resume it, pass --overwrite to start over, or choose another --out")
+        raise CheckpointError(
+            f"--out {str(out)!r} holds a run with a different {key} ({a!r} vs {b!r}): rerun the "
+            "original command to resume it, pass --overwrite to start over, or choose another --out"
+        )
 
 
 def _differences(old, new, prefix: str = ""):
@@ -289,4 +323,3 @@ def _read_lines(path: Path) -> list[dict]:
         except ValueError:
             log.warning("dropping an unreadable line of %s", path)
     return out
-

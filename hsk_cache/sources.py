@@ -55,8 +55,14 @@ class DatasetSource:
 class OnlineSource(DatasetSource):
     """Runs the teacher on every batch and selects knowledge with ``spec``."""
 
-    def __init__(self, teacher_path: str, data_config: DataConfig, spec: ExtractSpec, precision: str = "fp32",
-                 device: str = "cpu") -> None:
+    def __init__(
+        self,
+        teacher_path: str,
+        data_config: DataConfig,
+        spec: ExtractSpec,
+        precision: str = "fp32",
+        device: str = "cpu",
+    ) -> None:
         spec.tokens.check(data_config.max_length)
         self.teacher = models.load_classifier(teacher_path, attention=spec.needs_attention).to(device)
         models.check_max_length(self.teacher.config, data_config.max_length)
@@ -67,9 +73,15 @@ class OnlineSource(DatasetSource):
         self.plan = Plan.make(spec, self.teacher.config, self.tokenizer)
         self.knowledge = spec.knowledge
         config = self.teacher.config
-        self.stored = StoredKnowledge(spec.knowledge, self.plan.layers, self.plan.attention_layers,
-                                      self.plan.value_relation_layer, config.num_hidden_layers, config.hidden_size,
-                                      config.num_attention_heads)
+        self.stored = StoredKnowledge(
+            spec.knowledge,
+            self.plan.layers,
+            self.plan.attention_layers,
+            self.plan.value_relation_layer,
+            config.num_hidden_layers,
+            config.hidden_size,
+            config.num_attention_heads,
+        )
 
     def batch(self, index: np.ndarray) -> dict:
         batch = collate(self.examples, index)

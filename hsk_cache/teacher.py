@@ -54,7 +54,7 @@ class Plan:
         return needed
 
     @classmethod
-    def make(cls, spec: ExtractSpec, config, tokenizer) -> "Plan":
+    def make(cls, spec: ExtractSpec, config, tokenizer) -> Plan:
         """Raises: ConfigError for layers beyond the teacher's depth."""
         depth = config.num_hidden_layers
         layers = spec.layers.resolve(depth) if "hidden_states" in spec.knowledge else ()
@@ -65,8 +65,15 @@ class Plan:
         if spec.importance_layer is not None:
             _check_layer(spec.importance_layer, depth, "--importance-layer")
         index = width.dim_index(spec.dims, config.hidden_size, spec.seed)
-        return cls(spec, layers, attention, value_layer, config.num_attention_heads,
-                   None if index is None else torch.from_numpy(index), excluded_token_ids(tokenizer))
+        return cls(
+            spec,
+            layers,
+            attention,
+            value_layer,
+            config.num_attention_heads,
+            None if index is None else torch.from_numpy(index),
+            excluded_token_ids(tokenizer),
+        )
 
 
 def _check_layer(layer: int, depth: int, option: str) -> int:
@@ -90,8 +97,14 @@ def run_teacher(model, batch: Batch, plan: Plan, precision: str = "fp32") -> Tea
     model.eval()
     device = next(model.parameters()).device
     attention = plan.spec.needs_attention
-    with torch.no_grad(), autocast(precision, device.type), relations.capture_values(model, plan.value_relation_layer) as values:
-        out = model(**model_inputs(batch.to(device).as_dict(), model), output_hidden_states=True, output_attentions=attention)
+    with (
+        torch.no_grad(),
+        autocast(precision, device.type),
+        relations.capture_values(model, plan.value_relation_layer) as values,
+    ):
+        out = model(
+            **model_inputs(batch.to(device).as_dict(), model), output_hidden_states=True, output_attentions=attention
+        )
     if attention and not out.attentions:
         raise ModelError(
             f"{type(model).__name__} returned no attention probabilities: it cannot give attention knowledge or "
@@ -100,7 +113,9 @@ def run_teacher(model, batch: Batch, plan: Plan, precision: str = "fp32") -> Tea
     # only what selection reads leaves the device (the rest would be wasted copies on a GPU)
     hidden = tuple(h.float().cpu() if i in plan.layers else None for i, h in enumerate(out.hidden_states))
     needed = plan.attention_layers_needed()
-    attentions = tuple(a.float().cpu() if i + 1 in needed else None for i, a in enumerate(out.attentions)) if attention else None
+    attentions = (
+        tuple(a.float().cpu() if i + 1 in needed else None for i, a in enumerate(out.attentions)) if attention else None
+    )
     return TeacherOutputs(hidden, attentions, values[0].float().cpu() if values else None, out.logits.float().cpu())
 
 
@@ -143,7 +158,9 @@ def select_knowledge(outputs: TeacherOutputs, batch: Batch, plan: Plan) -> Knowl
     knowledge = Knowledge(logits=outputs.logits if "logits" in spec.knowledge else None)
     if plan.layers:
         index = torch.stack([select_tokens(outputs, batch, plan, fixed or max(l, 1)) for l in plan.layers], dim=1)
-        hidden = torch.stack([length.gather_tokens(outputs.hidden_states[l], index[:, i]) for i, l in enumerate(plan.layers)], dim=1)
+        hidden = torch.stack(
+            [length.gather_tokens(outputs.hidden_states[l], index[:, i]) for i, l in enumerate(plan.layers)], dim=1
+        )
         valid = index >= 0
         mask = None
         if spec.dims.kind == "magnitude":
@@ -155,7 +172,9 @@ def select_knowledge(outputs: TeacherOutputs, batch: Batch, plan: Plan) -> Knowl
         knowledge.hidden_states, knowledge.hidden_mask = (hidden if mask is None else hidden * mask), mask
     if plan.attention_layers:
         index = torch.stack([select_tokens(outputs, batch, plan, fixed or l) for l in plan.attention_layers], dim=1)
-        rows = [relations.gather_rows(outputs.attentions[l - 1], index[:, i]) for i, l in enumerate(plan.attention_layers)]
+        rows = [
+            relations.gather_rows(outputs.attentions[l - 1], index[:, i]) for i, l in enumerate(plan.attention_layers)
+        ]
         knowledge.attention_layers, knowledge.attention_index = plan.attention_layers, index
         knowledge.attention_probs = torch.stack(rows, dim=1)
     if plan.value_relation_layer is not None:

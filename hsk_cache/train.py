@@ -18,23 +18,34 @@ import torch
 
 from hsk_cache import families, models, objectives
 from hsk_cache.cache import DEFAULT_MEMORY_BUDGET, open_cache
-from hsk_cache.config import (DEFAULT_SAVE_EVERY, EVAL_METRICS, DataConfig, ExtractSpec, Interval, StageConfig,
-                              check_device, check_precision)
+from hsk_cache.config import (
+    DEFAULT_SAVE_EVERY,
+    EVAL_METRICS,
+    DataConfig,
+    ExtractSpec,
+    Interval,
+    StageConfig,
+    check_device,
+    check_precision,
+)
+from hsk_cache.distill import ATTENTION_LOSSES, INTERMEDIATE_TERMS, WIDTH_TARGETS, DistillationLoss
 from hsk_cache.errors import ConfigError
 from hsk_cache.evaluate import Evaluator
 from hsk_cache.session import Session, StageContext
-from hsk_cache.store import layout
-from hsk_cache.distill import ATTENTION_LOSSES, INTERMEDIATE_TERMS, WIDTH_TARGETS, DistillationLoss
 from hsk_cache.sources import OnlineSource
+from hsk_cache.store import layout
 from hsk_cache.teacher import autocast
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STAGES = (StageConfig("hidden", 3, 1e-4, 32), StageConfig("prediction", 3, 5e-5, 32))
+DEFAULT_STAGES = (
+    StageConfig(kind="hidden", epochs=3, lr=1e-4, batch_size=32),
+    StageConfig(kind="prediction", epochs=3, lr=5e-5, batch_size=32),
+)
 STUDENT_KINDS = ("config", "teacher-layers", "pretrained")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StudentConfig:
     """How to build the student.
 
@@ -58,14 +69,16 @@ class StudentConfig:
         if self.family is not None and self.family not in families.FAMILIES:
             raise ConfigError(f"--student-family {self.family!r}: use one of {', '.join(families.FAMILIES)}")
         if self.family is not None and self.kind != "config":
-            raise ConfigError("--student-family applies to students built from a config, not --student-from/--student-pretrained")
+            raise ConfigError(
+                "--student-family applies to students built from a config, not --student-from/--student-pretrained"
+            )
         if self.kind not in STUDENT_KINDS:
             raise ConfigError(f"unknown student kind {self.kind!r}: use one of {', '.join(STUDENT_KINDS)}")
         if self.kind != "config" and not self.path:
             raise ConfigError(f"a {self.kind} student needs a model directory (--student-from / --student-pretrained)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     """Dev evaluation during training: ``data`` (a source as in DataConfig) and ``split``;
     ``every`` optimizer steps (0: at stage ends only); ``metric`` (accuracy or mcc) picks the best
@@ -87,7 +100,7 @@ class EvalConfig:
             raise ConfigError(f"unknown --eval-metric {self.metric!r}: use one of {', '.join(EVAL_METRICS)}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Everything ``hsk train`` does. ``save_every``: checkpoint interval (``session.Interval``:
     steps like ``500``, a duration like ``5min``, or ``0`` for stage ends only). ``overwrite``:
@@ -143,7 +156,7 @@ class TrainConfig:
         Interval.parse(self.save_every)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StageResult:
     kind: str
     steps: int
@@ -152,7 +165,7 @@ class StageResult:
     examples_per_s: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainResult:
     out: str
     stages: list[StageResult]
@@ -183,24 +196,38 @@ def run(config: TrainConfig, progress=None) -> TrainResult:
         source = OnlineSource(config.online_teacher, config.data, config.spec, config.teacher_precision, config.device)
     session = Session.open(config.out, identity(config, source), config.overwrite, config.resume)
     if session.finished and not config.overwrite:
-        return TrainResult(out=config.out, stages=[], layer_map={}, attention_map={}, elapsed_s=0.0,
-                           checkpoints=session.checkpoints, checkpoint_s=session.checkpoint_s, best=session.best,
-                           already_finished=True)
+        return TrainResult(
+            out=config.out,
+            stages=[],
+            layer_map={},
+            attention_map={},
+            elapsed_s=0.0,
+            checkpoints=session.checkpoints,
+            checkpoint_s=session.checkpoint_s,
+            best=session.best,
+            already_finished=True,
+        )
     torch.manual_seed(config.seed)
     trains = [s for s in config.stages if s.epochs > 0]
     _check_knowledge(config, source, trains)
     attention_probs = "attention_probs" in source.knowledge and any(s.kind == "hidden" for s in trains)
     attention = bool(source.stored.attention_layers) or source.stored.value_relation_layer is not None
-    student = build_student(config.student, source.teacher_config, source.label_names, attention,
-                            attention_probs=attention_probs).to(config.device)
+    student = build_student(
+        config.student, source.teacher_config, source.label_names, attention, attention_probs=attention_probs
+    ).to(config.device)
     loss_fn = distillation_loss(config, student, source, trains)
     if loss_fn is not None:
         loss_fn.to(config.device)
-    log.info("layer maps (student:teacher): hidden %s, attention %s", loss_fn and loss_fn.hidden_map,
-             loss_fn and loss_fn.attention_map)
+    log.info(
+        "layer maps (student:teacher): hidden %s, attention %s",
+        loss_fn and loss_fn.hidden_map,
+        loss_fn and loss_fn.attention_map,
+    )
     evaluator = _evaluator(config, source)
     projection = loss_fn.projection if loss_fn is not None else None
-    modules = torch.nn.ModuleDict({"student": student, **({"projection": projection} if projection is not None else {})})
+    modules = torch.nn.ModuleDict(
+        {"student": student, **({"projection": projection} if projection is not None else {})}
+    )
     best_stage = max((i for i, s in enumerate(config.stages) if s.epochs > 0), default=-1)
     session.start(modules, evaluator, Interval.parse(config.save_every), best_stage, config.overwrite)
     try:
@@ -208,19 +235,42 @@ def run(config: TrainConfig, progress=None) -> TrainResult:
         for i, stage in enumerate(config.stages):
             if session.stage_done(i):
                 losses = session.losses.get(i, [])
-                results.append(StageResult(stage.kind, len(losses), losses, 0.0, 0.0))
+                results.append(
+                    StageResult(kind=stage.kind, steps=len(losses), losses=losses, elapsed_s=0.0, examples_per_s=0.0)
+                )
                 continue
             step, extra = stage_objective(stage, loss_fn)
-            results.append(fit(student, source, stage, step, seed=config.seed + i, precision=config.precision,
-                               extra_params=extra, progress=progress, num_workers=config.num_workers,
-                               device=config.device, session=session, index=i))
+            results.append(
+                fit(
+                    student,
+                    source,
+                    stage,
+                    step,
+                    seed=config.seed + i,
+                    precision=config.precision,
+                    extra_params=extra,
+                    progress=progress,
+                    num_workers=config.num_workers,
+                    device=config.device,
+                    session=session,
+                    index=i,
+                )
+            )
         models.save(student.to("cpu"), source.tokenizer, config.out)
-        result = TrainResult(out=config.out, stages=results, layer_map=loss_fn.hidden_map if loss_fn else {},
-                             attention_map=loss_fn.attention_map if loss_fn else {},
-                             elapsed_s=time.perf_counter() - started, checkpoints=session.checkpoints,
-                             checkpoint_s=session.checkpoint_s,
-                             resumed_from=str(session.resume_from) if session.resume_from else None, best=session.best)
-        session.finish({"config": asdict(config), "result": {**asdict(result), "stages": [_summary(r) for r in results]}})
+        result = TrainResult(
+            out=config.out,
+            stages=results,
+            layer_map=loss_fn.hidden_map if loss_fn else {},
+            attention_map=loss_fn.attention_map if loss_fn else {},
+            elapsed_s=time.perf_counter() - started,
+            checkpoints=session.checkpoints,
+            checkpoint_s=session.checkpoint_s,
+            resumed_from=str(session.resume_from) if session.resume_from else None,
+            best=session.best,
+        )
+        session.finish(
+            {"config": asdict(config), "result": {**asdict(result), "stages": [_summary(r) for r in results]}}
+        )
     finally:
         session.close()
     return result
@@ -240,8 +290,14 @@ def stage_objective(stage: StageConfig, loss_fn: DistillationLoss | None):
 
 def _summary(stage: StageResult) -> dict:
     first, last = (stage.losses[0], stage.losses[-1]) if stage.losses else (None, None)
-    return {"kind": stage.kind, "steps": stage.steps, "first_loss": first, "last_loss": last,
-            "elapsed_s": stage.elapsed_s, "examples_per_s": stage.examples_per_s}
+    return {
+        "kind": stage.kind,
+        "steps": stage.steps,
+        "first_loss": first,
+        "last_loss": last,
+        "elapsed_s": stage.elapsed_s,
+        "examples_per_s": stage.examples_per_s,
+    }
 
 
 def identity(config: TrainConfig, source) -> dict:
@@ -278,10 +334,23 @@ def _evaluator(config: TrainConfig, source):
         columns, label, max_length = trained.text_columns, trained.label_column, source.manifest.max_length
     else:
         columns, label, max_length = config.data.text_columns, config.data.label_column, config.data.max_length
-    data = DataConfig(source=e.data, split=e.split, text_columns=e.text_columns or (tuple(columns) if columns else None),
-                      label_column=e.label_column or label, max_length=max_length)
-    return Evaluator(data, source.tokenizer, source.label_names, every=e.every, metric=e.metric,
-                     batch_size=e.batch_size, precision=config.precision, device=config.device)
+    data = DataConfig(
+        source=e.data,
+        split=e.split,
+        text_columns=e.text_columns or (tuple(columns) if columns else None),
+        label_column=e.label_column or label,
+        max_length=max_length,
+    )
+    return Evaluator(
+        data,
+        source.tokenizer,
+        source.label_names,
+        every=e.every,
+        metric=e.metric,
+        batch_size=e.batch_size,
+        precision=config.precision,
+        device=config.device,
+    )
 
 
 def distillation_loss(config: TrainConfig, student, source, stages) -> DistillationLoss | None:
@@ -296,21 +365,36 @@ def distillation_loss(config: TrainConfig, student, source, stages) -> Distillat
     if "hidden" in kinds:
         terms = [t for t in INTERMEDIATE_TERMS if t in source.knowledge]
         if not terms:
-            raise ConfigError("the knowledge source has no hidden states, attention or value relation: "
-                              "set --hidden-epochs 0 or extract them")
+            raise ConfigError(
+                "the knowledge source has no hidden states, attention or value relation: "
+                "set --hidden-epochs 0 or extract them"
+            )
     if "prediction" in kinds:
         terms.append("logits")
     if not terms:
         return None
-    return DistillationLoss(source.stored, student.config, terms=terms, layer_map=config.layer_map,
-                            attention_map=config.attention_map, keep_top_pairs=config.keep_top_pairs,
-                            head_map=config.head_map, width_target=config.width_target,
-                            attention_loss=config.attention_loss, temperature=config.temperature,
-                            hard_label_weight=config.hard_label_weight)
+    return DistillationLoss(
+        source.stored,
+        student.config,
+        terms=terms,
+        layer_map=config.layer_map,
+        attention_map=config.attention_map,
+        keep_top_pairs=config.keep_top_pairs,
+        head_map=config.head_map,
+        width_target=config.width_target,
+        attention_loss=config.attention_loss,
+        temperature=config.temperature,
+        hard_label_weight=config.hard_label_weight,
+    )
 
 
-def build_student(student: StudentConfig, teacher_config: dict, label_names: tuple[str, ...], attention: bool = False,
-                  attention_probs: bool = False):
+def build_student(
+    student: StudentConfig,
+    teacher_config: dict,
+    label_names: tuple[str, ...],
+    attention: bool = False,
+    attention_probs: bool = False,
+):
     """The student model, with the task's classes; eager attention when ``attention`` (so
     attention probabilities can be returned); without attention dropout when it distils
     ``attention_probs`` (``families.without_attention_dropout``).
@@ -335,8 +419,16 @@ def _student(student: StudentConfig, teacher_config: dict, label_names: tuple[st
         layers = student.init_layers or models.default_init_layers(depth, student.layers)
         model = models.student_from_teacher_layers(student.path, tuple(layers), attention)
     else:
-        model = models.student_from_config(teacher_config, len(label_names), student.layers, student.hidden,
-                                           student.heads, student.ffn, attention, family=student.family)
+        model = models.student_from_config(
+            teacher_config,
+            len(label_names),
+            student.layers,
+            student.hidden,
+            student.heads,
+            student.ffn,
+            attention,
+            family=student.family,
+        )
     if model.config.num_labels != len(label_names):
         raise ConfigError(f"the student has {model.config.num_labels} classes, the task {len(label_names)}")
     model.config.id2label = dict(enumerate(label_names))
@@ -344,9 +436,21 @@ def _student(student: StudentConfig, teacher_config: dict, label_names: tuple[st
     return model
 
 
-def fit(model, source, stage: StageConfig, objective, *, seed: int, precision: str = "fp32", extra_params=(),
-        progress=None, num_workers: int = 1, device: str = "cpu", session: Session | None = None,
-        index: int = 0) -> StageResult:
+def fit(
+    model,
+    source,
+    stage: StageConfig,
+    objective,
+    *,
+    seed: int,
+    precision: str = "fp32",
+    extra_params=(),
+    progress=None,
+    num_workers: int = 1,
+    device: str = "cpu",
+    session: Session | None = None,
+    index: int = 0,
+) -> StageResult:
     """Train ``model`` for one stage: AdamW, linear warmup then decay, gradient norm clipped to 1
     (over the student's and ``extra_params``, e.g. W_h). ``objective(model, batch) -> loss``.
 
@@ -363,7 +467,7 @@ def fit(model, source, stage: StageConfig, objective, *, seed: int, precision: s
     steps_per_epoch = sampler.steps_per_epoch()
     total = round(stage.epochs * steps_per_epoch)
     if total == 0:
-        return StageResult(stage.kind, 0, [], 0.0, 0.0)
+        return StageResult(kind=stage.kind, steps=0, losses=[], elapsed_s=0.0, examples_per_s=0.0)
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
     optimizer = torch.optim.AdamW(params, lr=stage.lr)
@@ -405,5 +509,6 @@ def fit(model, source, stage: StageConfig, objective, *, seed: int, precision: s
         session.end_stage(ctx, total)
     model.eval()
     elapsed = time.perf_counter() - started
-    return StageResult(stage.kind, total, history, elapsed, seen / max(elapsed, 1e-9))
-
+    return StageResult(
+        kind=stage.kind, steps=total, losses=history, elapsed_s=elapsed, examples_per_s=seen / max(elapsed, 1e-9)
+    )

@@ -48,8 +48,12 @@ def grouped(rows: list[dict]) -> dict[tuple, list[dict]]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| sweep | strategy | point | student | epochs @ lr | seeds | accuracy mean (min–max) | MCC mean | bytes/example | "
-             "fraction of HSK kept |", "|---|---|---|---|---|---:|---|---:|---:|---:|"]
+    lines = [
+        "| sweep | strategy | point | student | epochs @ lr | seeds | accuracy mean (min–max) | MCC mean | "
+        "bytes/example | "
+        "fraction of HSK kept |",
+        "|---|---|---|---|---|---:|---|---:|---:|---:|",
+    ]
     for (sweep, strategy, point, student, ep), group in sorted(grouped(rows).items()):
         acc = [r["accuracy"] for r in group]
         lines.append(
@@ -76,24 +80,39 @@ def plots(rows: list[dict], out: Path, metric: str = "accuracy") -> list[Path]:
         if sweep == BASELINES:
             baselines[student][f"{strategy}, {ep}"] = statistics.mean(r[metric] for r in group)
     for sweep, student in sorted({(r["sweep"], r["student"]) for r in rows if r["sweep"] != BASELINES}):
-        for x_key, x_label, name in (("fraction_kept", "fraction of hidden-state knowledge kept", "fraction"),
-                                     ("bytes_per_example", "stored bytes per example", "bytes")):
+        for x_key, x_label, name in (
+            ("fraction_kept", "fraction of hidden-state knowledge kept", "fraction"),
+            ("bytes_per_example", "stored bytes per example", "bytes"),
+        ):
             fig, ax = plt.subplots(figsize=(7, 4.5))
             lines = defaultdict(list)
             for (s, strategy, _, st, ep), group in grouped(rows).items():
                 if s == sweep and st == student:
                     values = [r[metric] for r in group]
-                    lines[f"{strategy}, {ep}"].append((group[0][x_key], statistics.mean(values), min(values), max(values)))
+                    lines[f"{strategy}, {ep}"].append(
+                        (group[0][x_key], statistics.mean(values), min(values), max(values))
+                    )
             for strategy, pts in sorted(lines.items()):
                 pts = sorted(p for p in pts if p[0] > 0)
                 if not pts:
                     continue
                 x, y, lo, hi = zip(*pts)
-                ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]], marker="o",
-                            capsize=3, label=strategy)
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]],
+                    marker="o",
+                    capsize=3,
+                    label=strategy,
+                )
             for i, (strategy, value) in enumerate(sorted(baselines[student].items())):
-                ax.axhline(value, linestyle=("--", ":", "-.")[i % 3], linewidth=1, color=plt.cm.Dark2(i % 8),
-                           label=f"baseline: {strategy}")
+                ax.axhline(
+                    value,
+                    linestyle=("--", ":", "-.")[i % 3],
+                    linewidth=1,
+                    color=plt.cm.Dark2(i % 8),
+                    label=f"baseline: {strategy}",
+                )
             ax.set_xscale("log")
             ax.set_xlabel(x_label)
             ax.set_ylabel(f"dev {metric}")

@@ -34,10 +34,16 @@ STUDENT_LAYERS = (2, 4, 6)
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/quickstart", help="where models and the cache go (default: %(default)s)")
+    parser.add_argument(
+        "--workdir", default="runs/quickstart", help="where models and the cache go (default: %(default)s)"
+    )
     parser.add_argument("--fresh", action="store_true", help="redo every step even if its output exists")
-    parser.add_argument("--teacher-epochs", type=float, default=3.0, help="teacher fine-tuning epochs (default: %(default)s)")
-    parser.add_argument("--student-epochs", type=float, default=2.0, help="epochs of each student stage (default: %(default)s)")
+    parser.add_argument(
+        "--teacher-epochs", type=float, default=3.0, help="teacher fine-tuning epochs (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--student-epochs", type=float, default=2.0, help="epochs of each student stage (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     quiet_libraries()
     work = Path(args.workdir)
@@ -54,29 +60,60 @@ def main(argv=None) -> int:
 
 
 def run(work: Path, teacher_epochs: float, student_epochs: float) -> dict:
-    train_data, dev_data = DataConfig("bbc-news", "train", max_length=MAX_LENGTH), DataConfig("bbc-news", "dev", max_length=MAX_LENGTH)
+    train_data, dev_data = (
+        DataConfig(source="bbc-news", split="train", max_length=MAX_LENGTH),
+        DataConfig(source="bbc-news", split="dev", max_length=MAX_LENGTH),
+    )
     teacher, cache, student = work / "teacher", work / "cache", work / "student"
     times = {}
     start = time.perf_counter()
     if not (teacher / "model.safetensors").exists():
-        finetune.run(finetune.FinetuneConfig(BUNDLED_TEACHER, train_data, str(teacher), teacher_epochs, 1e-4, 32,
-                                             precision="bf16"), bar)
+        finetune.run(
+            finetune.FinetuneConfig(
+                model=BUNDLED_TEACHER,
+                data=train_data,
+                out=str(teacher),
+                epochs=teacher_epochs,
+                lr=1e-4,
+                batch_size=32,
+                precision="bf16",
+            ),
+            bar,
+        )
     times["finetune teacher"] = _lap(start, "finetune teacher")
     start = time.perf_counter()
-    result = extract.run(extract.ExtractConfig(str(teacher), train_data, str(cache), SPEC, batch_size=32), bar)
+    result = extract.run(
+        extract.ExtractConfig(teacher=str(teacher), data=train_data, out=str(cache), spec=SPEC, batch_size=32), bar
+    )
     times["extract"] = _lap(start, f"extract ({result.shards_written} shards written, {result.shards_skipped} reused)")
     start = time.perf_counter()
-    stages = (StageConfig("hidden", student_epochs, 1e-4, 32), StageConfig("prediction", student_epochs, 5e-5, 32))
-    config = train.TrainConfig(str(student), train.StudentConfig("teacher-layers", str(teacher), len(STUDENT_LAYERS),
-                               init_layers=STUDENT_LAYERS), cache=str(cache), stages=stages, precision="bf16",
-                               overwrite=True)  # checkpoints at the default --save-every, and at stage ends
+    stages = (
+        StageConfig(kind="hidden", epochs=student_epochs, lr=1e-4, batch_size=32),
+        StageConfig(kind="prediction", epochs=student_epochs, lr=5e-5, batch_size=32),
+    )
+    config = train.TrainConfig(
+        out=str(student),
+        student=train.StudentConfig(
+            kind="teacher-layers", path=str(teacher), layers=len(STUDENT_LAYERS), init_layers=STUDENT_LAYERS
+        ),
+        cache=str(cache),
+        stages=stages,
+        precision="bf16",
+        overwrite=True,
+    )  # checkpoints at the default --save-every, and at stage ends
     trained = train.run(config, bar)
     times["train student from cache"] = _lap(start, "train student from cache")
-    checkpoints = {"written": trained.checkpoints, "seconds": round(trained.checkpoint_s, 2),
-                   "fraction_of_training": trained.checkpoint_s / times["train student from cache"],
-                   "interval": config.save_every}
-    print(f"quickstart: {checkpoints['written']} checkpoints (every {config.save_every} and at stage ends) took "
-          f"{checkpoints['seconds']:.2f} s, {100 * checkpoints['fraction_of_training']:.1f}% of training", flush=True)
+    checkpoints = {
+        "written": trained.checkpoints,
+        "seconds": round(trained.checkpoint_s, 2),
+        "fraction_of_training": trained.checkpoint_s / times["train student from cache"],
+        "interval": config.save_every,
+    }
+    print(
+        f"quickstart: {checkpoints['written']} checkpoints (every {config.save_every} and at stage ends) took "
+        f"{checkpoints['seconds']:.2f} s, {100 * checkpoints['fraction_of_training']:.1f}% of training",
+        flush=True,
+    )
     start = time.perf_counter()
     teacher_eval = evaluate.run(str(teacher), dev_data, progress=bar)
     student_eval = evaluate.run(str(student), dev_data, progress=bar)
@@ -87,8 +124,13 @@ def run(work: Path, teacher_epochs: float, student_epochs: float) -> dict:
         "teacher": {"path": str(teacher), "dev_accuracy": teacher_eval.accuracy, "layers": 6},
         "student": {"path": str(student), "dev_accuracy": student_eval.accuracy, "layers": len(STUDENT_LAYERS)},
         "dev_examples": teacher_eval.examples,
-        "cache": {"path": str(cache), "spec": SPEC.describe(), "stored_bytes": reader.stored_bytes(),
-                  "bytes_per_example": reader.stored_bytes() / n, "examples": n},
+        "cache": {
+            "path": str(cache),
+            "spec": SPEC.describe(),
+            "stored_bytes": reader.stored_bytes(),
+            "bytes_per_example": reader.stored_bytes() / n,
+            "examples": n,
+        },
         "seconds": times,
         "checkpoints": checkpoints,
     }
@@ -109,7 +151,8 @@ def table(rows: dict) -> str:
         f"| teacher | {rows['teacher']['layers']:>6} | {rows['teacher']['dev_accuracy']:>36.4f} |",
         f"| student | {rows['student']['layers']:>6} | {rows['student']['dev_accuracy']:>36.4f} |",
         "",
-        f"cache: {c['examples']} examples, {c['stored_bytes'] / 1e6:.1f} MB, {c['bytes_per_example'] / 1e3:.1f} KB/example "
+        f"cache: {c['examples']} examples, {c['stored_bytes'] / 1e6:.1f} MB, "
+        f"{c['bytes_per_example'] / 1e3:.1f} KB/example "
         f"(layers {c['spec']['layers']}, tokens {c['spec']['tokens']}, {c['spec']['dtype']})",
         "",
         "| stage                    | seconds |",

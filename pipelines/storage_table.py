@@ -22,12 +22,24 @@ from hsk_cache.store import layout
 
 MAX_LENGTH = 128
 N = 1024
-HIDDEN_ARRAYS = ("token_index", "hidden_states", "hidden_states_scale", "hidden_values", "hidden_values_scale",
-                 "hidden_mask", "dim_index")
+HIDDEN_ARRAYS = (
+    "token_index",
+    "hidden_states",
+    "hidden_states_scale",
+    "hidden_values",
+    "hidden_values_scale",
+    "hidden_mask",
+    "dim_index",
+)
 SPECS = [
     ("last layer, all tokens", "last", "all", "all"),
     ("last layer, topk:10", "last", "topk:10", "all"),
-    ('last layer, topk:10, magnitude:0.1 (the study\'s "1 layer, 10 tokens, 10% width")', "last", "topk:10", "magnitude:0.1"),
+    (
+        'last layer, topk:10, magnitude:0.1 (the study\'s "1 layer, 10 tokens, 10% width")',
+        "last",
+        "topk:10",
+        "magnitude:0.1",
+    ),
 ]
 TEACHERS = {"BERT-base shape (12 × 768)": (12, 768, 12)}
 
@@ -35,7 +47,11 @@ TEACHERS = {"BERT-base shape (12 × 768)": (12, 768, 12)}
 def teachers() -> dict[str, tuple[int, int, int]]:
     out = dict(TEACHERS)
     config = models.read_config(models.BUNDLED_TEACHER)
-    out["bundled MiniLM-L6 (6 × 384)"] = (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"])
+    out["bundled MiniLM-L6 (6 × 384)"] = (
+        config["num_hidden_layers"],
+        config["hidden_size"],
+        config["num_attention_heads"],
+    )
     return out
 
 
@@ -43,9 +59,19 @@ def spec_bytes(spec: ExtractSpec, depth: int, width: int, heads: int) -> dict[st
     """Per-example bytes of the hidden-state knowledge and of everything else a cache stores."""
     k = spec.tokens.kept_tokens(MAX_LENGTH)
     dims = layout.Dims(
-        n=N, t=MAX_LENGTH, layers=len(spec.layers.resolve(depth)), k=k, d=width, c=2, token_types=True,
-        knowledge=spec.knowledge, dtype=spec.dtype, width=spec.dims.kind, kept_dims=spec.dims.kept_dims(width),
-        slots=max_kept_elements(spec.dims.fraction, k, width) if spec.dims.kind == "magnitude" else 0, heads=heads,
+        n=N,
+        t=MAX_LENGTH,
+        layers=len(spec.layers.resolve(depth)),
+        k=k,
+        d=width,
+        c=2,
+        token_types=True,
+        knowledge=spec.knowledge,
+        dtype=spec.dtype,
+        width=spec.dims.kind,
+        kept_dims=spec.dims.kept_dims(width),
+        slots=max_kept_elements(spec.dims.fraction, k, width) if spec.dims.kind == "magnitude" else 0,
+        heads=heads,
     )
     arrays = layout.arrays(dims)
     hidden = sum(a.nbytes() / N for a in arrays if a.name in HIDDEN_ARRAYS)  # dim_index amortized over N
@@ -57,14 +83,29 @@ def rows() -> list[dict]:
     out = []
     for teacher, (depth, width, heads) in teachers().items():
         full = layout.full_hidden_bytes(depth, MAX_LENGTH, width)
-        out.append({"teacher": teacher, "spec": "full float32 hidden states, all layers", "dtype": "float32",
-                    "hidden_bytes": full, "ratio": 1.0})
+        out.append(
+            {
+                "teacher": teacher,
+                "spec": "full float32 hidden states, all layers",
+                "dtype": "float32",
+                "hidden_bytes": full,
+                "ratio": 1.0,
+            }
+        )
         for label, layers, tokens, dims in SPECS:
             for dtype in ("float16", "int8"):
                 spec = ExtractSpec.parse(layers, tokens, dims, dtype=dtype)
                 sizes = spec_bytes(spec, depth, width, heads)
-                out.append({"teacher": teacher, "spec": label, "dtype": dtype, "hidden_bytes": sizes["hidden"],
-                            "ratio": full / sizes["hidden"], "other_bytes": sizes["other"]})
+                out.append(
+                    {
+                        "teacher": teacher,
+                        "spec": label,
+                        "dtype": dtype,
+                        "hidden_bytes": sizes["hidden"],
+                        "ratio": full / sizes["hidden"],
+                        "other_bytes": sizes["other"],
+                    }
+                )
     return out
 
 
@@ -79,20 +120,29 @@ def markdown(table: list[dict]) -> str:
         "(int32 [T] + int8 token types), label, example id, length and float32 logits: the *other* column,",
         "the same for every spec (the ids compress about 3× with the zstd the writer applies).",
         "",
-        "| teacher | spec | dtype | hidden-state bytes/example | × smaller | other bytes/example | × smaller, all stored bytes |",
+        "| teacher | spec | dtype | hidden-state bytes/example | × smaller | other bytes/example "
+        "| × smaller, all stored bytes |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for r in table:
         other = f"{r['other_bytes']:,.0f}" if "other_bytes" in r else "—"
-        total = f"{r['hidden_bytes'] * r['ratio'] / (r['hidden_bytes'] + r['other_bytes']):,.0f}×" if "other_bytes" in r else "—"
-        lines.append(f"| {r['teacher']} | {r['spec']} | {r['dtype']} | {r['hidden_bytes']:,.0f} | {r['ratio']:,.0f}× | "
-                     f"{other} | {total} |")
+        total = (
+            f"{r['hidden_bytes'] * r['ratio'] / (r['hidden_bytes'] + r['other_bytes']):,.0f}×"
+            if "other_bytes" in r
+            else "—"
+        )
+        lines.append(
+            f"| {r['teacher']} | {r['spec']} | {r['dtype']} | {r['hidden_bytes']:,.0f} | {r['ratio']:,.0f}× | "
+            f"{other} | {total} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="docs/storage.md", help="Markdown output; a .json beside it (default: %(default)s)")
+    parser.add_argument(
+        "--out", default="docs/storage.md", help="Markdown output; a .json beside it (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     table = rows()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

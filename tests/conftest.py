@@ -22,9 +22,15 @@ def tiny_bert(tokenizer, num_labels=2, layers=2, hidden=32, heads=4, seed=0, nam
     from transformers import BertConfig, BertForSequenceClassification
 
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=2 * hidden, max_position_embeddings=128, num_labels=num_labels,
-        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+        num_labels=num_labels,
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
     )
     torch.manual_seed(seed)
     return BertForSequenceClassification(config).eval()

@@ -7,8 +7,20 @@ from pipelines import ablate
 
 def test_tiny_sweep_writes_tables_and_plots_and_resumes(tiny_teacher, toy_dir, tmp_path, capsys):
     out, work = tmp_path / "ablations", tmp_path / "work"
-    common = ["--data", toy_dir, "--teacher", tiny_teacher, "--out", str(out), "--workdir", str(work),
-              "--seeds", "0", "--max-length", "32"]
+    common = [
+        "--data",
+        toy_dir,
+        "--teacher",
+        tiny_teacher,
+        "--out",
+        str(out),
+        "--workdir",
+        str(work),
+        "--seeds",
+        "0",
+        "--max-length",
+        "32",
+    ]
     assert ablate.main(["baselines", *common]) == 0
     assert ablate.main(["width", *common, "--values", "0.5"]) == 0
     rows = pq.read_table(out / "results.parquet").to_pylist()
@@ -20,7 +32,9 @@ def test_tiny_sweep_writes_tables_and_plots_and_resumes(tiny_teacher, toy_dir, t
     assert by_point["uniform:0.5"]["bytes_per_example"] < by_point["all"]["bytes_per_example"]
     assert all(0 <= r["accuracy"] <= 1 and r["dev_examples"] == 16 for r in rows)
     assert (out / "results.md").read_text().count("\n") == 2 + 7
-    assert (out / "width_small3_fraction.png").stat().st_size > 0 and (out / "width_small3_bytes.png").stat().st_size > 0
+    assert (out / "width_small3_fraction.png").stat().st_size > 0 and (
+        out / "width_small3_bytes.png"
+    ).stat().st_size > 0
 
     capsys.readouterr()
     assert ablate.main(["width", *common, "--values", "0.5"]) == 0
@@ -30,13 +44,34 @@ def test_tiny_sweep_writes_tables_and_plots_and_resumes(tiny_teacher, toy_dir, t
     capsys.readouterr()
     assert ablate.main(["baselines", *common, "--pred-epochs", "0.5"]) == 0  # another training length is another row
     assert "0 points done, 3 to run" in capsys.readouterr().out
-    assert "| baselines | no distillation | no distillation | small3 | 0+0.5 @ 0/5e-05 | 1 |" in (out / "results.md").read_text()
+    assert (
+        "| baselines | no distillation | no distillation | small3 | 0+0.5 @ 0/5e-05 | 1 |"
+        in (out / "results.md").read_text()
+    )
 
 
 def test_beyond_sweep_runs_attention_value_relation_and_int8_points(tiny_teacher, toy_dir, tmp_path):
     out = tmp_path / "ablations"
-    assert ablate.main(["beyond", "--data", toy_dir, "--teacher", tiny_teacher, "--out", str(out), "--workdir",
-                        str(tmp_path / "work"), "--seeds", "0", "--max-length", "32"]) == 0
+    assert (
+        ablate.main(
+            [
+                "beyond",
+                "--data",
+                toy_dir,
+                "--teacher",
+                tiny_teacher,
+                "--out",
+                str(out),
+                "--workdir",
+                str(tmp_path / "work"),
+                "--seeds",
+                "0",
+                "--max-length",
+                "32",
+            ]
+        )
+        == 0
+    )
     rows = {r["point"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
     assert len(rows) == 11
     for kind in ("attention", "value relation"):  # no hidden states stored: nothing of the HSK kept

@@ -16,8 +16,7 @@ import pytest
 import torch
 
 import hsk_cache
-from hsk_cache import DistillationLoss, Manifest, open_cache
-from hsk_cache import extract, models, train
+from hsk_cache import DistillationLoss, Manifest, extract, models, open_cache, train
 from hsk_cache.config import DataConfig, ExtractSpec, StageConfig
 from tests.conftest import tiny_bert
 
@@ -29,13 +28,21 @@ KNOWLEDGE = "hidden_states,attention_probs,value_relation,logits"
 def full_cache(tiny_teacher, toy_dir, tmp_path_factory) -> str:
     """Every knowledge kind, top-k tokens, magnitude width, int8, 4 shards."""
     out = str(tmp_path_factory.mktemp("api") / "cache")
-    spec = ExtractSpec.parse("all", "topk:5", "magnitude:0.5", knowledge=KNOWLEDGE, attention_layers="all", dtype="int8")
-    extract.run(extract.ExtractConfig(tiny_teacher, DataConfig(toy_dir, max_length=32), out, spec, shard_examples=16))
+    spec = ExtractSpec.parse(
+        "all", "topk:5", "magnitude:0.5", knowledge=KNOWLEDGE, attention_layers="all", dtype="int8"
+    )
+    extract.run(
+        extract.ExtractConfig(
+            teacher=tiny_teacher, data=DataConfig(source=toy_dir, max_length=32), out=out, spec=spec, shard_examples=16
+        )
+    )
     return out
 
 
 def test_public_names():
-    assert {"open_cache", "DistillationLoss", "Cache", "Manifest", "model_inputs", "capture_values"} <= set(hsk_cache.__all__)
+    assert {"open_cache", "DistillationLoss", "Cache", "Manifest", "model_inputs", "capture_values"} <= set(
+        hsk_cache.__all__
+    )
     for name in hsk_cache.__all__:
         assert getattr(hsk_cache, name) is not None
 
@@ -131,8 +138,9 @@ def test_distillation_loss_owns_w_h_and_matches_hsk_train_s_terms(full_cache, to
 
 def _run(script: str, *args: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], capture_output=True, text=True,
-                          env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), *args], capture_output=True, text=True, env=env, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = args[args.index("--out") + 1]
     return json.loads((Path(out) / "losses.json").read_text())
@@ -164,14 +172,38 @@ def test_hf_trainer_and_hsk_train_take_the_same_steps(full_cache, tokenizer, tmp
     bitwise, so the check is 1e-5 relative at every step."""
     student_dir = tmp_path / "init"
     models.save(tiny_bert(tokenizer, layers=2, hidden=16, heads=4, seed=7), tokenizer, student_dir)
-    result = train.run(train.TrainConfig(
-        out=str(tmp_path / "hsk"), cache=full_cache, student=train.StudentConfig(kind="pretrained", path=str(student_dir)),
-        stages=(StageConfig("hidden", 3, 1e-3, 8),), seed=2, save_every="0", num_workers=0,
-    ))
+    result = train.run(
+        train.TrainConfig(
+            out=str(tmp_path / "hsk"),
+            cache=full_cache,
+            student=train.StudentConfig(kind="pretrained", path=str(student_dir)),
+            stages=(StageConfig(kind="hidden", epochs=3, lr=1e-3, batch_size=8),),
+            seed=2,
+            save_every="0",
+            num_workers=0,
+        )
+    )
     hsk = result.stages[0].losses
-    trainer = _run("hf_trainer.py", "--cache", full_cache, "--student", str(student_dir), "--epochs", "3",
-                   "--batch-size", "8", "--lr", "1e-3", "--seed", "2", "--hsk-order",
-                   "--terms", "hidden_states,attention_probs,value_relation", "--out", str(tmp_path / "trainer"))
+    trainer = _run(
+        "hf_trainer.py",
+        "--cache",
+        full_cache,
+        "--student",
+        str(student_dir),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--seed",
+        "2",
+        "--hsk-order",
+        "--terms",
+        "hidden_states,attention_probs,value_relation",
+        "--out",
+        str(tmp_path / "trainer"),
+    )
     assert len(trainer["losses"]) == len(hsk) == 24
     np.testing.assert_allclose(trainer["losses"], hsk, rtol=1e-5)
     assert trainer["losses"][0] == hsk[0]  # the first step (no update yet) is bitwise equal
@@ -186,5 +218,15 @@ def test_docs_api_snippets_run(full_cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for snippet in snippets:
-        exec(compile(snippet, "docs/api.md", "exec"), namespace)  # noqa: S102 - our own documentation
+        exec(compile(snippet, "docs/api.md", "exec"), namespace)
     assert namespace["loss"].item() > 0 and "hidden_states" in namespace["terms"]
+
+
+def test_the_store_does_not_import_the_model_running_code():
+    code = (
+        "import sys, hsk_cache.store.reader, hsk_cache.store.writer, hsk_cache.store.codec, hsk_cache.store.verify;"
+        "print(sorted(m for m in ('hsk_cache.teacher', 'hsk_cache.models', 'hsk_cache.train', 'transformers')"
+        " if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

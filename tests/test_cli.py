@@ -3,7 +3,6 @@
 import argparse
 import json
 
-import numpy as np
 import pytest
 import zarr
 
@@ -27,8 +26,25 @@ def test_every_option_documents_its_default():
 def test_main_job_on_a_tiny_teacher(tiny_teacher, toy_dir, tmp_path, capsys):
     ft, cache, student = (str(tmp_path / n) for n in ("teacher", "cache", "student"))
     data = ["--data", toy_dir, "--max-length", "32"]
-    assert main(["finetune", "--model", tiny_teacher, "--out", ft, "--epochs", "6", "--lr", "3e-3", "--batch-size", "8",
-                 *data]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--model",
+                tiny_teacher,
+                "--out",
+                ft,
+                "--epochs",
+                "6",
+                "--lr",
+                "3e-3",
+                "--batch-size",
+                "8",
+                *data,
+            ]
+        )
+        == 0
+    )
     assert main(["eval", ft, "--json", *data]) == 0
     teacher_metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert teacher_metrics["examples"] == 16 and teacher_metrics["accuracy"] >= 0.75  # the toy task is learnable
@@ -40,39 +56,140 @@ def test_main_job_on_a_tiny_teacher(tiny_teacher, toy_dir, tmp_path, capsys):
     assert info["complete"] and info["manifest"]["data"]["label_names"] == ["neg", "pos"]
     assert info["ratio_to_full"] > 1
 
-    assert main(["train", "--from-cache", cache, "--out", student, "--student-from", ft, "--student-layers", "1",
-                 "--hidden-epochs", "2", "--pred-epochs", "4", "--pred-lr", "2e-3", "--hidden-batch-size", "8",
-                 "--pred-batch-size", "8", "--temperature", "2", "--hard-label-weight", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--from-cache",
+                cache,
+                "--out",
+                student,
+                "--student-from",
+                ft,
+                "--student-layers",
+                "1",
+                "--hidden-epochs",
+                "2",
+                "--pred-epochs",
+                "4",
+                "--pred-lr",
+                "2e-3",
+                "--hidden-batch-size",
+                "8",
+                "--pred-batch-size",
+                "8",
+                "--temperature",
+                "2",
+                "--hard-label-weight",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "train hidden: 16 steps" in out and "train prediction: 32 steps" in out and "{1: 2}" in out
     assert main(["eval", student, "--json", *data]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] >= 0.75
 
-    assert main(["train", "--online", ft, "--out", str(tmp_path / "online"), "--layers", "all", "--tokens", "topk:25%",
-                 "--student-layers", "2", "--student-hidden", "16", "--student-heads", "2", "--student-ffn", "32",
-                 "--hidden-epochs", "1", "--pred-epochs", "1", *data]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--online",
+                ft,
+                "--out",
+                str(tmp_path / "online"),
+                "--layers",
+                "all",
+                "--tokens",
+                "topk:25%",
+                "--student-layers",
+                "2",
+                "--student-hidden",
+                "16",
+                "--student-heads",
+                "2",
+                "--student-ffn",
+                "32",
+                "--hidden-epochs",
+                "1",
+                "--pred-epochs",
+                "1",
+                *data,
+            ]
+        )
+        == 0
+    )
     assert "train: layer map {1: 1, 2: 2}" in capsys.readouterr().out
 
 
 def test_sentence_pairs_keep_token_type_ids(tiny_teacher, tmp_path, capsys):
-    rows = [{"sentence1": f"the cat sat {i}", "sentence2": "on the mat" if i % 2 else "under a tree",
-             "label": ["neg", "pos"][i % 2]} for i in range(12)]
+    rows = [
+        {
+            "sentence1": f"the cat sat {i}",
+            "sentence2": "on the mat" if i % 2 else "under a tree",
+            "label": ["neg", "pos"][i % 2],
+        }
+        for i in range(12)
+    ]
     path = write_rows(tmp_path / "pairs.csv", rows)
     cache = str(tmp_path / "cache")
-    assert main(["extract", "--teacher", tiny_teacher, "--data", str(path), "--text-columns", "sentence1,sentence2",
-                 "--out", cache, "--max-length", "24", "--tokens", "cls"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--teacher",
+                tiny_teacher,
+                "--data",
+                str(path),
+                "--text-columns",
+                "sentence1,sentence2",
+                "--out",
+                cache,
+                "--max-length",
+                "24",
+                "--tokens",
+                "cls",
+            ]
+        )
+        == 0
+    )
     group = zarr.open_group(cache, mode="r")
     types, lengths = group["token_type_ids"][:], group["lengths"][:]
     assert all(types[i, : lengths[i]].max() == 1 for i in range(12))  # second segment marked
-    assert main(["train", "--from-cache", cache, "--out", str(tmp_path / "s"), "--student-layers", "1",
-                 "--student-hidden", "16", "--student-heads", "2", "--student-ffn", "16", "--hidden-epochs", "1",
-                 "--pred-epochs", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--from-cache",
+                cache,
+                "--out",
+                str(tmp_path / "s"),
+                "--student-layers",
+                "1",
+                "--student-hidden",
+                "16",
+                "--student-heads",
+                "2",
+                "--student-ffn",
+                "16",
+                "--hidden-epochs",
+                "1",
+                "--pred-epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["train", "--out", "x"], "one of the arguments --from-cache --online is required"),
-    (["extract", "--teacher", "t"], "the following arguments are required: --out"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["train", "--out", "x"], "one of the arguments --from-cache --online is required"),
+        (["extract", "--teacher", "t"], "the following arguments are required: --out"),
+    ],
+)
 def test_usage_errors_exit_2(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)

@@ -17,22 +17,22 @@ needs_glue = pytest.mark.skipif(not SHARED_GLUE.is_dir(), reason="../shared/data
 
 
 def test_bbc_news_split_is_stratified_deterministic_and_disjoint():
-    train = data.load_split(DataConfig("bbc-news", "train"))
-    dev = data.load_split(DataConfig("bbc-news", "dev"))
+    train = data.load_split(DataConfig(source="bbc-news", split="train"))
+    dev = data.load_split(DataConfig(source="bbc-news", split="dev"))
     assert (len(train.dataset), len(dev.dataset)) == (1701, 426)  # 2,225 less 98 duplicates
     assert train.label_names == ("business", "entertainment", "politics", "sports", "tech")
     assert not set(train.dataset["text"]) & set(dev.dataset["text"])
     full = Counter(train.dataset["label"]) + Counter(dev.dataset["label"])
     for label, count in Counter(dev.dataset["label"]).items():
         assert abs(count / len(dev.dataset) - full[label] / 2127) < 0.01  # stratified
-    again = data.load_split(DataConfig("bbc-news", "dev"))
+    again = data.load_split(DataConfig(source="bbc-news", split="dev"))
     assert again.dataset["text"] == dev.dataset["text"]
 
 
 @needs_glue
 @pytest.mark.parametrize("task,first_label", [("SST-2", 0), ("CoLA", 1)])
 def test_glue_directories(task, first_label):
-    split = data.load_split(DataConfig(str(SHARED_GLUE / task), "dev", limit=5))
+    split = data.load_split(DataConfig(source=str(SHARED_GLUE / task), split="dev", limit=5))
     assert len(split.dataset) == 5 and len(split.label_names) == 2
     assert split.dataset.column_names == ["text", "label"]
     assert all(isinstance(t, str) and t for t in split.dataset["text"])
@@ -43,17 +43,24 @@ def test_glue_directories(task, first_label):
 
 @needs_glue
 def test_glue_sst2_full_train_size():
-    assert len(data.load_split(DataConfig(str(SHARED_GLUE / "SST-2"), "train")).dataset) == 67349
+    assert len(data.load_split(DataConfig(source=str(SHARED_GLUE / "SST-2"), split="train")).dataset) == 67349
 
 
 def test_glue_layout_sentence_pair_task(tmp_path):
     rte = tmp_path / "RTE"
     rte.mkdir()
-    rows = [{"index": i, "sentence1": f"premise {i}", "sentence2": f"hypothesis {i}",
-             "label": "entailment" if i % 2 else "not_entailment"} for i in range(6)]
+    rows = [
+        {
+            "index": i,
+            "sentence1": f"premise {i}",
+            "sentence2": f"hypothesis {i}",
+            "label": "entailment" if i % 2 else "not_entailment",
+        }
+        for i in range(6)
+    ]
     write_rows(rte / "train.tsv", rows, delimiter="\t")
     write_rows(rte / "dev.tsv", rows[:2], delimiter="\t")
-    split = data.load_split(DataConfig(str(rte), "dev"))
+    split = data.load_split(DataConfig(source=str(rte), split="dev"))
     assert sorted(split.dataset.column_names) == ["label", "text", "text_pair"]
     assert split.label_names == ("entailment", "not_entailment") and split.dataset["label"] == [1, 0]
 
@@ -68,18 +75,20 @@ def test_local_files_with_named_columns(tmp_path, ext):
         path.write_text("\n".join(json.dumps(r) for r in rows))
     else:
         pq.write_table(pa.Table.from_pylist(rows), path)
-    config = DataConfig(str(path), text_columns=("review",), label_column="stars")
+    config = DataConfig(source=str(path), text_columns=("review",), label_column="stars")
     split = data.load_split(config)
     assert split.label_names == ("high", "low") and split.dataset["label"] == [1, 0, 1, 0]
     # a model's label order wins over the sorted default
     assert data.load_split(config, label_names=("low", "high")).dataset["label"] == [0, 1, 0, 1]
     with pytest.raises(DataError, match="does not know"):
         data.load_split(config, label_names=("low", "mid"))
-    assert data.load_split(DataConfig(str(tmp_path), "train", ("review",), "stars")).dataset["label"] == [1, 0, 1, 0]
+    assert data.load_split(
+        DataConfig(source=str(tmp_path), split="train", text_columns=("review",), label_column="stars")
+    ).dataset["label"] == [1, 0, 1, 0]
 
 
 def test_tokenize_truncates_and_pads_dynamically(tokenizer, toy_dir):
-    split = data.load_split(DataConfig(toy_dir, "train"))
+    split = data.load_split(DataConfig(source=toy_dir, split="train"))
     tokenized = data.tokenize(split, tokenizer, max_length=8)
     lengths = [len(ids) for ids in tokenized["input_ids"]]
     assert max(lengths) == 8 and min(lengths) < 8
@@ -92,7 +101,7 @@ def test_tokenize_truncates_and_pads_dynamically(tokenizer, toy_dir):
 
 
 def test_fingerprint_tracks_content(tokenizer, toy_dir):
-    split = data.load_split(DataConfig(toy_dir, "train"))
+    split = data.load_split(DataConfig(source=toy_dir, split="train"))
     a = data.fingerprint(data.tokenize(split, tokenizer, 16))
     assert a == data.fingerprint(data.tokenize(split, tokenizer, 16))
     assert a != data.fingerprint(data.tokenize(split, tokenizer, 12))

@@ -11,13 +11,18 @@ LOSSLESS = ExtractSpec.parse(layers="all", tokens="all", dims="all", dtype="floa
 def test_cache_and_online_training_give_the_same_loss_at_every_step(tiny_teacher, toy_dir, tmp_path):
     data = DataConfig(source=toy_dir, split="train", max_length=32)
     cache = str(tmp_path / "cache")
-    extract.run(extract.ExtractConfig(tiny_teacher, data, cache, LOSSLESS, batch_size=16))
+    extract.run(extract.ExtractConfig(teacher=tiny_teacher, data=data, out=cache, spec=LOSSLESS, batch_size=16))
     # a narrower student than the teacher (projection W_h), random init, dropout on
-    student = train.StudentConfig("config", layers=2, hidden=24, heads=4, ffn=48)
-    stages = (StageConfig("hidden", 2, 1e-3, 8), StageConfig("prediction", 2, 1e-3, 8))
+    student = train.StudentConfig(kind="config", layers=2, hidden=24, heads=4, ffn=48)
+    stages = (
+        StageConfig(kind="hidden", epochs=2, lr=1e-3, batch_size=8),
+        StageConfig(kind="prediction", epochs=2, lr=1e-3, batch_size=8),
+    )
     common = dict(student=student, stages=stages, temperature=2.0, hard_label_weight=0.5, seed=3)
-    from_cache = train.run(train.TrainConfig(str(tmp_path / "a"), cache=cache, **common))
-    online = train.run(train.TrainConfig(str(tmp_path / "b"), online_teacher=tiny_teacher, data=data, spec=LOSSLESS, **common))
+    from_cache = train.run(train.TrainConfig(out=str(tmp_path / "a"), cache=cache, **common))
+    online = train.run(
+        train.TrainConfig(out=str(tmp_path / "b"), online_teacher=tiny_teacher, data=data, spec=LOSSLESS, **common)
+    )
     for a, b in zip(from_cache.stages, online.stages):
         assert a.steps == b.steps == 16
         a_loss, b_loss = np.array(a.losses), np.array(b.losses)

@@ -16,25 +16,38 @@ def _snapshot(path):
 
 @pytest.fixture()
 def extract_args(tiny_teacher, toy_dir, tmp_path):
-    return lambda *extra, out=None: ["extract", "--teacher", tiny_teacher, "--data", toy_dir, "--max-length", "32",
-                                     "--out", str(out or tmp_path / "cache"), *extra]
+    return lambda *extra, out=None: [
+        "extract",
+        "--teacher",
+        tiny_teacher,
+        "--data",
+        toy_dir,
+        "--max-length",
+        "32",
+        "--out",
+        str(out or tmp_path / "cache"),
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("option,value,needle", [
-    ("--tokens", "first:3", "unknown --tokens value 'first:3'"),
-    ("--layers", "top", "unknown --layers value 'top'"),
-    ("--dims", "largest:0.1", "unknown --dims value"),
-    ("--dims", "magnitude:1.5", "P must be in (0, 1]"),
-    ("--dims", "random:0", "P must be in (0, 1]"),
-    ("--tokens", "topk:0%", "percentage must be in (0, 100]"),
-    ("--tokens", "left:150%", "percentage must be in (0, 100]"),
-    ("--layers", "top:3", "asks for 3 layers but the teacher has 2"),
-    ("--codec", "lz4", "unknown --codec 'lz4'"),
-    ("--dtype", "int4", "unknown --dtype 'int4'"),
-    ("--tokens", "topk:0", "K must be at least 1"),
-    ("--tokens", "topk:33", "topk:33 keeps more tokens than --max-length 32"),
-    ("--layers", "0,5", "outside the teacher's 0..2"),
-])
+@pytest.mark.parametrize(
+    "option,value,needle",
+    [
+        ("--tokens", "first:3", "unknown --tokens value 'first:3'"),
+        ("--layers", "top", "unknown --layers value 'top'"),
+        ("--dims", "largest:0.1", "unknown --dims value"),
+        ("--dims", "magnitude:1.5", "P must be in (0, 1]"),
+        ("--dims", "random:0", "P must be in (0, 1]"),
+        ("--tokens", "topk:0%", "percentage must be in (0, 100]"),
+        ("--tokens", "left:150%", "percentage must be in (0, 100]"),
+        ("--layers", "top:3", "asks for 3 layers but the teacher has 2"),
+        ("--codec", "lz4", "unknown --codec 'lz4'"),
+        ("--dtype", "int4", "unknown --dtype 'int4'"),
+        ("--tokens", "topk:0", "K must be at least 1"),
+        ("--tokens", "topk:33", "topk:33 keeps more tokens than --max-length 32"),
+        ("--layers", "0,5", "outside the teacher's 0..2"),
+    ],
+)
 def test_bad_extraction_spec(capsys, extract_args, tmp_path, option, value, needle):
     fails(capsys, extract_args(option, value), needle)
     assert not (tmp_path / "cache").exists()
@@ -63,20 +76,29 @@ def test_missing_columns_and_empty_split(capsys, tiny_teacher, tmp_path):
 
 def test_teacher_path_without_a_model(capsys, toy_dir, tmp_path):
     (tmp_path / "empty_model").mkdir()
-    fails(capsys, ["extract", "--teacher", str(tmp_path / "empty_model"), "--data", toy_dir,
-                    "--out", str(tmp_path / "cache")], "holds no model")
-    fails(capsys, ["finetune", "--model", str(tmp_path / "empty_model"), "--data", toy_dir,
-                    "--out", str(tmp_path / "ft")], "holds no model")
+    fails(
+        capsys,
+        ["extract", "--teacher", str(tmp_path / "empty_model"), "--data", toy_dir, "--out", str(tmp_path / "cache")],
+        "holds no model",
+    )
+    fails(
+        capsys,
+        ["finetune", "--model", str(tmp_path / "empty_model"), "--data", toy_dir, "--out", str(tmp_path / "ft")],
+        "holds no model",
+    )
     assert not (tmp_path / "cache").exists() and not (tmp_path / "ft").exists()
 
 
-def test_existing_cache_with_another_spec_or_teacher_is_refused(capsys, extract_args, tmp_path, tiny_teacher, tokenizer):
+def test_existing_cache_with_another_spec_or_teacher_is_refused(
+    capsys, extract_args, tmp_path, tiny_teacher, tokenizer
+):
     assert main(extract_args("--tokens", "topk:4")) == 0
     before = _snapshot(tmp_path / "cache")
     fails(capsys, extract_args("--tokens", "topk:5"), "different spec", "--overwrite")
     other = tmp_path / "other_teacher"
     from hsk_cache import models
     from tests.conftest import tiny_bert
+
     models.save(tiny_bert(tokenizer, seed=1), tokenizer, other)
     args = extract_args("--tokens", "topk:4")
     args[args.index(tiny_teacher)] = str(other)
@@ -98,8 +120,12 @@ def test_training_refuses_unknown_format_version_and_missing_layers(capsys, extr
     cache = tmp_path / "cache"
     assert main(extract_args("--layers", "2", "--tokens", "cls")) == 0
     student = str(tmp_path / "student")
-    fails(capsys, ["train", "--from-cache", str(cache), "--out", student, "--layer-map", "1:1"],
-           "needs teacher layer 1", "cache holds layers [2]")
+    fails(
+        capsys,
+        ["train", "--from-cache", str(cache), "--out", student, "--layer-map", "1:1"],
+        "needs teacher layer 1",
+        "cache holds layers [2]",
+    )
     copy = tmp_path / "future"
     shutil.copytree(cache, copy)
     meta = json.loads((copy / "zarr.json").read_text())
@@ -112,24 +138,47 @@ def test_training_refuses_unknown_format_version_and_missing_layers(capsys, extr
 
 def test_attention_from_a_model_that_cannot_return_it(capsys, extract_args, tmp_path, monkeypatch):
     from hsk_cache import models
+
     original = models.load_classifier
-    monkeypatch.setattr(models, "load_classifier", lambda path, label_names=None, attention=False: original(path, label_names))
+    monkeypatch.setattr(
+        models, "load_classifier", lambda path, label_names=None, attention=False: original(path, label_names)
+    )
     fails(capsys, extract_args("--knowledge", "attention_probs,logits"), "returned no attention probabilities")
     fails(capsys, extract_args("--tokens", "topk:3"), "returned no attention probabilities")
     assert not (tmp_path / "cache").exists()
 
 
 def test_attention_layers_out_of_range(capsys, extract_args, tmp_path):
-    fails(capsys, extract_args("--knowledge", "attention_probs", "--attention-layers", "0,1"), "outside the teacher's 1..2")
+    fails(
+        capsys,
+        extract_args("--knowledge", "attention_probs", "--attention-layers", "0,1"),
+        "outside the teacher's 1..2",
+    )
     fails(capsys, extract_args("--knowledge", "value_relation", "--value-relation-layer", "3"), "attention layers 1..2")
     assert not (tmp_path / "cache").exists()
 
 
 def test_value_relation_with_mismatched_heads_needs_a_head_map(capsys, extract_args, tmp_path):
     assert main(extract_args("--knowledge", "value_relation,logits", "--tokens", "cls")) == 0
-    student = ["train", "--from-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "s"), "--student-layers", "1",
-               "--student-hidden", "16", "--student-heads", "2", "--student-ffn", "16", "--hidden-epochs", "1",
-               "--pred-epochs", "0"]
+    student = [
+        "train",
+        "--from-cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "s"),
+        "--student-layers",
+        "1",
+        "--student-hidden",
+        "16",
+        "--student-heads",
+        "2",
+        "--student-ffn",
+        "16",
+        "--hidden-epochs",
+        "1",
+        "--pred-epochs",
+        "0",
+    ]
     fails(capsys, student, "value relation with 2 student heads vs 4 teacher heads", "--head-map relation")
     assert not (tmp_path / "s").exists()
     assert main(student + ["--head-map", "relation"]) == 0

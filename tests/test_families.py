@@ -13,9 +13,8 @@ import math
 import pytest
 import torch
 
-from hsk_cache import DistillationLoss, ModelError, models, open_cache
+from hsk_cache import DistillationLoss, ModelError, extract, models, open_cache, train
 from hsk_cache.config import DataConfig, ExtractSpec, StageConfig
-from hsk_cache import extract, train
 from hsk_cache.families import FAMILIES, student_config
 
 # where each family's transformers source keeps layer 2's value projection (layer index 1)
@@ -28,7 +27,13 @@ VALUE_PATHS = {
     "deberta-v2": "deberta.encoder.layer.1.attention.self.value_proj",
 }
 KNOWLEDGE = "hidden_states,attention_probs,value_relation,logits"
-BASE = {"vocab_size": None, "pad_token_id": 0, "max_position_embeddings": 64, "model_type": "bert", "type_vocab_size": 2}
+BASE = {
+    "vocab_size": None,
+    "pad_token_id": 0,
+    "max_position_embeddings": 64,
+    "model_type": "bert",
+    "type_vocab_size": 2,
+}
 
 
 def tiny(family: str, tokenizer, seed: int = 0, layers: int = 2, hidden: int = 32, heads: int = 4):
@@ -56,7 +61,11 @@ def caches(teachers, toy_dir, tmp_path_factory) -> dict[str, str]:
     for family, teacher in teachers.items():
         path = str(tmp_path_factory.mktemp(f"cache-{family}") / "cache")
         spec = ExtractSpec.parse("all", "topk:6", knowledge=KNOWLEDGE, attention_layers="all", dtype="float32")
-        extract.run(extract.ExtractConfig(teacher, DataConfig(toy_dir, max_length=24, limit=32), path, spec))
+        extract.run(
+            extract.ExtractConfig(
+                teacher=teacher, data=DataConfig(source=toy_dir, max_length=24, limit=32), out=path, spec=spec
+            )
+        )
         out[family] = path
     return out
 
@@ -87,7 +96,9 @@ def test_cached_knowledge_matches_the_family_s_own_modules(family, teachers, cac
         index = batch["attention_index"][:, i]
         for b in range(8):
             kept = index[b][index[b] >= 0]
-            torch.testing.assert_close(batch["attention_probs"][b, i, :, : len(kept)], out.attentions[layer - 1][b, :, kept])
+            torch.testing.assert_close(
+                batch["attention_probs"][b, i, :, : len(kept)], out.attentions[layer - 1][b, :, kept]
+            )
     # value relation of the last layer, from the family's value projection
     v = captured[0]
     heads = teacher.config.num_attention_heads
@@ -97,16 +108,23 @@ def test_cached_knowledge_matches_the_family_s_own_modules(family, teachers, cac
     relation = scores.softmax(-1)
     for b in range(8):
         kept = batch["value_index"][b][batch["value_index"][b] >= 0]
-        torch.testing.assert_close(batch["value_relation"][b, :, : len(kept)], relation[b, :, kept], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            batch["value_relation"][b, :, : len(kept)], relation[b, :, kept], atol=1e-5, rtol=1e-4
+        )
     torch.testing.assert_close(batch["logits"], out.logits)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_student_of_the_family_trains_from_the_cache_with_every_kind(family, caches, tmp_path):
     config = train.TrainConfig(
-        out=str(tmp_path / "student"), cache=caches[family],
+        out=str(tmp_path / "student"),
+        cache=caches[family],
         student=train.StudentConfig(layers=2, hidden=16, heads=4, ffn=32),
-        stages=(StageConfig("hidden", 6, 3e-3, 8), StageConfig("prediction", 1, 1e-3, 8)), save_every="0",
+        stages=(
+            StageConfig(kind="hidden", epochs=6, lr=3e-3, batch_size=8),
+            StageConfig(kind="prediction", epochs=1, lr=1e-3, batch_size=8),
+        ),
+        save_every="0",
     )
     result = train.run(config)
     hidden = result.stages[0].losses
@@ -137,15 +155,24 @@ def test_student_from_copies_the_family_s_layers(family, teachers):
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f != "bert"])
 def test_a_student_of_another_family_trains_from_a_bert_cache(family, caches, tmp_path):
     config = train.TrainConfig(
-        out=str(tmp_path / "student"), cache=caches["bert"],
+        out=str(tmp_path / "student"),
+        cache=caches["bert"],
         student=train.StudentConfig(layers=2, hidden=16, heads=4, ffn=32, family=family),
-        stages=(StageConfig("hidden", 3, 3e-3, 8), StageConfig("prediction", 1, 1e-3, 8)), save_every="0",
+        stages=(
+            StageConfig(kind="hidden", epochs=3, lr=3e-3, batch_size=8),
+            StageConfig(kind="prediction", epochs=1, lr=1e-3, batch_size=8),
+        ),
+        save_every="0",
     )
     result = train.run(config)
     assert all(math.isfinite(x) for s in result.stages for x in s.losses)
     student = models.load_classifier(str(tmp_path / "student"))
     assert student.config.model_type == family
-    assert student.config.attention_probs_dropout_prob == 0.0 if family != "distilbert" else student.config.attention_dropout == 0.0
+    assert (
+        student.config.attention_probs_dropout_prob == 0.0
+        if family != "distilbert"
+        else student.config.attention_dropout == 0.0
+    )
 
 
 def test_distillation_loss_terms_per_family(caches, tokenizer):
@@ -156,7 +183,9 @@ def test_distillation_loss_terms_per_family(caches, tokenizer):
     assert loss_fn.projection is not None and loss_fn.projection.in_features == 16
     batch = next(iter(cache.loader(8)))
     with loss_fn.capture_values(student) as values:
-        outputs = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **loss_fn.output_flags())
+        outputs = student(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **loss_fn.output_flags()
+        )
     loss, terms = loss_fn(outputs, batch, values)
     assert set(terms) == {"hidden_states", "attention_probs", "value_relation", "logits"}
     torch.testing.assert_close(loss, sum(terms.values()))
@@ -169,14 +198,39 @@ def test_an_unsupported_family_is_named(tmp_path, tokenizer, toy_dir, capsys):
 
     from tests.conftest import fails
 
-    config = AlbertConfig(vocab_size=len(tokenizer), embedding_size=16, hidden_size=32, num_hidden_layers=2,
-                          num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, num_labels=2,
-                          id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    config = AlbertConfig(
+        vocab_size=len(tokenizer),
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+        id2label={0: "neg", 1: "pos"},
+        label2id={"neg": 0, "pos": 1},
+    )
     models.save(AlbertForSequenceClassification(config), tokenizer, tmp_path / "albert")
     with pytest.raises(ModelError, match="'albert'"):
         from hsk_cache.families import value_module
 
         value_module(AlbertForSequenceClassification(config), 1)
-    fails(capsys, ["extract", "--teacher", str(tmp_path / "albert"), "--data", toy_dir, "--max-length", "32", "--knowledge",
-                   "hidden_states,value_relation,logits", "--out", str(tmp_path / "cache")], "'albert'", "bert")
+    fails(
+        capsys,
+        [
+            "extract",
+            "--teacher",
+            str(tmp_path / "albert"),
+            "--data",
+            toy_dir,
+            "--max-length",
+            "32",
+            "--knowledge",
+            "hidden_states,value_relation,logits",
+            "--out",
+            str(tmp_path / "cache"),
+        ],
+        "'albert'",
+        "bert",
+    )
     assert not (tmp_path / "cache").exists()

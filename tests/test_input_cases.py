@@ -11,10 +11,10 @@ from hsk_cache import data, models
 from hsk_cache.cli import main
 from hsk_cache.config import DataConfig, ExtractSpec
 from hsk_cache.errors import CacheError, ConfigError, ModelError
+from hsk_cache.knowledge import Knowledge
 from hsk_cache.select import width
 from hsk_cache.store import codec
 from hsk_cache.store.layout import Dims
-from hsk_cache.knowledge import Knowledge
 from tests.conftest import fails, tiny_bert, toy_rows, write_rows
 
 
@@ -32,6 +32,7 @@ def small_cache(tiny_teacher, toy_dir, tmp_path_factory):
 
 # 1. --max-length beyond the teacher's position embeddings
 
+
 def _long_texts(tmp_path):
     rows = [{"text": " ".join(["good"] * 300), "label": "pos"}, {"text": " ".join(["bad"] * 300), "label": "neg"}]
     return write_rows(tmp_path / "long.csv", rows)
@@ -40,12 +41,54 @@ def _long_texts(tmp_path):
 def test_max_length_beyond_position_embeddings(capsys, tiny_teacher, tmp_path):
     path, needle = _long_texts(tmp_path), "--max-length 200 exceeds the teacher's 128 position embeddings"
     fix = "use --max-length 128 or less"
-    fails(capsys, ["extract", "--teacher", tiny_teacher, "--data", str(path), "--max-length", "200",
-                    "--out", str(tmp_path / "cache")], needle, fix)
-    fails(capsys, ["finetune", "--model", tiny_teacher, "--data", str(path), "--max-length", "200",
-                    "--out", str(tmp_path / "ft")], needle, fix)
-    fails(capsys, ["train", "--online", tiny_teacher, "--data", str(path), "--max-length", "200",
-                    "--out", str(tmp_path / "student")], needle, fix)
+    fails(
+        capsys,
+        [
+            "extract",
+            "--teacher",
+            tiny_teacher,
+            "--data",
+            str(path),
+            "--max-length",
+            "200",
+            "--out",
+            str(tmp_path / "cache"),
+        ],
+        needle,
+        fix,
+    )
+    fails(
+        capsys,
+        [
+            "finetune",
+            "--model",
+            tiny_teacher,
+            "--data",
+            str(path),
+            "--max-length",
+            "200",
+            "--out",
+            str(tmp_path / "ft"),
+        ],
+        needle,
+        fix,
+    )
+    fails(
+        capsys,
+        [
+            "train",
+            "--online",
+            tiny_teacher,
+            "--data",
+            str(path),
+            "--max-length",
+            "200",
+            "--out",
+            str(tmp_path / "student"),
+        ],
+        needle,
+        fix,
+    )
     fails(capsys, ["eval", tiny_teacher, "--data", str(path), "--max-length", "200"], needle, fix)
     assert not any((tmp_path / name).exists() for name in ("cache", "ft", "student"))
 
@@ -64,6 +107,7 @@ def test_max_positions_subtracts_the_padding_offset_of_roberta_families():
 
 # 2. --knowledge in another order is the same spec
 
+
 def test_knowledge_order_does_not_change_the_spec(capsys, tiny_teacher, toy_dir, tmp_path):
     assert ExtractSpec.parse(knowledge="logits,hidden_states") == ExtractSpec.parse(knowledge="hidden_states,logits")
     assert ExtractSpec.parse(knowledge="logits,hidden_states,logits").knowledge == ("hidden_states", "logits")
@@ -75,6 +119,7 @@ def test_knowledge_order_does_not_change_the_spec(capsys, tiny_teacher, toy_dir,
 
 
 # 3. --student-from a base model (no task-model prefix), the bundled teacher, and foreign weights
+
 
 @pytest.fixture()
 def base_model_dir(tokenizer, tmp_path):
@@ -91,8 +136,23 @@ def test_student_from_a_base_model_copies_embeddings_and_layers(capsys, small_ca
     from transformers import AutoModelForSequenceClassification
 
     path, base = base_model_dir
-    argv = ["train", "--from-cache", small_cache, "--student-from", str(path), "--student-layers", "1",
-            "--init-layers", "2", "--hidden-epochs", "0", "--pred-epochs", "0", "--out", str(tmp_path / "student")]
+    argv = [
+        "train",
+        "--from-cache",
+        small_cache,
+        "--student-from",
+        str(path),
+        "--student-layers",
+        "1",
+        "--init-layers",
+        "2",
+        "--hidden-epochs",
+        "0",
+        "--pred-epochs",
+        "0",
+        "--out",
+        str(tmp_path / "student"),
+    ]
     assert main(argv) == 0
     student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student").bert
     _assert_copied(student, base, {0: 1})
@@ -125,13 +185,31 @@ def test_student_from_weights_that_match_nothing(capsys, small_cache, tokenizer,
     save_file({"decoder.block.0.weight": torch.zeros(2, 2)}, str(foreign / "model.safetensors"))
     with pytest.raises(ModelError, match=r"lack \d+ of the student's embedding and layer parameters"):
         models.student_from_teacher_layers(str(foreign), (1,))
-    fails(capsys, ["train", "--from-cache", small_cache, "--student-from", str(foreign), "--student-layers", "1",
-                    "--hidden-epochs", "0", "--pred-epochs", "0", "--out", str(tmp_path / "student")],
-           "embedding and layer parameters", "bert.embeddings.")
+    fails(
+        capsys,
+        [
+            "train",
+            "--from-cache",
+            small_cache,
+            "--student-from",
+            str(foreign),
+            "--student-layers",
+            "1",
+            "--hidden-epochs",
+            "0",
+            "--pred-epochs",
+            "0",
+            "--out",
+            str(tmp_path / "student"),
+        ],
+        "embedding and layer parameters",
+        "bert.embeddings.",
+    )
     assert not (tmp_path / "student").exists()
 
 
 # 4. the test split, and rows with an empty label or text
+
 
 @pytest.fixture()
 def glue_dir(tmp_path):
@@ -146,15 +224,15 @@ def glue_dir(tmp_path):
 
 def test_split_test_is_not_the_dev_split(capsys, tiny_teacher, toy_dir, glue_dir, tmp_path):
     out = tmp_path / "cache"
-    fails(capsys, _extract(tiny_teacher, glue_dir, out, "--split", "test"), "GLUE's test.tsv has no labels",
-           "--split dev")
+    fails(
+        capsys, _extract(tiny_teacher, glue_dir, out, "--split", "test"), "GLUE's test.tsv has no labels", "--split dev"
+    )
     (glue_dir / "test.tsv").unlink()
-    fails(capsys, _extract(tiny_teacher, glue_dir, out, "--split", "test"), "no test split in",
-           "it has train and dev")
+    fails(capsys, _extract(tiny_teacher, glue_dir, out, "--split", "test"), "no test split in", "it has train and dev")
     fails(capsys, _extract(tiny_teacher, "bbc-news", out, "--split", "test"), "bbc-news has splits train and dev")
     fails(capsys, _extract(tiny_teacher, toy_dir, out, "--split", "test"), "no test file", "test.csv")
     assert not out.exists()
-    assert len(data.load_split(DataConfig(str(glue_dir), "validation")).dataset) == 4
+    assert len(data.load_split(DataConfig(source=str(glue_dir), split="validation")).dataset) == 4
 
 
 def test_rows_with_empty_labels_are_dropped_with_a_warning(capsys, tiny_teacher, tmp_path):
@@ -162,7 +240,7 @@ def test_rows_with_empty_labels_are_dropped_with_a_warning(capsys, tiny_teacher,
     for i in (1, 4, 7):
         rows[i]["label"] = ["", "  ", ""][(i - 1) // 3]
     path = write_rows(tmp_path / "rows.csv", rows)
-    assert data.load_split(DataConfig(str(path))).dropped == 3
+    assert data.load_split(DataConfig(source=str(path))).dropped == 3
     capsys.readouterr()
     assert main(_extract(tiny_teacher, path, tmp_path / "cache")) == 0
     captured = capsys.readouterr()
@@ -173,13 +251,14 @@ def test_rows_with_empty_labels_are_dropped_with_a_warning(capsys, tiny_teacher,
 def test_integer_labels_with_a_missing_value_stay_integer_ids(tmp_path):
     rows = [{"text": row["text"], "label": int(row["label"] == "pos")} for row in toy_rows(6)]
     rows[2]["label"] = ""
-    split = data.load_split(DataConfig(str(write_rows(tmp_path / "ids.csv", rows))))
+    split = data.load_split(DataConfig(source=str(write_rows(tmp_path / "ids.csv", rows))))
     labels = split.dataset["label"]
     assert list(labels) == [0, 1, 1, 0, 1] and all(type(v) is int for v in labels)
     assert split.label_names == ("0", "1") and split.dropped == 1
 
 
 # 5. magnitude width: the mask never holds more elements than the stored slots
+
 
 @pytest.mark.parametrize("fraction,k,d", [(0.017, 125, 384), (0.1, 7, 30), (0.3, 128, 312), (1.0, 5, 8)])
 def test_magnitude_mask_fills_exactly_the_stored_slots(fraction, k, d):
@@ -196,15 +275,31 @@ def test_magnitude_mask_fills_exactly_the_stored_slots(fraction, k, d):
 
 def test_encode_refuses_a_mask_larger_than_the_slots():
     hidden = torch.randn(1, 1, 4, 8)
-    dims = Dims(n=1, t=4, layers=1, k=4, d=8, c=2, token_types=False, knowledge=("hidden_states",),
-                dtype="float32", width="magnitude", slots=3)
-    knowledge = Knowledge(layers=(1,), token_index=torch.arange(4).reshape(1, 1, 4), hidden_states=hidden,
-                          hidden_mask=torch.ones(1, 1, 4, 8, dtype=torch.bool))
+    dims = Dims(
+        n=1,
+        t=4,
+        layers=1,
+        k=4,
+        d=8,
+        c=2,
+        token_types=False,
+        knowledge=("hidden_states",),
+        dtype="float32",
+        width="magnitude",
+        slots=3,
+    )
+    knowledge = Knowledge(
+        layers=(1,),
+        token_index=torch.arange(4).reshape(1, 1, 4),
+        hidden_states=hidden,
+        hidden_mask=torch.ones(1, 1, 4, 8, dtype=torch.bool),
+    )
     with pytest.raises(CacheError, match="keeps 32 elements but the cache has 3 slots"):
         codec.encode(knowledge, dims, None)
 
 
 # 6. hub names that are neither local nor on the hub (offline: fails at once)
+
 
 @pytest.fixture()
 def offline(monkeypatch):
@@ -217,8 +312,12 @@ def offline(monkeypatch):
 
 @pytest.mark.parametrize("option", ["--student-from", "--student-pretrained"])
 def test_unknown_hub_student(capsys, offline, small_cache, tmp_path, option):
-    fails(capsys, ["train", "--from-cache", small_cache, option, "no-such-org/no-such-model",
-                    "--out", str(tmp_path / "student")], "'no-such-org/no-such-model'", "hub could not provide it")
+    fails(
+        capsys,
+        ["train", "--from-cache", small_cache, option, "no-such-org/no-such-model", "--out", str(tmp_path / "student")],
+        "'no-such-org/no-such-model'",
+        "hub could not provide it",
+    )
     assert not (tmp_path / "student").exists()
 
 

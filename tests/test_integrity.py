@@ -16,8 +16,20 @@ from hsk_cache.store.reader import CacheReader
 from tests.conftest import fails
 
 # 60 examples in shards of 8: shard 7 is an edge shard of 4 (rewriting it updates a partial zarr shard)
-OPTIONS = ["--max-length", "32", "--layers", "all", "--tokens", "topk:5", "--shard-examples", "8", "--batch-size", "8",
-           "--limit", "60"]
+OPTIONS = [
+    "--max-length",
+    "32",
+    "--layers",
+    "all",
+    "--tokens",
+    "topk:5",
+    "--shard-examples",
+    "8",
+    "--batch-size",
+    "8",
+    "--limit",
+    "60",
+]
 
 
 def _extract(teacher, data, out, *extra):
@@ -25,8 +37,26 @@ def _extract(teacher, data, out, *extra):
 
 
 def _train(cache, out, *extra):
-    return ["train", "--from-cache", str(cache), "--out", str(out), "--student-layers", "1", "--student-hidden", "16",
-            "--student-heads", "2", "--student-ffn", "16", "--hidden-epochs", "1", "--pred-epochs", "1", *extra]
+    return [
+        "train",
+        "--from-cache",
+        str(cache),
+        "--out",
+        str(out),
+        "--student-layers",
+        "1",
+        "--student-hidden",
+        "16",
+        "--student-heads",
+        "2",
+        "--student-ffn",
+        "16",
+        "--hidden-epochs",
+        "1",
+        "--pred-epochs",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +92,8 @@ def _verify_json(capsys, cache):
 
 
 def test_verify_reports_exactly_the_damaged_shards_and_extract_repairs_them(
-        capsys, reference, tiny_teacher, toy_dir, tmp_path):
+    capsys, reference, tiny_teacher, toy_dir, tmp_path
+):
     cache = tmp_path / "cache"
     shutil.copytree(reference, cache)
     assert _verify_json(capsys, cache)[0] == 0
@@ -71,10 +102,19 @@ def test_verify_reports_exactly_the_damaged_shards_and_extract_repairs_them(
     status, report = _verify_json(capsys, cache)
     assert status == 1 and report["bad_shards"] == [5]
     # training reads every chunk through its crc32c: the flipped byte is refused, not trained on
-    fails(capsys, _train(cache, tmp_path / "student"), "shard 5 of logits (examples 40..47) is corrupt",
-          f"hsk verify {cache}", "hsk extract --teacher")
+    fails(
+        capsys,
+        _train(cache, tmp_path / "student"),
+        "shard 5 of logits (examples 40..47) is corrupt",
+        f"hsk verify {cache}",
+        "hsk extract --teacher",
+    )
     # with shard windows (larger than memory), every file's crc32c is checked before the first step
-    fails(capsys, _train(cache, tmp_path / "student", "--memory-budget-gb", "1e-9"), "shard 5 of logits (examples 40..47): crc32c")
+    fails(
+        capsys,
+        _train(cache, tmp_path / "student", "--memory-budget-gb", "1e-9"),
+        "shard 5 of logits (examples 40..47): crc32c",
+    )
     assert not (tmp_path / "student").exists()
 
     _shard_file(cache, "hidden_states", 2).unlink()
@@ -82,7 +122,10 @@ def test_verify_reports_exactly_the_damaged_shards_and_extract_repairs_them(
     status, report = _verify_json(capsys, cache)
     assert status == 1 and report["bad_shards"] == [2, 5, 7]
     assert {(p["shard"], p["array"], p["problem"].split()[0]) for p in report["problems"]} == {
-        (2, "hidden_states", "missing"), (5, "logits", "crc32c"), (7, "token_index", "crc32c")}
+        (2, "hidden_states", "missing"),
+        (5, "logits", "crc32c"),
+        (7, "token_index", "crc32c"),
+    }
     capsys.readouterr()
     assert main(["verify", str(cache)]) == 1
     table = capsys.readouterr().out
@@ -96,7 +139,9 @@ def test_verify_reports_exactly_the_damaged_shards_and_extract_repairs_them(
     assert "3 shards written (3 damaged, re-extracted), 5 resumed" in capsys.readouterr().out
     _assert_equal_caches(reference, cache)
     status, report = _verify_json(capsys, cache)
-    assert status == 0 and report["ok"] and report["checked_bytes"] == _verify_json(capsys, reference)[1]["checked_bytes"]
+    assert (
+        status == 0 and report["ok"] and report["checked_bytes"] == _verify_json(capsys, reference)[1]["checked_bytes"]
+    )
     assert main(_train(cache, tmp_path / "student")) == 0
 
 
@@ -105,7 +150,9 @@ def test_a_reader_never_reads_a_missing_shard_as_fill_values(reference, tmp_path
     shutil.copytree(reference, cache)
     _shard_file(cache, "token_index", 7).unlink()
     reader = CacheReader(cache)
-    np.testing.assert_array_equal(reader.read("token_index", 0, 56), zarr.open_group(str(reference))["token_index"][:56])
+    np.testing.assert_array_equal(
+        reader.read("token_index", 0, 56), zarr.open_group(str(reference))["token_index"][:56]
+    )
     with pytest.raises(CacheError, match="shard 7 of token_index .examples 56..59. is missing"):
         reader.read("token_index", 50, 60)
     with pytest.raises(CacheError, match="shard 7 of token_index"):
@@ -119,11 +166,15 @@ def test_damaged_commit_records_and_tokenizer_are_reported(capsys, reference, tm
     _flip_byte(cache / "tokenizer" / "tokenizer.json" / "c" / "0", offset=5)
     status, report = _verify_json(capsys, cache)
     assert status == 1 and report["bad_shards"] == [3] and report["committed"] == 7  # of 8
-    assert {(p["shard"], p["array"]) for p in report["problems"]} == {(3, "shard_commits"), (None, "tokenizer/tokenizer.json")}
+    assert {(p["shard"], p["array"]) for p in report["problems"]} == {
+        (3, "shard_commits"),
+        (None, "tokenizer/tokenizer.json"),
+    }
 
 
-def test_a_full_disk_is_one_line_and_the_cache_stays_resumable(capsys, reference, tiny_teacher, toy_dir, tmp_path,
-                                                               monkeypatch):
+def test_a_full_disk_is_one_line_and_the_cache_stays_resumable(
+    capsys, reference, tiny_teacher, toy_dir, tmp_path, monkeypatch
+):
     from zarr.storage import LocalStore
 
     original, calls = LocalStore.set, {"n": 0}
@@ -161,7 +212,12 @@ def test_a_cache_of_another_selection_algorithm_is_not_resumed(capsys, reference
 def test_training_without_logits_is_refused_before_any_stage(capsys, tiny_teacher, toy_dir, tmp_path):
     cache, student = tmp_path / "cache", tmp_path / "student"
     assert main(_extract(tiny_teacher, toy_dir, cache, "--knowledge", "hidden_states")) == 0
-    fails(capsys, _train(cache, student), "holds no logits (knowledge: hidden_states)", "--pred-epochs 0",
-          "--knowledge hidden_states,logits")
+    fails(
+        capsys,
+        _train(cache, student),
+        "holds no logits (knowledge: hidden_states)",
+        "--pred-epochs 0",
+        "--knowledge hidden_states,logits",
+    )
     assert not student.exists()
     assert main(_train(cache, student, "--pred-epochs", "0")) == 0

@@ -2,7 +2,6 @@
 hand-written references and the live teacher."""
 
 import numpy as np
-import pytest
 import torch
 
 from hsk_cache import extract, models, quantize
@@ -59,7 +58,8 @@ def test_int8_round_trip_on_real_teacher_states():
     path = models.bundled_teacher_path()
     tokenizer, model = models.load_tokenizer(path), models.load_classifier(path)
     from hsk_cache import data
-    split = data.load_split(DataConfig("bbc-news", "dev", limit=8))
+
+    split = data.load_split(DataConfig(source="bbc-news", split="dev", limit=8))
     examples = Examples.from_dataset(data.tokenize(split, tokenizer, 128), 128, tokenizer.pad_token_id)
     batch = collate(examples, np.arange(8))
     with torch.no_grad():
@@ -75,7 +75,8 @@ def _teacher_batch(tiny_teacher, toy_dir, spec, rows=8):
     tokenizer = models.load_tokenizer(tiny_teacher)
     teacher = models.load_classifier(tiny_teacher, attention=True)
     from hsk_cache import data
-    split = data.load_split(DataConfig(toy_dir, limit=rows))
+
+    split = data.load_split(DataConfig(source=toy_dir, limit=rows))
     examples = Examples.from_dataset(data.tokenize(split, tokenizer, 32), 32, tokenizer.pad_token_id)
     plan = Plan.make(spec, teacher.config, tokenizer)
     return teacher, tokenizer, examples, plan
@@ -88,8 +89,11 @@ def test_left_and_random_tokens(tiny_teacher, toy_dir):
     left = select_knowledge(run_teacher(teacher, batch, plan), batch, plan).token_index[:, 0]
     assert left.tolist() == [[0, 1, 2, 3]] * 8
     random_plan = Plan.make(ExtractSpec.parse("last", "random:3", seed=5), teacher.config, tokenizer)
-    pick = lambda rows: select_knowledge(run_teacher(teacher, collate(examples, rows), random_plan),  # noqa: E731
-                                         collate(examples, rows), random_plan).token_index[:, 0]
+    pick = lambda rows: select_knowledge(
+        run_teacher(teacher, collate(examples, rows), random_plan),
+        collate(examples, rows),
+        random_plan,
+    ).token_index[:, 0]
     alone, together = pick(np.array([3])), pick(np.array([7, 3, 1]))
     assert alone.tolist() == together[1:2].tolist()  # per example, not per batch
     sep = tokenizer.sep_token_id
@@ -99,10 +103,24 @@ def test_left_and_random_tokens(tiny_teacher, toy_dir):
 
 
 def test_attention_rows_and_value_relation_match_the_live_teacher(tiny_teacher, toy_dir, tmp_path):
-    spec = ExtractSpec.parse("last", "topk:4", knowledge="attention_probs,value_relation,logits",
-                             dtype="float32", attention_layers="1,2", value_relation_layer="2")
+    spec = ExtractSpec.parse(
+        "last",
+        "topk:4",
+        knowledge="attention_probs,value_relation,logits",
+        dtype="float32",
+        attention_layers="1,2",
+        value_relation_layer="2",
+    )
     out = str(tmp_path / "cache")
-    extract.run(extract.ExtractConfig(tiny_teacher, DataConfig(toy_dir, max_length=32, limit=8), out, spec, batch_size=3))
+    extract.run(
+        extract.ExtractConfig(
+            teacher=tiny_teacher,
+            data=DataConfig(source=toy_dir, max_length=32, limit=8),
+            out=out,
+            spec=spec,
+            batch_size=3,
+        )
+    )
     reader = CacheReader(out)
     ids, lengths = reader.read("input_ids"), reader.read("lengths")
     model = models.load_classifier(tiny_teacher, attention=True)
@@ -110,20 +128,28 @@ def test_attention_rows_and_value_relation_match_the_live_teacher(tiny_teacher, 
     for row in range(8):
         n = int(lengths[row])
         with torch.no_grad():
-            live = model(input_ids=torch.tensor(ids[row : row + 1, :n], dtype=torch.long),
-                         output_hidden_states=True, output_attentions=True)
+            live = model(
+                input_ids=torch.tensor(ids[row : row + 1, :n], dtype=torch.long),
+                output_hidden_states=True,
+                output_attentions=True,
+            )
         for i, layer in enumerate((1, 2)):
             query = reader.read("attention_index")[row, i]
             assert (query >= 0).all()
-            np.testing.assert_allclose(reader.read("attention_probs")[row, i][:, :, :n],
-                                       live.attentions[layer - 1][0][:, query].numpy(), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                reader.read("attention_probs")[row, i][:, :, :n],
+                live.attentions[layer - 1][0][:, query].numpy(),
+                rtol=1e-5,
+                atol=1e-6,
+            )
         # value relation, recomputed by hand from layer 2's value projection of its input states
         values = model.bert.encoder.layer[1].attention.self.value(live.hidden_states[1][0])  # [T, D]
         v = values.view(n, heads, -1).transpose(0, 1)
         expected = torch.softmax(v @ v.transpose(1, 2) / (v.shape[-1] ** 0.5), dim=-1)
         query = reader.read("value_index")[row]
-        np.testing.assert_allclose(reader.read("value_relation")[row][:, :, :n], expected[:, query].detach().numpy(),
-                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            reader.read("value_relation")[row][:, :, :n], expected[:, query].detach().numpy(), rtol=1e-4, atol=1e-6
+        )
 
 
 def test_layer_spec_strategies_and_study_maps():

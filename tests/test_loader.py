@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from hsk_cache import extract
+from hsk_cache.cache import open_cache
 from hsk_cache.config import DataConfig, ExtractSpec
 from hsk_cache.loader import Sampler, prefetch
-from hsk_cache.cache import open_cache
 
 
 def _epoch(sampler):
@@ -16,7 +16,7 @@ def _epoch(sampler):
 
 @pytest.mark.parametrize("windowed", [False, True])
 def test_order_is_a_seeded_permutation_and_resumes_mid_epoch(windowed):
-    make = lambda seed=7: Sampler(103, 8, seed, shard_examples=16, window=2 if windowed else None)  # noqa: E731
+    make = lambda seed=7: Sampler(103, 8, seed, shard_examples=16, window=2 if windowed else None)
     sampler = make()
     first, second = _epoch(sampler), _epoch(sampler)
     for epoch in (first, second):
@@ -65,7 +65,11 @@ def test_windows_hold_whole_shards():
 def test_windowed_cache_source_reads_the_same_knowledge(tiny_teacher, toy_dir, tmp_path):
     out = str(tmp_path / "cache")
     spec = ExtractSpec.parse("all", "topk:5", "magnitude:0.5", dtype="int8")
-    extract.run(extract.ExtractConfig(tiny_teacher, DataConfig(toy_dir, max_length=32), out, spec, shard_examples=8))
+    extract.run(
+        extract.ExtractConfig(
+            teacher=tiny_teacher, data=DataConfig(source=toy_dir, max_length=32), out=out, spec=spec, shard_examples=8
+        )
+    )
     in_memory, windowed = open_cache(out), open_cache(out, memory_budget_bytes=1)
     assert in_memory.window is None and windowed.window == 1
     seen = []

@@ -2,8 +2,6 @@
 
 import shutil
 
-import pytest
-
 from hsk_cache import models, teacher
 from hsk_cache.cli import main
 
@@ -12,8 +10,26 @@ def test_train_from_cache_never_loads_the_teacher(tiny_teacher, toy_dir, tmp_pat
     teacher_copy = str(tmp_path / "teacher")
     shutil.copytree(tiny_teacher, teacher_copy)
     cache = str(tmp_path / "cache")
-    assert main(["extract", "--teacher", teacher_copy, "--out", cache, "--data", toy_dir, "--max-length", "32",
-                 "--layers", "1,2", "--tokens", "topk:4"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--teacher",
+                teacher_copy,
+                "--out",
+                cache,
+                "--data",
+                toy_dir,
+                "--max-length",
+                "32",
+                "--layers",
+                "1,2",
+                "--tokens",
+                "topk:4",
+            ]
+        )
+        == 0
+    )
     shutil.rmtree(teacher_copy)  # the teacher is gone from disk ...
 
     def refuse(*args, **kwargs):  # ... and any attempt to load or run a model as teacher fails loudly
@@ -22,13 +38,37 @@ def test_train_from_cache_never_loads_the_teacher(tiny_teacher, toy_dir, tmp_pat
     monkeypatch.setattr(models, "load_classifier", refuse)
     monkeypatch.setattr(teacher, "run_teacher", refuse)
     import hsk_cache.sources as sources
+
     monkeypatch.setattr(sources, "run_teacher", refuse)
     from transformers import AutoModelForSequenceClassification
+
     monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", refuse)
 
     out = tmp_path / "student"
-    assert main(["train", "--from-cache", cache, "--out", str(out), "--student-layers", "2", "--student-hidden", "16",
-                 "--student-heads", "2", "--student-ffn", "32", "--hidden-epochs", "1", "--pred-epochs", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--from-cache",
+                cache,
+                "--out",
+                str(out),
+                "--student-layers",
+                "2",
+                "--student-hidden",
+                "16",
+                "--student-heads",
+                "2",
+                "--student-ffn",
+                "32",
+                "--hidden-epochs",
+                "1",
+                "--pred-epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
     monkeypatch.undo()
     student = models.load_classifier(str(out))

@@ -13,8 +13,16 @@ STRATEGIES = [
     ["--layers", "bottom:1", "--tokens", "left:5", "--dims", "random:0.2", "--codec", "zstd"],
     ["--layers", "0,6", "--tokens", "random:20%", "--importance-layer", "3", "--codec", "blosc"],
     ["--layers", "last", "--tokens", "cls", "--precision", "bf16"],
-    ["--knowledge", "attention_probs,value_relation,logits", "--attention-layers", "top:2", "--tokens", "topk:8",
-     "--dtype", "int8"],
+    [
+        "--knowledge",
+        "attention_probs,value_relation,logits",
+        "--attention-layers",
+        "top:2",
+        "--tokens",
+        "topk:8",
+        "--dtype",
+        "int8",
+    ],
 ]
 
 
@@ -33,6 +41,25 @@ def test_extract_with_the_bundled_teacher(data, strategy, teachers, tmp_path, ca
     if data == "sst2" and not SHARED_GLUE.is_dir():
         pytest.skip("../shared/data/glue is not beside this checkout")
     source = str(SHARED_GLUE / "SST-2") if data == "sst2" else "bbc-news"
-    assert main(["extract", "--teacher", teachers[data], "--data", source, "--limit", "12", "--max-length", "64",
-                 "--batch-size", "6", "--out", str(tmp_path / "cache"), *strategy]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--teacher",
+                teachers[data],
+                "--data",
+                source,
+                "--limit",
+                "12",
+                "--max-length",
+                "64",
+                "--batch-size",
+                "6",
+                "--out",
+                str(tmp_path / "cache"),
+                *strategy,
+            ]
+        )
+        == 0
+    )
     assert "12 examples" in capsys.readouterr().out

@@ -11,8 +11,22 @@ import zarr
 
 from hsk_cache.cli import main
 
-ARGS = ["--data", "{data}", "--max-length", "32", "--layers", "all", "--tokens", "topk:5", "--shard-examples", "8",
-        "--batch-size", "4", "--dtype", "float16"]
+ARGS = [
+    "--data",
+    "{data}",
+    "--max-length",
+    "32",
+    "--layers",
+    "all",
+    "--tokens",
+    "topk:5",
+    "--shard-examples",
+    "8",
+    "--batch-size",
+    "4",
+    "--dtype",
+    "float16",
+]
 
 # Runs the real CLI in a child process; while writing the third shard (after its first array,
 # before its commit marker) the process SIGKILLs itself: a hard crash mid-shard.
@@ -40,8 +54,12 @@ def test_killed_extraction_resumes_bitwise_identical(tiny_teacher, toy_dir, tmp_
     reference, resumed = str(tmp_path / "reference"), str(tmp_path / "resumed")
     assert main(_args(tiny_teacher, toy_dir, reference)) == 0
 
-    child = subprocess.run([sys.executable, "-c", KILLER, *_args(tiny_teacher, toy_dir, resumed)],
-                           capture_output=True, text=True, timeout=300)
+    child = subprocess.run(
+        [sys.executable, "-c", KILLER, *_args(tiny_teacher, toy_dir, resumed)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert child.returncode == -9, child.stderr
     partial = zarr.open_group(resumed, mode="r")
     committed = (partial["shard_commits"][:, :, 0] > 0).all(axis=1)  # a row of (bytes, crc32c) per array

@@ -80,7 +80,9 @@ def test_layer_spec_resolves(text, resolved):
     assert LayerSpec.parse(text).resolve(6) == resolved
 
 
-@pytest.mark.parametrize("bad", ["topk:0", "topk:-3", "topk:x", "topk:0%", "topk:101%", "first:3", "topk", "left+sop:3"])
+@pytest.mark.parametrize(
+    "bad", ["topk:0", "topk:-3", "topk:x", "topk:0%", "topk:101%", "first:3", "topk", "left+sop:3"]
+)
 def test_token_spec_rejects_bad_values(bad):
     with pytest.raises(ConfigError):
         TokenSpec.parse(bad)

@@ -18,13 +18,15 @@ def test_real_teacher_cache_matches_a_direct_forward(tmp_path):
     """Bundled MiniLM on 6 BBC articles: cached states, tokens and logits equal a plain HF forward."""
     teacher = models.bundled_teacher_path()
     spec = ExtractSpec.parse(layers="0,3,6", tokens="topk:7", dtype="float32")
-    data = DataConfig("bbc-news", "dev", max_length=48, limit=6)
-    with pytest.raises(models.ModelError, match="has 2 classes but .bbc-news. has 5"):  # the raw sentence encoder has no 5-class head
-        extract.run(extract.ExtractConfig(teacher, data, str(tmp_path / "x"), spec))
+    data = DataConfig(source="bbc-news", split="dev", max_length=48, limit=6)
+    with pytest.raises(
+        models.ModelError, match="has 2 classes but .bbc-news. has 5"
+    ):  # the raw sentence encoder has no 5-class head
+        extract.run(extract.ExtractConfig(teacher=teacher, data=data, out=str(tmp_path / "x"), spec=spec))
     finetuned = tmp_path / "teacher"
     models.save(models.load_classifier(teacher, label_names=tuple("abcde")), models.load_tokenizer(teacher), finetuned)
     out = str(tmp_path / "cache")
-    extract.run(extract.ExtractConfig(str(finetuned), data, out, spec, batch_size=4))
+    extract.run(extract.ExtractConfig(teacher=str(finetuned), data=data, out=out, spec=spec, batch_size=4))
 
     reader = CacheReader(out)
     ids, lengths = reader.read("input_ids"), reader.read("lengths")
@@ -33,8 +35,11 @@ def test_real_teacher_cache_matches_a_direct_forward(tmp_path):
     for row in range(6):
         n = int(lengths[row])
         with torch.no_grad():
-            out_ = model(input_ids=torch.tensor(ids[row : row + 1, :n], dtype=torch.long),
-                         output_hidden_states=True, output_attentions=True)
+            out_ = model(
+                input_ids=torch.tensor(ids[row : row + 1, :n], dtype=torch.long),
+                output_hidden_states=True,
+                output_attentions=True,
+            )
         np.testing.assert_allclose(reader.read("logits")[row], out_.logits[0].numpy(), rtol=1e-4, atol=1e-5)
         for i, layer in enumerate((0, 3, 6)):
             # reference ranking: [CLS] row of layer max(l,1), mean over heads, [SEP] excluded
@@ -43,20 +48,40 @@ def test_real_teacher_cache_matches_a_direct_forward(tmp_path):
             expected = np.argsort(-importance, kind="stable")[:7]
             kept = reader.read("token_index")[row, i]
             np.testing.assert_array_equal(kept, expected)
-            np.testing.assert_allclose(reader.read("hidden_states")[row, i],
-                                       out_.hidden_states[layer][0, expected].numpy(), rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(
+                reader.read("hidden_states")[row, i],
+                out_.hidden_states[layer][0, expected].numpy(),
+                rtol=1e-4,
+                atol=1e-4,
+            )
 
 
 def test_layout_is_standard_zarr_v3_with_a_json_manifest(tiny_teacher, toy_dir, tmp_path):
     out = tmp_path / "cache"
     spec = ExtractSpec.parse(layers="all", tokens="topk:50%", dtype="float16")
-    extract.run(extract.ExtractConfig(tiny_teacher, DataConfig(toy_dir, max_length=32), str(out), spec, shard_examples=16))
+    extract.run(
+        extract.ExtractConfig(
+            teacher=tiny_teacher,
+            data=DataConfig(source=toy_dir, max_length=32),
+            out=str(out),
+            spec=spec,
+            shard_examples=16,
+        )
+    )
     meta = json.loads((out / "zarr.json").read_text())
     assert meta["zarr_format"] == 3 and meta["node_type"] == "group"
     manifest = meta["attributes"]["hsk_cache"]
     assert manifest["complete"] and manifest["format_version"] == layout.FORMAT_VERSION
-    assert manifest["spec"] == {"layers": "all", "tokens": "topk:50%", "dims": "all", "knowledge": ["hidden_states", "logits"],
-                                "dtype": "float16", "codec": "none", "importance_layer": None, "seed": 0}
+    assert manifest["spec"] == {
+        "layers": "all",
+        "tokens": "topk:50%",
+        "dims": "all",
+        "knowledge": ["hidden_states", "logits"],
+        "dtype": "float16",
+        "codec": "none",
+        "importance_layer": None,
+        "seed": 0,
+    }
     assert manifest["teacher"]["weights_sha256"] == models.weights_sha256(tiny_teacher)
     group = zarr.open_group(str(out), mode="r")
     hidden = group["hidden_states"]
@@ -73,8 +98,19 @@ def test_layout_is_standard_zarr_v3_with_a_json_manifest(tiny_teacher, toy_dir, 
 
 
 def test_chunking_is_shard_aligned():
-    specs = layout.arrays(layout.Dims(n=5000, t=128, layers=1, k=16, d=768, c=2, token_types=True,
-                                      knowledge=("hidden_states", "logits"), dtype="float16"))
+    specs = layout.arrays(
+        layout.Dims(
+            n=5000,
+            t=128,
+            layers=1,
+            k=16,
+            d=768,
+            c=2,
+            token_types=True,
+            knowledge=("hidden_states", "logits"),
+            dtype="float16",
+        )
+    )
     chunks, shard = layout.chunking(specs, 5000)
     assert all(shard % chunk == 0 for chunk in chunks.values())
     assert chunks["hidden_states"] == 32 and chunks["lengths"] == min(shard, 512)  # ~1 MiB, ≤ N/8

@@ -31,23 +31,80 @@ KILLER = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def cache(tiny_teacher, toy_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("resume") / "cache")
-    assert main(["extract", "--teacher", tiny_teacher, "--data", toy_dir, "--out", out, "--max-length", "32",
-                 "--layers", "all", "--tokens", "topk:5", "--shard-examples", "16"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--teacher",
+                tiny_teacher,
+                "--data",
+                toy_dir,
+                "--out",
+                out,
+                "--max-length",
+                "32",
+                "--layers",
+                "all",
+                "--tokens",
+                "topk:5",
+                "--shard-examples",
+                "16",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def _train(cache, toy_dir, out, *extra):
     # a random-init student with dropout (so RNG state matters), prefetch on (num-workers 1), dev eval
-    return ["train", "--from-cache", cache, "--out", out, "--student-layers", "2", "--student-hidden", "16",
-            "--student-heads", "2", "--student-ffn", "32", "--hidden-epochs", "2", "--pred-epochs", "2",
-            "--hidden-batch-size", "4", "--pred-batch-size", "4", "--hidden-lr", "1e-3", "--pred-lr", "1e-3",
-            "--save-every", "5", "--eval-data", toy_dir, "--eval-every", "4", "--seed", "3", *extra]
+    return [
+        "train",
+        "--from-cache",
+        cache,
+        "--out",
+        out,
+        "--student-layers",
+        "2",
+        "--student-hidden",
+        "16",
+        "--student-heads",
+        "2",
+        "--student-ffn",
+        "32",
+        "--hidden-epochs",
+        "2",
+        "--pred-epochs",
+        "2",
+        "--hidden-batch-size",
+        "4",
+        "--pred-batch-size",
+        "4",
+        "--hidden-lr",
+        "1e-3",
+        "--pred-lr",
+        "1e-3",
+        "--save-every",
+        "5",
+        "--eval-data",
+        toy_dir,
+        "--eval-every",
+        "4",
+        "--seed",
+        "3",
+        *extra,
+    ]
 
 
 def _child(argv, **env):
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in env.items()}}
-    return subprocess.run([sys.executable, "-c", KILLER, *argv], capture_output=True, text=True, timeout=300,
-                          env={"KILL_STAGE": "-1", "KILL_STEP": "-1", **environment})
+    return subprocess.run(
+        [sys.executable, "-c", KILLER, *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"KILL_STAGE": "-1", "KILL_STEP": "-1", **environment},
+    )
 
 
 def _log(out, event):
@@ -55,8 +112,11 @@ def _log(out, event):
     return [{k: v for k, v in line.items() if k != "elapsed_s"} for line in lines if line["event"] == event]
 
 
-@pytest.mark.parametrize("stage,step,memory", [(0, 13, []), (1, 9, ["--memory-budget-gb", "1e-9"])],
-                         ids=["hidden-stage-in-memory", "prediction-stage-shard-windows"])
+@pytest.mark.parametrize(
+    "stage,step,memory",
+    [(0, 13, []), (1, 9, ["--memory-budget-gb", "1e-9"])],
+    ids=["hidden-stage-in-memory", "prediction-stage-shard-windows"],
+)
 def test_killed_training_resumes_to_identical_losses_and_weights(cache, toy_dir, tmp_path, stage, step, memory):
     reference, resumed = str(tmp_path / "reference"), str(tmp_path / "resumed")
     done = _child(_train(cache, toy_dir, reference, *memory))
@@ -73,7 +133,9 @@ def test_killed_training_resumes_to_identical_losses_and_weights(cache, toy_dir,
     assert f"resumed from {os.path.join(resumed, 'checkpoints', checkpoints[0])}" in again.stdout
 
     expected, got = _log(reference, "train"), _log(resumed, "train")
-    assert len(got) == 64 and [(x["stage_index"], x["step"]) for x in got] == [(s, i) for s in (0, 1) for i in range(1, 33)]
+    assert len(got) == 64 and [(x["stage_index"], x["step"]) for x in got] == [
+        (s, i) for s in (0, 1) for i in range(1, 33)
+    ]
     assert got == expected  # every step's loss, learning rate and epoch, bitwise (JSON floats round-trip)
     assert _log(resumed, "eval") == _log(reference, "eval")
     for weights in ("model.safetensors", os.path.join("best", "model.safetensors")):
@@ -91,14 +153,34 @@ def test_sigterm_checkpoints_after_the_current_step_and_resumes(cache, toy_dir, 
     import signal
     import time
 
-    argv = ["train", "--from-cache", cache, "--student-layers", "1", "--student-hidden", "16", "--student-heads", "2",
-            "--student-ffn", "16", "--hidden-epochs", "20", "--pred-epochs", "0", "--hidden-batch-size", "4",
-            "--save-every", "0"]
+    argv = [
+        "train",
+        "--from-cache",
+        cache,
+        "--student-layers",
+        "1",
+        "--student-hidden",
+        "16",
+        "--student-heads",
+        "2",
+        "--student-ffn",
+        "16",
+        "--hidden-epochs",
+        "20",
+        "--pred-epochs",
+        "0",
+        "--hidden-batch-size",
+        "4",
+        "--save-every",
+        "0",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     reference, stopped = tmp_path / "reference", tmp_path / "stopped"
     command = [sys.executable, "-m", "hsk_cache.cli", *argv, "--out"]
     assert subprocess.run(command + [str(reference)], env=env, capture_output=True, timeout=300).returncode == 0
-    child = subprocess.Popen(command + [str(stopped)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        command + [str(stopped)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     log = stopped / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 20):

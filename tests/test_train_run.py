@@ -16,15 +16,56 @@ from tests.conftest import fails
 @pytest.fixture(scope="module")
 def cache(tiny_teacher, toy_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run") / "cache")
-    assert main(["extract", "--teacher", tiny_teacher, "--data", toy_dir, "--out", out, "--max-length", "32",
-                 "--layers", "all", "--tokens", "topk:5"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--teacher",
+                tiny_teacher,
+                "--data",
+                toy_dir,
+                "--out",
+                out,
+                "--max-length",
+                "32",
+                "--layers",
+                "all",
+                "--tokens",
+                "topk:5",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def _train(cache, out, *extra):
-    return ["train", "--from-cache", cache, "--out", str(out), "--student-layers", "1", "--student-hidden", "16",
-            "--student-heads", "2", "--student-ffn", "16", "--hidden-epochs", "1", "--pred-epochs", "2",
-            "--hidden-batch-size", "8", "--pred-batch-size", "8", "--pred-lr", "3e-3", *extra]
+    return [
+        "train",
+        "--from-cache",
+        cache,
+        "--out",
+        str(out),
+        "--student-layers",
+        "1",
+        "--student-hidden",
+        "16",
+        "--student-heads",
+        "2",
+        "--student-ffn",
+        "16",
+        "--hidden-epochs",
+        "1",
+        "--pred-epochs",
+        "2",
+        "--hidden-batch-size",
+        "8",
+        "--pred-batch-size",
+        "8",
+        "--pred-lr",
+        "3e-3",
+        *extra,
+    ]
 
 
 def _snapshot(path):
@@ -38,8 +79,12 @@ def test_checkpoints_hold_safetensors_and_json_only(cache, tmp_path, capsys):
     (name,) = os.listdir(out / "checkpoints")
     assert name == "stage0-step000000008"
     checkpoint = out / "checkpoints" / name
-    assert sorted(os.listdir(checkpoint)) == ["optimizer.safetensors", "rng.safetensors", "state.json",
-                                              "weights.safetensors"]
+    assert sorted(os.listdir(checkpoint)) == [
+        "optimizer.safetensors",
+        "rng.safetensors",
+        "state.json",
+        "weights.safetensors",
+    ]
     weights = load_file(str(checkpoint / "weights.safetensors"))
     assert weights["projection.weight"].shape == (32, 16)  # W_h travels with the student (16 → 32 wide)
     final = load_file(str(out / "model.safetensors"))
@@ -90,8 +135,17 @@ def test_dev_evaluation_logs_metrics_and_keeps_the_best_model(cache, toy_dir, tm
     assert main(_train(cache, out, "--eval-data", toy_dir, "--eval-every", "3")) == 0
     assert "best accuracy" in capsys.readouterr().out
     evals = [json.loads(line) for line in open(out / "metrics.jsonl") if '"eval"' in line]
-    assert [(e["stage_index"], e["step"]) for e in evals] == [(0, 3), (0, 6), (0, 8), (1, 3), (1, 6), (1, 9),
-                                                              (1, 12), (1, 15), (1, 16)]
+    assert [(e["stage_index"], e["step"]) for e in evals] == [
+        (0, 3),
+        (0, 6),
+        (0, 8),
+        (1, 3),
+        (1, 6),
+        (1, 9),
+        (1, 12),
+        (1, 15),
+        (1, 16),
+    ]
     assert all(e["examples"] == 16 and 0 <= e["accuracy"] <= 1 and -1 <= e["mcc"] <= 1 for e in evals)
     best = json.loads((out / "best" / "best.json").read_text())
     prediction = [e for e in evals if e["stage_index"] == 1]
@@ -109,8 +163,12 @@ def test_another_config_at_the_same_out_is_refused(cache, tmp_path, capsys):
     out = tmp_path / "student"
     assert main(_train(cache, out)) == 0
     before = _snapshot(out)
-    fails(capsys, _train(cache, out, "--pred-lr", "1e-3"), "holds a run with a different stages.1.lr (0.003 vs 0.001)",
-          "--overwrite")
+    fails(
+        capsys,
+        _train(cache, out, "--pred-lr", "1e-3"),
+        "holds a run with a different stages.1.lr (0.003 vs 0.001)",
+        "--overwrite",
+    )
     fails(capsys, _train(cache, out, "--seed", "1"), "different seed (0 vs 1)")
     assert _snapshot(out) == before
     capsys.readouterr()
@@ -135,8 +193,10 @@ def test_resume_needs_a_checkpoint_and_foreign_directories_are_kept(cache, tmp_p
     fails(capsys, _train(cache, tmp_path / "x", "--resume", "--overwrite"), "at most one of --overwrite")
 
 
-@pytest.mark.parametrize("text,steps,seconds", [("500", 500, None), ("90s", None, 90), ("5min", None, 300),
-                                                ("2h", None, 7200), ("0", None, None)])
+@pytest.mark.parametrize(
+    "text,steps,seconds",
+    [("500", 500, None), ("90s", None, 90), ("5min", None, 300), ("2h", None, 7200), ("0", None, None)],
+)
 def test_save_every_parses_steps_and_durations(text, steps, seconds):
     interval = Interval.parse(text)
     assert (interval.steps, interval.seconds) == (steps, seconds)

@@ -19,8 +19,9 @@ def uniform_layer_map(student_layers: int, top_layer: int) -> dict[int, int]:
     return {l: math.floor(l * top_layer / student_layers + 0.5) for l in range(1, student_layers + 1)}
 
 
-def layer_map(text: str, student_layers: int, teacher_layers: int, cached_layers: tuple[int, ...],
-              keep_top: int | None = None) -> dict[int, int]:
+def layer_map(
+    text: str, student_layers: int, teacher_layers: int, cached_layers: tuple[int, ...], keep_top: int | None = None
+) -> dict[int, int]:
     """Resolve ``--layer-map`` against the student's depth and the teacher layers available.
 
     Args:
@@ -48,7 +49,9 @@ def _parse_map(text, student_layers, teacher_layers, cached_layers) -> dict[int,
         top = teacher_layers
         if arg:
             if not arg.isdigit() or not 1 <= int(arg) <= teacher_layers:
-                raise ConfigError(f"--layer-map {text!r}: L_top must be in 1..{teacher_layers}, e.g. uniform:{teacher_layers}")
+                raise ConfigError(
+                    f"--layer-map {text!r}: L_top must be in 1..{teacher_layers}, e.g. uniform:{teacher_layers}"
+                )
             top = int(arg)
         full = uniform_layer_map(student_layers, top)
         kept = {s: t for s, t in full.items() if t in cached_layers}

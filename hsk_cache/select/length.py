@@ -78,5 +78,7 @@ def tokens_per_example(spec: TokenSpec, lengths: torch.Tensor) -> torch.Tensor:
 def gather_tokens(hidden_states: torch.Tensor, token_index: torch.Tensor) -> torch.Tensor:
     """hidden_states [B, T, D], token_index [B, K] (−1 = none) → [B, K, D], zeros where −1."""
     valid = token_index >= 0
-    picked = torch.gather(hidden_states, 1, token_index.clamp(min=0)[:, :, None].expand(-1, -1, hidden_states.shape[-1]))
+    picked = torch.gather(
+        hidden_states, 1, token_index.clamp(min=0)[:, :, None].expand(-1, -1, hidden_states.shape[-1])
+    )
     return picked * valid[:, :, None].to(picked.dtype)

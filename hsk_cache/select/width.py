@@ -44,8 +44,9 @@ def magnitude_mask(hidden_states: torch.Tensor, token_valid: torch.Tensor, fract
     b, layers, k, d = hidden_states.shape
     scores = hidden_states.abs().float().masked_fill(~token_valid[..., None], -math.inf).reshape(b, layers, k * d)
     valid_elements = token_valid.sum(-1).long() * d  # [B, L_k], an exact integer
-    counts = torch.tensor([kept_elements(fraction, n) for n in valid_elements.flatten().tolist()],
-                          dtype=torch.long).reshape(b, layers)
+    counts = torch.tensor(
+        [kept_elements(fraction, n) for n in valid_elements.flatten().tolist()], dtype=torch.long
+    ).reshape(b, layers)
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
     keep = torch.arange(k * d)[None, None, :] < counts[..., None]
     mask = torch.zeros(b, layers, k * d, dtype=torch.bool)

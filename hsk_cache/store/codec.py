@@ -14,8 +14,8 @@ import torch
 
 from hsk_cache import quantize
 from hsk_cache.errors import CacheError
-from hsk_cache.store.layout import Dims
 from hsk_cache.knowledge import Knowledge
+from hsk_cache.store.layout import Dims
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,10 @@ def encode(knowledge: Knowledge, dims: Dims, dim_index: np.ndarray | None) -> di
             mask = _pad(knowledge.hidden_mask, 2, dims.k, False)
             kept = int(mask.reshape(*mask.shape[:2], -1).sum(-1).max(initial=0))
             if kept > dims.slots:  # pack_values would drop values whose mask bits stay set
-                raise CacheError(f"a magnitude mask keeps {kept} elements but the cache has {dims.slots} slots: "
-                                 "the mask and the slot count disagree (a bug; please report it)")
+                raise CacheError(
+                    f"a magnitude mask keeps {kept} elements but the cache has {dims.slots} slots: "
+                    "the mask and the slot count disagree (a bug; please report it)"
+                )
             _quantized(out, "hidden_values", pack_values(hidden, mask, dims.slots), dims.dtype)
             out["hidden_mask"] = np.packbits(mask, axis=-1)
         else:
@@ -115,7 +117,10 @@ def decode(rows: dict[str, np.ndarray], info: Decoding, width: int) -> Knowledge
         valid = index[..., :k] >= 0
         if dims.width == "magnitude":
             mask = np.unpackbits(rows["hidden_mask"], axis=-1, count=dims.d).astype(bool)
-            hidden, mask = unpack_values(_dequantized(rows, "hidden_values", dims.dtype), mask)[:, :, :k], mask[:, :, :k]
+            hidden, mask = (
+                unpack_values(_dequantized(rows, "hidden_values", dims.dtype), mask)[:, :, :k],
+                mask[:, :, :k],
+            )
         elif info.dim_index is not None:
             kept = _dequantized(rows, "hidden_states", dims.dtype)[:, :, :k]
             hidden = np.zeros(kept.shape[:-1] + (dims.d,), dtype=np.float32)
@@ -136,7 +141,10 @@ def decode(rows: dict[str, np.ndarray], info: Decoding, width: int) -> Knowledge
     if "value_index" in rows:
         index = rows["value_index"].astype(np.int64)
         k = _trim(index)
-        knowledge.value_relation_layer, knowledge.value_index = info.value_relation_layer, torch.from_numpy(index[:, :k])
+        knowledge.value_relation_layer, knowledge.value_index = (
+            info.value_relation_layer,
+            torch.from_numpy(index[:, :k]),
+        )
         relation = _dequantized(rows, "value_relation", dims.dtype)[:, :, :k, :width]
         knowledge.value_relation = torch.from_numpy(np.ascontiguousarray(relation))
     if "logits" in rows:

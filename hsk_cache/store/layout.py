@@ -44,7 +44,14 @@ COMMIT_ARRAY = "shard_commits"
 TARGET_CHUNK_BYTES = 1 << 20  # 1 MiB of the widest array per chunk: cheap contiguous reads
 TARGET_SHARD_BYTES = 32 << 20  # 32 MiB per shard: one write, a bounded amount of work lost on a kill
 IDENTITY_KEYS = (
-    "format_version", "selection_version", "teacher.weights_sha256", "data.fingerprint", "max_length", "spec", "precision", "layout",
+    "format_version",
+    "selection_version",
+    "teacher.weights_sha256",
+    "data.fingerprint",
+    "max_length",
+    "spec",
+    "precision",
+    "layout",
 )
 
 
@@ -122,7 +129,11 @@ def arrays(dims: Dims) -> list[ArraySpec]:
         out.append(ArraySpec("attention_index", (n, dims.attention_layers, dims.k), "int16", "zstd"))
         out.append(ArraySpec("attention_probs", (n, dims.attention_layers, dims.heads, dims.k, dims.t), q, dims.codec))
         if int8:
-            out.append(ArraySpec("attention_probs_scale", (n, dims.attention_layers, dims.heads, dims.k), "float32", dims.codec))
+            out.append(
+                ArraySpec(
+                    "attention_probs_scale", (n, dims.attention_layers, dims.heads, dims.k), "float32", dims.codec
+                )
+            )
     if "value_relation" in dims.knowledge:
         out.append(ArraySpec("value_index", (n, dims.k), "int16", "zstd"))
         out.append(ArraySpec("value_relation", (n, dims.heads, dims.k, dims.t), q, dims.codec))
@@ -137,11 +148,21 @@ def dims_from_manifest(manifest) -> Dims:
     """The Dims an extraction recorded in its ``store.manifest.Manifest``."""
     d, spec = manifest.dims, manifest.spec
     return Dims(
-        n=manifest.num_examples, t=manifest.max_length, layers=len(manifest.layers),
-        k=d.kept_tokens, d=d.hidden_size, c=d.classes, token_types=d.token_types,
-        knowledge=tuple(spec.knowledge), dtype=spec.dtype, codec=spec.codec,
-        width=spec.dims.split(":")[0], kept_dims=d.kept_dims, slots=d.slots,
-        attention_layers=len(manifest.attention_layers), heads=d.heads,
+        n=manifest.num_examples,
+        t=manifest.max_length,
+        layers=len(manifest.layers),
+        k=d.kept_tokens,
+        d=d.hidden_size,
+        c=d.classes,
+        token_types=d.token_types,
+        knowledge=tuple(spec.knowledge),
+        dtype=spec.dtype,
+        codec=spec.codec,
+        width=spec.dims.split(":")[0],
+        kept_dims=d.kept_dims,
+        slots=d.slots,
+        attention_layers=len(manifest.attention_layers),
+        heads=d.heads,
     )
 
 
@@ -159,8 +180,10 @@ def chunking(specs: list[ArraySpec], n: int, shard_examples: int | None = None) 
         shard_examples = _pow2_floor(max(1, TARGET_SHARD_BYTES // widest))
         shard_examples = min(shard_examples, _pow2_ceil(n))
     edge = _pow2_floor(max(1, n // 8))
-    chunks = {spec.name: min(shard_examples, edge, _pow2_floor(max(1, TARGET_CHUNK_BYTES // spec.row_bytes())))
-              for spec in per_example}
+    chunks = {
+        spec.name: min(shard_examples, edge, _pow2_floor(max(1, TARGET_CHUNK_BYTES // spec.row_bytes())))
+        for spec in per_example
+    }
     return chunks, shard_examples
 
 
@@ -206,14 +229,26 @@ def extract_command(manifest, path: str) -> str:
 
     data, spec = manifest.data, manifest.spec
     options = {
-        "--teacher": manifest.teacher.path, "--data": data.resolved_source or data.source, "--split": data.split,
+        "--teacher": manifest.teacher.path,
+        "--data": data.resolved_source or data.source,
+        "--split": data.split,
         "--text-columns": ",".join(data.text_columns) if data.text_columns else None,
-        "--label-column": data.label_column, "--max-length": manifest.max_length, "--limit": data.limit,
-        "--layers": spec.layers, "--tokens": spec.tokens, "--dims": spec.dims,
-        "--knowledge": ",".join(spec.knowledge), "--attention-layers": spec.attention_layers,
-        "--value-relation-layer": spec.value_relation_layer, "--importance-layer": spec.importance_layer,
-        "--dtype": spec.dtype, "--codec": spec.codec, "--selection-seed": spec.seed,
-        "--precision": manifest.precision, "--shard-examples": manifest.layout.shard_examples, "--out": path,
+        "--label-column": data.label_column,
+        "--max-length": manifest.max_length,
+        "--limit": data.limit,
+        "--layers": spec.layers,
+        "--tokens": spec.tokens,
+        "--dims": spec.dims,
+        "--knowledge": ",".join(spec.knowledge),
+        "--attention-layers": spec.attention_layers,
+        "--value-relation-layer": spec.value_relation_layer,
+        "--importance-layer": spec.importance_layer,
+        "--dtype": spec.dtype,
+        "--codec": spec.codec,
+        "--selection-seed": spec.seed,
+        "--precision": manifest.precision,
+        "--shard-examples": manifest.layout.shard_examples,
+        "--out": path,
     }
     words = ["hsk", "extract"]
     for option, value in options.items():

@@ -8,9 +8,10 @@ attributes (``manifest.data.num_examples``, ``manifest.layers``, …) instead of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from hsk_cache.errors import CacheError
 
@@ -167,12 +168,17 @@ class Manifest:
         return self.data.label_names
 
     @classmethod
-    def from_dict(cls, raw: Mapping) -> "Manifest":
+    def from_dict(cls, raw: Mapping) -> Manifest:
         """Parse the JSON manifest. Raises: CacheError naming the first missing or malformed field."""
         if not isinstance(raw, Mapping):
             raise CacheError("the cache manifest is not a JSON object: the cache is damaged; re-extract it")
-        sections = {"teacher": TeacherInfo, "tokenizer": TokenizerInfo, "spec": SpecInfo, "dims": DimsInfo,
-                    "layout": LayoutInfo}
+        sections = {
+            "teacher": TeacherInfo,
+            "tokenizer": TokenizerInfo,
+            "spec": SpecInfo,
+            "dims": DimsInfo,
+            "layout": LayoutInfo,
+        }
         values = {}
         for f in fields(cls):
             if f.name not in raw:

@@ -33,7 +33,9 @@ def read_manifest(path: str | Path, check_version: bool = True) -> dict:
         raise CacheError(f"cannot read {str(meta_file)!r}: {err}") from None
     manifest = meta.get("attributes", {}).get(MANIFEST_KEY) if isinstance(meta, dict) else None
     if not isinstance(manifest, dict) or manifest.get("format") != layout.FORMAT_NAME:
-        raise CacheError(f"{str(path)!r} is a Zarr store but not an hsk cache: point at a directory made by hsk extract")
+        raise CacheError(
+            f"{str(path)!r} is a Zarr store but not an hsk cache: point at a directory made by hsk extract"
+        )
     version = manifest.get("format_version")
     if check_version and version != layout.FORMAT_VERSION:
         raise CacheError(
@@ -68,8 +70,10 @@ class CacheReader:
 
     def damaged(self, what: str) -> CacheError:
         """A one-line CacheError: ``what`` is damaged, with the verify and repair commands."""
-        return CacheError(f"cache {str(self.path)!r}: {what}; `hsk verify {self.path}` lists every damaged shard, "
-                          f"rerun `{self.repair_command}` to re-extract them")
+        return CacheError(
+            f"cache {str(self.path)!r}: {what}; `hsk verify {self.path}` lists every damaged shard, "
+            f"rerun `{self.repair_command}` to re-extract them"
+        )
 
     def check_files(self) -> None:
         """Every committed shard file is present with the size its commit row recorded (one

@@ -32,7 +32,11 @@ class Problem:
     @property
     def where(self) -> str:
         """``shard 3 of logits (examples 24..31)``, or the global array's name."""
-        return f"shard {self.shard} of {self.array} (examples {self.rows[0]}..{self.rows[1] - 1})" if self.rows else self.array
+        return (
+            f"shard {self.shard} of {self.array} (examples {self.rows[0]}..{self.rows[1] - 1})"
+            if self.rows
+            else self.array
+        )
 
 
 @dataclass
@@ -75,8 +79,10 @@ def check_group(group: zarr.Group, manifest: Manifest, progress=None) -> tuple[l
     rows, unreadable = commits.read_commits(group)
     names = commits.commit_names(group)
     n, shard_examples = manifest.num_examples, manifest.layout.shard_examples
-    problems = [Problem(s, layout.COMMIT_ARRAY, "commit record damaged", layout.shard_range(s, n, shard_examples))
-                for s in unreadable]
+    problems = [
+        Problem(s, layout.COMMIT_ARRAY, "commit record damaged", layout.shard_range(s, n, shard_examples))
+        for s in unreadable
+    ]
     committed = np.flatnonzero(commits.committed_mask(rows))
     bar = progress("verify shards", len(committed), 0) if progress is not None else None
     checked = 0
@@ -111,7 +117,11 @@ def _check_globals(group: zarr.Group, manifest: Manifest) -> list[Problem]:
     """Arrays not chunked along N are small: decoding them checks their chunk crc32c."""
     dims = layout.dims_from_manifest(manifest)
     names = [spec.name for spec in layout.arrays(dims) if not spec.per_example]
-    names += [f"{TOKENIZER_GROUP}/{name}" for name in group[TOKENIZER_GROUP].array_keys()] if TOKENIZER_GROUP in group else []
+    names += (
+        [f"{TOKENIZER_GROUP}/{name}" for name in group[TOKENIZER_GROUP].array_keys()]
+        if TOKENIZER_GROUP in group
+        else []
+    )
     problems = []
     for name in names:
         try:

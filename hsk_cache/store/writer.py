@@ -35,7 +35,9 @@ class CacheWriter:
         self.resumed = resumed  # reopened an existing cache of the same identity
 
     @classmethod
-    def open(cls, path: str | Path, manifest: dict, specs: list[layout.ArraySpec], overwrite: bool = False) -> "CacheWriter":
+    def open(
+        cls, path: str | Path, manifest: dict, specs: list[layout.ArraySpec], overwrite: bool = False
+    ) -> CacheWriter:
         """Create the cache, or reopen it to resume when its identity matches ``manifest``.
 
         Raises: CacheError if ``path`` holds something else (another spec, teacher or data, or
@@ -53,7 +55,10 @@ class CacheWriter:
                 if existing is None and not overwrite:
                     raise CacheError(f"{str(path)!r} exists and is not an hsk cache: choose another --out or remove it")
                 if existing is None and any(path.iterdir()):
-                    raise CacheError(f"{str(path)!r} is not an hsk cache; refusing to delete it with --overwrite: choose another --out")
+                    raise CacheError(
+                        f"{str(path)!r} is not an hsk cache; refusing to delete it with --overwrite: "
+                        "choose another --out"
+                    )
                 shutil.rmtree(path)
             group = zarr.open_group(str(path), mode="w")
             group.attrs[MANIFEST_KEY] = manifest
@@ -73,15 +78,25 @@ class CacheWriter:
             else:
                 chunks, shards = spec.shape, None
             self.group.create_array(
-                spec.name, shape=spec.shape, dtype=spec.dtype, chunks=chunks, shards=shards,
-                compressors=compressors(spec.codec), fill_value=-1 if spec.name.endswith("_index") else 0,
+                spec.name,
+                shape=spec.shape,
+                dtype=spec.dtype,
+                chunks=chunks,
+                shards=shards,
+                compressors=compressors(spec.codec),
+                fill_value=-1 if spec.name.endswith("_index") else 0,
                 config=ARRAY_CONFIG,
             )
         if layout.COMMIT_ARRAY not in present:
             names = [spec.name for spec in specs if spec.per_example]
             array = self.group.create_array(
-                layout.COMMIT_ARRAY, shape=(lay["num_shards"], len(names), 2), dtype="uint64", chunks=(1, len(names), 2),
-                compressors=compressors("none"), fill_value=0, config=ARRAY_CONFIG,
+                layout.COMMIT_ARRAY,
+                shape=(lay["num_shards"], len(names), 2),
+                dtype="uint64",
+                chunks=(1, len(names), 2),
+                compressors=compressors("none"),
+                fill_value=0,
+                config=ARRAY_CONFIG,
             )
             array.attrs[commits.COMMIT_ARRAYS_ATTR] = names
 
@@ -101,8 +116,15 @@ class CacheWriter:
             group = self.group.require_group(TOKENIZER_GROUP)
             for file in sorted(Path(tmp).iterdir()):
                 payload = np.frombuffer(file.read_bytes(), dtype=np.uint8)
-                array = group.create_array(file.name, shape=payload.shape, dtype="uint8", chunks=(max(1, len(payload)),),
-                                           compressors=compressors("zstd"), overwrite=True, config=ARRAY_CONFIG)
+                array = group.create_array(
+                    file.name,
+                    shape=payload.shape,
+                    dtype="uint8",
+                    chunks=(max(1, len(payload)),),
+                    compressors=compressors("zstd"),
+                    overwrite=True,
+                    config=ARRAY_CONFIG,
+                )
                 array[:] = payload
 
     def committed(self) -> np.ndarray:
