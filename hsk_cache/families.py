@@ -63,11 +63,20 @@ def layer_stack(model) -> tuple[str, object]:
     )
 
 
+def unwrap(model):
+    """The transformers model inside DDP / DataParallel / compile wrappers (``.module``)."""
+    while not hasattr(model, "config") and hasattr(model, "module"):
+        model = model.module
+    return model
+
+
 def value_module(model, layer: int):
-    """The value projection of transformer layer ``layer`` (1-based) of a supported encoder.
+    """The value projection of transformer layer ``layer`` (1-based) of a supported encoder (or
+    of the model a DDP wrapper holds).
 
     Raises: ModelError for an unsupported family or a layer outside 1..L.
     """
+    model = unwrap(model)
     name = check_family(model.config)
     _, layers = layer_stack(model)
     if not 1 <= layer <= len(layers):

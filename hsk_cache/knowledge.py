@@ -27,6 +27,7 @@ Which teacher layers L_k and L_a stand for is not in the batch but in ``StoredKn
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, fields
 
@@ -114,6 +115,15 @@ class StoredKnowledge:
 
 def model_inputs(batch: dict, model=None) -> dict:
     """The model's inputs from a batch dict: input_ids, attention_mask and token_type_ids, minus
-    those ``model.forward`` does not take (DistilBERT and MPNet take no token_type_ids)."""
-    accepted = inspect.signature(model.forward).parameters if model is not None else None
-    return {key: batch[key] for key in INPUT_KEYS if key in batch and (accepted is None or key in accepted)}
+    those ``model.forward`` does not take (DistilBERT and MPNet take no token_type_ids). A
+    wrapped model (DDP, DataParallel: ``model.module``) is judged by the model it wraps."""
+    while model is not None and not hasattr(model, "config") and hasattr(model, "module"):
+        model = model.module
+    accepted = _accepted_inputs(type(model)) if model is not None else INPUT_KEYS
+    return {key: batch[key] for key in accepted if key in batch}
+
+
+@functools.lru_cache(maxsize=64)
+def _accepted_inputs(model_class) -> tuple[str, ...]:
+    parameters = inspect.signature(model_class.forward).parameters
+    return tuple(key for key in INPUT_KEYS if key in parameters)

@@ -230,3 +230,24 @@ def test_the_store_does_not_import_the_model_running_code():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_helpers_see_through_a_wrapped_model(tokenizer):
+    from hsk_cache import capture_values, model_inputs
+    from tests.test_families import tiny
+
+    student = tiny("distilbert", tokenizer)
+    wrapped = torch.nn.DataParallel(student)  # like DDP: the model is wrapped.module
+    batch = {
+        "input_ids": torch.tensor([[101, 2204, 102]]),
+        "attention_mask": torch.ones(1, 3, dtype=torch.long),
+        "token_type_ids": torch.zeros(1, 3, dtype=torch.long),
+    }
+    inputs = model_inputs(batch, wrapped)
+    assert set(inputs) == {"input_ids", "attention_mask"}  # DistilBERT takes no token_type_ids
+    with capture_values(wrapped, 2) as values:
+        wrapped(**inputs)
+    expected = student.distilbert.transformer.layer[1].attention.v_lin(
+        student(**inputs, output_hidden_states=True).hidden_states[1]
+    )
+    torch.testing.assert_close(values[0], expected)

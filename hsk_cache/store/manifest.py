@@ -67,6 +67,8 @@ class TeacherInfo(_Section):
 
 @dataclass(frozen=True)
 class TokenizerInfo(_Section):
+    """The teacher tokenizer stored in the cache (its files in the ``group`` subgroup)."""
+
     group: str
     name_or_path: str
     vocab_size: int
