@@ -50,7 +50,12 @@ class CacheReader:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.manifest = Manifest.from_dict(read_manifest(self.path))
+        try:
+            self.manifest = Manifest.from_dict(read_manifest(self.path))
+        except CacheError as err:
+            if str(self.path) in str(err):
+                raise
+            raise CacheError(f"cache {str(self.path)!r}: {err}") from None
         self.group = zarr.open_group(str(self.path), mode="r")
 
     @property
