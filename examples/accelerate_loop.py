@@ -17,24 +17,25 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from transformers import AutoConfig, AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
 from hsk_cache import DistillationLoss, model_inputs, open_cache, without_attention_dropout
+from hsk_cache.models import student_from_config
 
 
 def build_student(cache, args):
     if args.student:
         return AutoModelForSequenceClassification.from_pretrained(args.student, attn_implementation="eager")
-    config = AutoConfig.for_model(
-        **{
-            k: v
-            for k, v in cache.teacher_config.items()
-            if k not in ("architectures", "_name_or_path", "transformers_version")
-        }
+    # a fresh student of the teacher's family (each family names its options its own way)
+    return student_from_config(
+        cache.teacher_config,
+        len(cache.label_names),
+        args.layers,
+        args.hidden,
+        args.heads,
+        4 * args.hidden,
+        attention=True,
     )
-    config.num_hidden_layers, config.hidden_size = args.layers, args.hidden
-    config.num_attention_heads, config.intermediate_size = args.heads, 4 * args.hidden
-    return AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
 
 
 def main(argv=None) -> dict:
