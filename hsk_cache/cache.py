@@ -30,22 +30,29 @@ _EXAMPLE_ARRAYS = {"input_ids", "token_type_ids", "lengths", "labels", "example_
 _PAD = {"token_index": -1, "attention_index": -1, "value_index": -1}  # everything else pads with 0 / False
 
 
-def open_cache(path: str | Path, *, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET, progress=None) -> Cache:
+def open_cache(
+    path: str | Path,
+    *,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    progress=None,
+    storage_options: dict | None = None,
+) -> Cache:
     """Open a complete cache made by ``hsk extract``.
 
     Args:
-        path: the cache directory.
+        path: the cache directory, or an fsspec URL (``s3://bucket/cache``, ``gs://``, ``memory://``).
         memory_budget_bytes: knowledge bytes held in memory at most (default 4 GiB); a larger
             cache is read a window of shards at a time.
         progress: optional factory ``progress(description, total, initial)`` for the up-front
             verification of a cache larger than the budget (a tqdm-like bar, in shards).
+        storage_options: fsspec options for a URL (endpoint, credentials; ``store.location``).
     Returns: a ``Cache``.
     Raises: CacheError if the cache is missing, incomplete, of another format version, or has a
         missing or corrupt shard (one line naming the shard and the repair command). Every chunk's
         crc32c is checked as it is read; a cache larger than the budget has every shard file's
         crc32c checked against its commit record first.
     """
-    return Cache(path, memory_budget_bytes, progress)
+    return Cache(path, memory_budget_bytes, progress, storage_options)
 
 
 class Cache:
@@ -59,9 +66,15 @@ class Cache:
         window: shards held in memory at a time, or None when the whole cache is in memory.
     """
 
-    def __init__(self, path: str | Path, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET, progress=None) -> None:
-        self.path = str(path)
-        self.reader = reader = CacheReader(path)
+    def __init__(
+        self,
+        path: str | Path,
+        memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+        progress=None,
+        storage_options: dict | None = None,
+    ) -> None:
+        self.reader = reader = CacheReader(path, storage_options)
+        self.path = reader.path
         reader.require_complete()
         m: Manifest = reader.manifest
         self.manifest = m
@@ -104,23 +117,33 @@ class Cache:
     def _verify(self, progress) -> None:
         """Shard windows are read during training: check every shard file's crc32c now, so a
         damaged cache is refused before the first step rather than hours into a run."""
+        from hsk_cache import distributed
         from hsk_cache.store.verify import check_group
 
-        problems, _, _ = check_group(self.reader.group, self.manifest, progress)
+        rank = distributed.current()  # data-parallel ranks each check every world_size-th shard
+        problems, _, _ = check_group(self.reader.group, self.manifest, progress, part=(rank.rank, rank.world_size))
+        found = int(distributed.all_reduce_sum(torch.tensor([len(problems)]))[0])
+        if found and not problems:
+            raise self.reader.damaged(f"another rank found {found} damaged shard files")
         if problems:
             more = f", and {len(problems) - 1} more" if len(problems) > 1 else ""
             raise self.reader.damaged(f"{problems[0].where}: {problems[0].problem}{more}")
 
     # -- the fast loader (hsk train) ------------------------------------------------------------
 
-    def sampler(self, batch_size: int, seed: int) -> Sampler:
-        """Full-permutation epochs when the knowledge is in memory, else shard-window shuffles."""
-        return Sampler(len(self), batch_size, seed, self.shard_examples, self.window)
+    def sampler(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> Sampler:
+        """Full-permutation epochs when the knowledge is in memory, else shard-window shuffles;
+        rank ``rank``'s part of each global batch of ``batch_size`` (``loader`` module)."""
+        return Sampler(len(self), batch_size, seed, self.shard_examples, self.window, rank, world_size)
 
-    def loader(self, batch_size: int, seed: int = 0, *, prefetch: int = 1) -> Loader:
+    def loader(
+        self, batch_size: int, seed: int = 0, *, prefetch: int = 1, rank: int = 0, world_size: int = 1
+    ) -> Loader:
         """Batches of ``batch_size`` in the seeded epoch order (``loader`` module), each decoded at
-        once, ``prefetch`` batches ahead in a background thread; ``len`` is the steps per epoch."""
-        return Loader(self.fetch, self.sampler(batch_size, seed), prefetch)
+        once, ``prefetch`` batches ahead in a background thread; ``len`` is the steps per epoch.
+        With ``world_size`` data-parallel ranks, this rank's slice of each global batch (windowed:
+        batches from this rank's own shards)."""
+        return Loader(self.fetch, self.sampler(batch_size, seed, rank, world_size), prefetch)
 
     def fetch(self, step: Step) -> dict:
         """One ``loader.Step`` → its batch dict, loading the step's shard window."""

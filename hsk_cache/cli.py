@@ -11,7 +11,14 @@ import json
 import logging
 import sys
 
-from hsk_cache.config import DEFAULT_SAVE_EVERY, EVAL_METRICS, DataConfig, ExtractSpec, StageConfig
+from hsk_cache.config import (
+    DEFAULT_SAVE_EVERY,
+    EVAL_METRICS,
+    DataConfig,
+    ExtractSpec,
+    StageConfig,
+    parse_storage_options,
+)
 from hsk_cache.errors import ConfigError, HskError
 from hsk_cache.families import FAMILIES
 from hsk_cache.progress import bar as _bar
@@ -147,6 +154,17 @@ def _precision(p, name="--precision", what="forward passes") -> None:
     )
 
 
+def _storage(p) -> None:
+    p.add_argument(
+        "--storage-options",
+        default=None,
+        metavar="JSON",
+        help="fsspec options for a cache URL (s3://, gs://, memory://), e.g. "
+        '\'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'; credentials can also come from '
+        "the filesystem's environment variables (default: none)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hsk",
@@ -178,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
         "selected knowledge to a Zarr v3 cache. Rerunning resumes an interrupted extraction.",
     )
     p.add_argument("--teacher", required=True, help=f"{TEACHER_HELP} (required)")
-    p.add_argument("--out", required=True, help="cache directory (required)")
+    p.add_argument("--out", required=True, help="cache directory or fsspec URL such as s3://bucket/cache (required)")
+    _storage(p)
     _add_data(p, "train")
     _add_spec(p)
     p.add_argument("--batch-size", type=int, default=32, help="teacher batch size (default: %(default)s)")
@@ -211,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
-        "--from-cache", dest="cache", help="a complete cache made by hsk extract (required: this or --online)"
+        "--from-cache",
+        dest="cache",
+        help="a complete cache made by hsk extract, a directory or fsspec URL (required: this or --online)",
     )
     src.add_argument(
         "--online",
@@ -219,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"run this teacher at every step instead; {TEACHER_HELP} (required: this or --from-cache)",
     )
     p.add_argument("--out", required=True, help="directory to save the student to (required)")
+    _storage(p)
     _add_data(p, "train")
     _add_spec(p)
     g = p.add_argument_group("student")
@@ -399,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the manifest, stored "
         "bytes, bytes per example, the ratio to the full float32 hidden states, and completeness.",
     )
-    p.add_argument("cache", help="a cache directory")
+    p.add_argument("cache", help="a cache directory or fsspec URL")
+    _storage(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (default: text)")
 
     p = sub.add_parser(
@@ -410,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
         "of bad shards; exit status 1 when any is bad or the cache is incomplete. Rerunning the hsk "
         "extract command that made the cache re-extracts exactly the bad shards.",
     )
-    p.add_argument("cache", help="a cache directory")
+    p.add_argument("cache", help="a cache directory or fsspec URL")
+    _storage(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (default: text)")
     return parser
 
@@ -431,6 +455,11 @@ def main(argv: list[str] | None = None) -> int:
         detail = f"{stop}; a checkpoint was written" if str(stop) else "interrupted"
         print(f"hsk: {detail} (rerun the same command to resume)", file=sys.stderr)
         return 128 + getattr(stop, "signum", 2)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+    finally:
+        if args.command in ("extract", "train") and "torch.distributed" in sys.modules:
+            from hsk_cache import distributed
+
+            distributed.shutdown()
 
 
 def _finetune(a) -> int:
@@ -470,6 +499,7 @@ def _extract(a) -> int:
         overwrite=a.overwrite,
         shard_examples=a.shard_examples,
         device=a.device,
+        storage_options=parse_storage_options(a.storage_options),
     )
     if a.dry_run:
         e = extract.dry_run(config)
@@ -480,10 +510,13 @@ def _extract(a) -> int:
             f"({_size(e.bytes_per_example)}/example); nothing written"
         )
         return 0
-    r = extract.run(config, _bar)
+    main_rank = _launch(a.device)
+    r = extract.run(config, _bar if main_rank else None)
+    if not main_rank:
+        return 0
     from hsk_cache.store.reader import CacheReader
 
-    stored = CacheReader(a.out).stored_bytes()
+    stored = CacheReader(a.out, config.storage_options).stored_bytes()
     n = r.manifest.counts["examples"]
     repaired = f" ({r.shards_repaired} damaged, re-extracted)" if r.shards_repaired else ""
     print(
@@ -498,7 +531,10 @@ def _verify(a) -> int:
 
     from hsk_cache.store import verify
 
-    r = verify.verify(a.cache, lambda description, total, initial: _bar(description, total, initial, unit="shard"))
+    options = parse_storage_options(a.storage_options)
+    r = verify.verify(
+        a.cache, lambda description, total, initial: _bar(description, total, initial, unit="shard"), options
+    )
     if a.json:
         print(json.dumps({**asdict(r), "bad_shards": r.bad_shards, "ok": r.ok}))
         return 0 if r.ok else 1
@@ -511,7 +547,7 @@ def _verify(a) -> int:
     if r.problems:
         from hsk_cache.store.reader import CacheReader
 
-        print(f"repair: {CacheReader(a.cache).repair_command}")
+        print(f"repair: {CacheReader(a.cache, options).repair_command}")
     return 0 if r.ok else 1
 
 
@@ -593,8 +629,12 @@ def _train(a) -> int:
         save_every=a.save_every,
         overwrite=a.overwrite,
         resume=a.resume,
+        storage_options=parse_storage_options(a.storage_options),
     )
-    r = _with_stop_handlers(lambda: train.run(config, _bar))
+    main_rank = _launch(a.device)
+    r = _with_stop_handlers(lambda: train.run(config, _bar if main_rank else None))
+    if not main_rank:
+        return 0
     if r.already_finished:
         print(f"train: {r.out} already holds this finished run; nothing to do (pass --overwrite to train again)")
         return 0
@@ -615,6 +655,16 @@ def _train(a) -> int:
     )
     print(f"train: {maps}, {r.checkpoints} checkpoints ({r.checkpoint_s:.1f} s){best}, {r.elapsed_s:.1f} s → {r.out}")
     return 0
+
+
+def _launch(device: str) -> bool:
+    """Join torchrun's process group when launched with several processes; True on rank 0
+    (the one that prints and shows progress)."""
+    from hsk_cache import distributed
+
+    if not distributed.launched():
+        return True
+    return distributed.init(device).is_main
 
 
 def _with_stop_handlers(fn):
@@ -647,7 +697,7 @@ def _eval(a) -> int:
 def _info(a) -> int:
     from hsk_cache.info import cache_info
 
-    info = cache_info(a.cache)
+    info = cache_info(a.cache, parse_storage_options(a.storage_options))
     if a.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -7,6 +7,7 @@ their manifests say the same thing.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -415,3 +416,16 @@ class Interval:
         if self.steps is not None:
             return f"every {self.steps} steps"
         return f"every {self.seconds:g} s" if self.seconds is not None else "at stage ends"
+
+
+def parse_storage_options(text: str | None) -> dict:
+    """``--storage-options`` JSON → dict. Raises: ConfigError naming the text when it is not a JSON object."""
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except ValueError as err:
+        raise ConfigError(f"--storage-options {text!r} is not JSON ({err}): pass a JSON object") from None
+    if not isinstance(options, dict):
+        raise ConfigError(f"--storage-options {text!r}: pass a JSON object such as '{{\"anon\": false}}'")
+    return options

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hsk_cache import __version__, data, estimate, models
+from hsk_cache import __version__, data, distributed, estimate, models
 from hsk_cache.batching import Examples, collate, sequential_batches
 from hsk_cache.config import DataConfig, ExtractSpec, check_device, check_precision
-from hsk_cache.errors import CacheError, ConfigError, ModelError
+from hsk_cache.errors import CacheError, ConfigError, HskError, ModelError
 from hsk_cache.select import SELECTION_VERSION, width
 from hsk_cache.store import codec, layout
 from hsk_cache.store.manifest import Manifest
@@ -35,6 +35,7 @@ class ExtractConfig:
     overwrite: bool = False
     shard_examples: int | None = None  # power of two; None sizes shards to ~32 MiB
     device: str = "cpu"
+    storage_options: dict = field(default_factory=dict)  # fsspec options of an --out URL (endpoint, credentials)
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -87,8 +88,8 @@ class Prepared:
     tokenizer: object
     teacher: object | None  # None for a dry run: only the config is loaded
     teacher_config: object
-    split: data.Split
-    tokenized: object
+    split: data.Split | None  # None on ranks > 0 of a torchrun job (rank 0 tokenizes for all)
+    tokenized: object | None
     examples: Examples
     plan: Plan
     dims: layout.Dims
@@ -97,23 +98,29 @@ class Prepared:
     shard: int
 
 
-def prepare(config: ExtractConfig, load_weights: bool = True) -> Prepared:
-    """Load tokenizer, teacher (or only its config), data; resolve the spec; size the arrays.
+def prepare(
+    config: ExtractConfig, load_weights: bool = True, device: str | None = None, examples: Examples | None = None
+) -> Prepared:
+    """Load tokenizer, teacher (or only its config, onto ``device``), data; resolve the spec;
+    size the arrays. ``examples``: already tokenized ones (from rank 0 of a torchrun job).
 
     Raises: ModelError, DataError, ConfigError.
     """
     tokenizer = models.load_tokenizer(config.teacher)
     if load_weights:
-        teacher = models.load_classifier(config.teacher, attention=config.spec.needs_attention).to(config.device)
+        teacher = models.load_classifier(config.teacher, attention=config.spec.needs_attention)
+        teacher = teacher.to(device or config.device)
         teacher_config = teacher.config
     else:
         teacher, teacher_config = None, models.load_config(config.teacher)
     models.check_max_length(teacher_config, config.data.max_length)
-    split = data.load_split(config.data, label_names=models.task_label_names_of_config(teacher_config))
-    _check_classes(split, teacher_config)
+    split = tokenized = None
+    if examples is None:
+        split = data.load_split(config.data, label_names=models.task_label_names_of_config(teacher_config))
+        _check_classes(split, teacher_config)
+        tokenized = data.tokenize(split, tokenizer, config.data.max_length)
+        examples = Examples.from_dataset(tokenized, config.data.max_length, tokenizer.pad_token_id)
     plan = Plan.make(config.spec, teacher_config, tokenizer)
-    tokenized = data.tokenize(split, tokenizer, config.data.max_length)
-    examples = Examples.from_dataset(tokenized, config.data.max_length, tokenizer.pad_token_id)
     dims = dims_for(config.spec, teacher_config, examples, plan, config.data.max_length)
     specs = layout.arrays(dims)
     chunk, shard = layout.chunking(specs, dims.n, config.shard_examples)
@@ -126,20 +133,25 @@ def run(config: ExtractConfig, progress=None) -> ExtractResult:
 
     A rerun on an existing cache of the same identity first verifies every committed shard
     (size and crc32c of each file, see ``store.verify``) and re-extracts the bad ones (repair).
+    Under ``torchrun`` (WORLD_SIZE > 1) the ranks share the work: rank 0 tokenizes, hashes the
+    weights, creates (or verifies) the cache and sends the examples to the others; the missing
+    shards are dealt out round-robin, each rank runs the teacher on its own device and writes
+    its own whole shards; rank 0 marks the cache complete after a barrier. The cache is the
+    same bytes as a one-process extraction's, whatever the rank count that wrote or resumed it.
 
     progress: optional factory ``progress(description, total, initial)`` returning a bar with
-    ``update(n)`` and ``close()`` (a tqdm bar, for instance), counted in examples.
+    ``update(n)`` and ``close()`` (a tqdm bar, for instance), counted in examples (rank 0's).
     Raises: ModelError, DataError, ConfigError, CacheError (before anything is written), and
     CacheError when the storage fails mid-way (disk full, permissions): committed shards are
     kept, so rerunning the same command resumes.
     """
     started = time.perf_counter()
-    p = prepare(config)
-    run_teacher(p.teacher, collate(p.examples, np.arange(1)), p.plan, config.precision)  # fails early if it can't
-    manifest = _manifest(config, p)
+    rank = distributed.init(config.device)
     try:
-        return _write(config, p, manifest, progress, started)
+        return _run(config, rank, progress, started)
     except OSError as err:
+        if isinstance(err, HskError):  # DataNotFoundError is a FileNotFoundError too
+            raise
         reason = err.strerror or type(err).__name__
         raise CacheError(
             f"writing the cache {config.out!r} failed: {reason} ({err.filename or 'storage'}); shards "
@@ -148,34 +160,77 @@ def run(config: ExtractConfig, progress=None) -> ExtractResult:
         ) from None
 
 
-def _write(config: ExtractConfig, p: Prepared, manifest: dict, progress, started: float) -> ExtractResult:
-    writer = CacheWriter.open(config.out, manifest, p.specs, overwrite=config.overwrite)
-    repaired = _repair(writer, progress) if writer.resumed else []
-    writer.write_tokenizer(p.tokenizer)
-    dim_index = None if p.plan.dim_index is None else p.plan.dim_index.numpy()
-    if dim_index is not None:
-        writer.write_global("dim_index", dim_index.astype(np.int16))
-    committed = writer.committed()
-    n = p.dims.n
-    done = sum(_shard_size(s, n, p.shard) for s in np.flatnonzero(committed))
-    bar = progress("extract", n, done) if progress is not None else None
+def _run(config: ExtractConfig, rank: distributed.Rank, progress, started: float) -> ExtractResult:
+    device = rank.device(config.device)
+    writer, committed, repaired = None, None, []
+    if rank.is_main:
+        failure = None
+        try:
+            p = prepare(config, device=device)
+            run_teacher(p.teacher, collate(p.examples, np.arange(1)), p.plan, config.precision)  # fails early
+            manifest = _manifest(config, p)
+            writer = CacheWriter.open(config.out, manifest, p.specs, config.overwrite, config.storage_options)
+            repaired = _repair(writer, progress) if writer.resumed else []
+            # as loaded, not as tokenizing left it (its truncation state depends on whether datasets'
+            # cache answered), so the stored bytes depend only on the teacher
+            writer.write_tokenizer(models.load_tokenizer(config.teacher))
+            if p.plan.dim_index is not None:
+                writer.write_global("dim_index", p.plan.dim_index.numpy().astype(np.int16))
+            committed = writer.committed()
+        except BaseException as err:
+            failure = f"rank 0 failed: {err}"
+            if writer is not None:
+                writer.close()
+            raise
+        finally:
+            if rank.enabled:  # the other ranks wait for the cache, or for the reason there is none
+                distributed.broadcast_json({"failure": failure})
+                if failure is None:
+                    distributed.broadcast_arrays(_arrays(p.examples))
+                    distributed.broadcast_arrays({"committed": committed})
+    else:
+        failure = distributed.broadcast_json()["failure"]
+        if failure is not None:
+            raise CacheError(failure)
+        examples = Examples(**distributed.broadcast_arrays())
+        committed = distributed.broadcast_arrays()["committed"]
+        p = prepare(config, device=device, examples=examples)
+        writer = CacheWriter.join(config.out, config.storage_options)
     try:
-        for s in np.flatnonzero(~committed):
-            start, stop = layout.shard_range(int(s), n, p.shard)
-            block = _extract_shard(p, start, stop, config, dim_index, bar)
-            writer.write_shard(int(s), start, block)
+        mine = np.flatnonzero(~committed)[rank.rank :: rank.world_size]
+        _write_shards(writer, p, config, mine, committed, progress)
+        distributed.barrier()
+        final = writer.finish({"examples": p.dims.n, "shards": len(committed)}) if rank.is_main else None
+        final = distributed.broadcast_json(final)
     finally:
-        if bar is not None:
-            bar.close()
-    final = writer.finish({"examples": n, "shards": len(committed)})
-    elapsed = time.perf_counter() - started
+        writer.close()
     return ExtractResult(
         manifest=Manifest.from_dict(final),
         shards_written=int((~committed).sum()),
         shards_skipped=int(committed.sum()),
-        elapsed_s=elapsed,
+        elapsed_s=time.perf_counter() - started,
         shards_repaired=len(repaired),
     )
+
+
+def _arrays(examples: Examples) -> dict:
+    return {f: getattr(examples, f) for f in ("input_ids", "token_type_ids", "lengths", "labels", "example_ids")}
+
+
+def _write_shards(writer: CacheWriter, p: Prepared, config, shards, committed, progress) -> None:
+    """Run the teacher on ``shards`` and write each whole shard (the bar counts this process's part)."""
+    n = p.dims.n
+    dim_index = None if p.plan.dim_index is None else p.plan.dim_index.numpy()
+    total = sum(_shard_size(s, n, p.shard) for s in shards)
+    done = sum(_shard_size(s, n, p.shard) for s in np.flatnonzero(committed))
+    bar = progress("extract", total + done, done) if progress is not None else None
+    try:
+        for s in shards:
+            start, stop = layout.shard_range(int(s), n, p.shard)
+            writer.write_shard(int(s), start, _extract_shard(p, start, stop, config, dim_index, bar))
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _repair(writer: CacheWriter, progress) -> list[int]:

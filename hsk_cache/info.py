@@ -6,13 +6,14 @@ from hsk_cache.store.layout import full_hidden_bytes
 from hsk_cache.store.reader import CacheReader
 
 
-def cache_info(path: str) -> dict:
+def cache_info(path: str, storage_options: dict | None = None) -> dict:
     """Manifest, stored bytes, bytes per example, and the ratio to the full float32 hidden states
     ([L+1, T, D] per example, T = max length) of the same teacher.
 
+    ``path``: a directory or fsspec URL (opened with ``storage_options``).
     Raises: CacheError if ``path`` is no cache or has an unknown format version.
     """
-    reader = CacheReader(path)
+    reader = CacheReader(path, storage_options)
     m = reader.manifest
     n = m.num_examples
     stored = reader.stored_bytes()

@@ -9,6 +9,17 @@ shard ranges and shuffled in memory:
 - otherwise shards are visited in a seeded random order, ``window`` shards at a time, and the
   examples of each window are permuted together (a shard-window shuffle).
 
+With ``world_size`` data-parallel ranks (``hsk train`` under torchrun) every rank takes its part
+of each step, and all ranks take the same number of steps:
+
+- in memory, the global batches of the full permutation are split into ``world_size`` nearly
+  equal slices (rank r takes slice r), so the ranks together train on exactly the batches one
+  process would; a last batch smaller than ``world_size`` is dropped;
+- with shard windows, the seeded shard order is dealt round-robin to the ranks, so each rank
+  reads only its own shards; each rank permutes its windows' examples into batches of
+  ``batch_size / world_size``, and ranks with fewer batches in an epoch repeat their first ones
+  (as ``DistributedSampler`` pads) so that every rank takes as many steps as the busiest.
+
 The order is a pure function of (seed, epoch); a loader resumed at step s of an epoch yields
 exactly that epoch's batches s, s+1, … without reading the skipped ones. The sampler's position
 counts batches *trained* (``Sampler.advance``), not batches a prefetch thread produced. ``prefetch`` moves batch
@@ -31,15 +42,19 @@ def full_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def window_order(
-    n: int, shard_examples: int, window: int, seed: int, epoch: int
+    n: int, shard_examples: int, window: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Shard-window shuffle: [(shards of the window, permuted example ids of the window), …].
 
     Shards are visited in a seeded random order, ``window`` at a time; the concatenated example
-    ids of all windows are a permutation of range(n).
+    ids of all windows are a permutation of range(n). With ``world_size`` ranks, rank ``rank``
+    gets every ``world_size``-th shard of that order (and its own seeded example permutation).
     """
     rng = np.random.default_rng([seed, epoch, 1])
     shards = rng.permutation(-(-n // shard_examples))
+    if world_size > 1:
+        shards = shards[rank::world_size]
+        rng = np.random.default_rng([seed, epoch, 1, rank])
     out = []
     for i in range(0, len(shards), window):
         group = np.sort(shards[i : i + window])
@@ -72,10 +87,24 @@ class Sampler:
     """
 
     def __init__(
-        self, n: int, batch_size: int, seed: int, shard_examples: int | None = None, window: int | None = None
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        shard_examples: int | None = None,
+        window: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
+        """``batch_size``: the global batch (over all ``world_size`` ranks).
+
+        Raises: ValueError if ``batch_size`` is not a multiple of ``world_size``.
+        """
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not a multiple of the {world_size} ranks")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.shard_examples, self.window = shard_examples, window
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.step = 0, 0
         self._plan: tuple[int, list] | None = None  # the last epoch planned (producer and consumer share it)
 
@@ -84,26 +113,45 @@ class Sampler:
         return self.window is not None
 
     def steps_per_epoch(self) -> int:
+        return len(self.plan(0)) if self.windowed and self.world_size > 1 else self._steps(0)
+
+    def _steps(self, epoch: int) -> int:
         if not self.windowed:
-            return -(-self.n // self.batch_size)
+            return sum(len(b) >= self.world_size for b in batches_of(np.arange(self.n), self.batch_size))
         return sum(
             len(batches_of(ids, self.batch_size))
-            for _, ids in window_order(self.n, self.shard_examples, self.window, self.seed, 0)
+            for _, ids in window_order(self.n, self.shard_examples, self.window, self.seed, epoch)
         )
 
     def plan(self, epoch: int) -> list[tuple[np.ndarray | None, np.ndarray]]:
-        """[(shards to load or None, batch ids)] for every step of ``epoch``."""
+        """[(shards to load or None, this rank's batch ids)] for every step of ``epoch``."""
         cached = self._plan
         if cached is not None and cached[0] == epoch:
             return cached[1]
+        world = self.world_size
         if not self.windowed:
-            steps = [(None, b) for b in batches_of(full_order(self.n, self.seed, epoch), self.batch_size)]
+            batches = batches_of(full_order(self.n, self.seed, epoch), self.batch_size)
+            steps = [(None, np.array_split(b, world)[self.rank]) for b in batches if len(b) >= world]
         else:
-            steps = [
-                (shards, b)
-                for shards, ids in window_order(self.n, self.shard_examples, self.window, self.seed, epoch)
-                for b in batches_of(ids, self.batch_size)
+            local = self.batch_size // world
+            per_rank = [
+                [
+                    (shards, b)
+                    for shards, ids in window_order(
+                        self.n, self.shard_examples, self.window, self.seed, epoch, r, world
+                    )
+                    for b in batches_of(ids, local)
+                ]
+                if r == self.rank
+                else sum(
+                    -(-len(ids) // local)
+                    for _, ids in window_order(self.n, self.shard_examples, self.window, self.seed, epoch, r, world)
+                )
+                for r in range(world)
             ]
+            steps = per_rank[self.rank]
+            longest = max(len(p) if isinstance(p, list) else p for p in per_rank)
+            steps = [steps[i % len(steps)] for i in range(longest)] if steps else []
         self._plan = (epoch, steps)
         return steps
 
@@ -133,6 +181,8 @@ class Sampler:
             "n": self.n,
             "shard_examples": self.shard_examples if self.windowed else None,
             "window": self.window,
+            # the windowed order depends on the rank count; the in-memory one does not
+            "world_size": self.world_size if self.windowed and self.world_size > 1 else None,
         }
 
     def load_state_dict(self, state: dict) -> None:

@@ -4,12 +4,45 @@ Reductions are chosen so the loss scale does not depend on how many tokens a spe
 hidden-state MSE is a mean over the *kept* elements (masked positions excluded), summed over
 layer pairs. Note the minimum-knowledge study's code takes a plain mean including dropped
 elements, which shrinks the loss as fewer tokens are kept (Liu et al. 2021, released code).
+
+Data-parallel training (``global_means``): every mean is a sum over this rank's part of the batch
+divided by the element count over *all* ranks (times the world size, because DDP averages the
+ranks' gradients). The ranks' mean loss and gradient are then exactly those of the whole global
+batch on one process, however unevenly the kept tokens fall on the ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
+
+_GLOBAL = {"world_size": 0}  # > 0 inside ``global_means``: denominators are all-reduced
+
+
+@contextlib.contextmanager
+def global_means(world_size: int):
+    """Within this block, means are over the global batch of ``world_size`` data-parallel ranks
+    (one all-reduce of the element count per mean; every rank must compute the same terms)."""
+    previous = _GLOBAL["world_size"]
+    _GLOBAL["world_size"] = world_size if world_size > 1 else 0
+    try:
+        yield
+    finally:
+        _GLOBAL["world_size"] = previous
+
+
+def _mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``total / count`` (count at least 1); inside ``global_means``: ``total · W / Σ_ranks count``."""
+    world = _GLOBAL["world_size"]
+    if not world:
+        return total / count.clamp(min=1)
+    import torch.distributed as dist
+
+    count = count.detach().clone().float()
+    dist.all_reduce(count, op=dist.ReduceOp.SUM)
+    return total * world / count.clamp(min=1)
 
 
 def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -27,7 +60,7 @@ def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor)
     """
     weight = (mask[:, :, None] if mask.dim() == 2 else mask).expand_as(student).float()
     squared = (student.float() - teacher.float()).pow(2) * weight
-    return squared.sum() / weight.sum().clamp(min=1)
+    return _mean(squared.sum(), weight.sum())
 
 
 def distribution_kl(student_probs: torch.Tensor, teacher_probs: torch.Tensor, row_valid: torch.Tensor) -> torch.Tensor:
@@ -46,7 +79,7 @@ def distribution_kl(student_probs: torch.Tensor, teacher_probs: torch.Tensor, ro
         t > 0, t * (torch.log(t.clamp(min=1e-12)) - torch.log(s.clamp(min=1e-12))), torch.zeros_like(t)
     )
     weight = row_valid[:, None, :].float().expand(t.shape[:3])
-    return (pointwise.sum(-1) * weight).sum() / weight.sum().clamp(min=1)
+    return _mean((pointwise.sum(-1) * weight).sum(), weight.sum())
 
 
 def distribution_mse(student_probs: torch.Tensor, teacher_probs: torch.Tensor, row_valid: torch.Tensor) -> torch.Tensor:
@@ -58,7 +91,7 @@ def distribution_mse(student_probs: torch.Tensor, teacher_probs: torch.Tensor, r
     """
     squared = (student_probs.float() - teacher_probs.float()).pow(2).sum(-1)
     weight = row_valid[:, None, :].float().expand(squared.shape)
-    return (squared * weight).sum() / weight.sum().clamp(min=1)
+    return _mean((squared * weight).sum(), weight.sum())
 
 
 def soft_cross_entropy(
@@ -75,9 +108,11 @@ def soft_cross_entropy(
     """
     targets = F.softmax(teacher_logits.float() / temperature, dim=-1)
     log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    return -(targets * log_probs).sum(dim=-1).mean() * temperature**2
+    rows = torch.tensor(float(len(targets)), device=targets.device)
+    return _mean(-(targets * log_probs).sum(), rows) * temperature**2
 
 
 def hard_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against gold labels. student_logits: [B, C]; labels: [B] int64."""
-    return F.cross_entropy(student_logits.float(), labels)
+    rows = torch.tensor(float(len(labels)), device=labels.device)
+    return _mean(F.cross_entropy(student_logits.float(), labels, reduction="sum"), rows)

@@ -57,6 +57,18 @@ def request_stop(signum, frame=None) -> None:
     _STOP["signal"] = signum
 
 
+def stop_signal() -> int | None:
+    """The signal that asked training to stop, if any."""
+    return _STOP["signal"]
+
+
+def note_stop(signum: int) -> None:
+    """Ask training to checkpoint and stop after this step, as the first signal would (another
+    rank of a data-parallel job received one)."""
+    if _STOP["signal"] is None:
+        _STOP["signal"] = signum
+
+
 @dataclass
 class StageContext:
     """What a checkpoint of a stage in progress needs: its index, kind, optimizer, scheduler, sampler."""
@@ -71,8 +83,10 @@ class StageContext:
 class Session:
     """Owns ``--out`` while ``hsk train`` runs. Create with ``Session.open``."""
 
-    def __init__(self, out: Path, identity: dict, resume_from: Path | None, state: dict | None) -> None:
-        self.out, self.identity = out, identity
+    def __init__(
+        self, out: Path, identity: dict, resume_from: Path | None, state: dict | None, writer: bool = True
+    ) -> None:
+        self.out, self.identity, self.writer = out, identity, writer
         self.resume_from, self.state = resume_from, state  # the checkpoint resumed from, and its state.json
         self.modules: torch.nn.ModuleDict | None = None
         self.evaluator = None
@@ -89,9 +103,16 @@ class Session:
 
     @classmethod
     def open(
-        cls, out: str | Path, identity: dict, overwrite: bool = False, require_checkpoint: bool = False
+        cls,
+        out: str | Path,
+        identity: dict,
+        overwrite: bool = False,
+        require_checkpoint: bool = False,
+        writer: bool = True,
     ) -> Session:
         """Check ``out`` against ``identity`` and find the checkpoint to resume from. Writes nothing.
+        ``writer=False`` (ranks > 0 of a data-parallel job): the session resumes from the same
+        checkpoint but never writes; rank 0's session writes the log, checkpoints and models.
 
         Raises: CheckpointError when ``out`` holds a run of another config, or something that is
         not a run, and ``overwrite`` is False; or ``require_checkpoint`` and there is none.
@@ -112,12 +133,12 @@ class Session:
                 raise CheckpointError(
                     f"--resume: {str(out)!r} holds no checkpoint to resume from: drop --resume to start"
                 )
-            return cls(out, identity, None, None)
+            return cls(out, identity, None, None, writer)
         _check_same(out, _read_json(out / RUN_FILE).get("identity", {}), identity)
         path = checkpoint.latest(out)
         if path is None and require_checkpoint:
             raise CheckpointError(f"--resume: {str(out)!r} holds no checkpoint yet: drop --resume to start over")
-        return cls(out, identity, path, checkpoint.load_state(path) if path else None)
+        return cls(out, identity, path, checkpoint.load_state(path) if path else None, writer)
 
     @property
     def finished(self) -> bool:
@@ -131,6 +152,12 @@ class Session:
         """Begin writing: clear an overwritten run, record the identity, cut the log back to the
         checkpoint, and load the checkpoint's weights into ``modules``."""
         self.modules, self.evaluator, self.save_every, self.best_stage = modules, evaluator, save_every, best_stage
+        if not self.writer:
+            _STOP.update(signal=None, armed=True)
+            if self.resume_from is not None and not overwrite:
+                self._read_losses(self._kept_lines())
+                checkpoint.load_weights(self.resume_from, modules)
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(self.out / LOCK_FILE)
         try:
@@ -208,6 +235,9 @@ class Session:
             raise Stopped(f"stopped by signal {signum} at the end of stage {ctx.index}", signum)
 
     def save(self, ctx: StageContext, step: int, stage_done: bool = False) -> None:
+        if not self.writer:
+            self._last_save = (step, time.perf_counter())
+            return
         started = time.perf_counter()
         state = {
             "stage_done": stage_done,
@@ -234,7 +264,9 @@ class Session:
 
     def evaluate(self, index: int, kind: str, step: int) -> dict:
         """Dev accuracy and MCC of the student now; saves it to ``best/`` when it is the best
-        evaluation so far of the best-model stage."""
+        evaluation so far of the best-model stage (rank 0 only: other ranks return {})."""
+        if not self.writer:
+            return {}
         student = self.modules["student"]
         metrics = self.evaluator(student)
         student.train()
@@ -257,7 +289,10 @@ class Session:
 
     def finish(self, summary: dict) -> None:
         """Write the run summary last: a rerun of a finished run has nothing to do."""
-        checkpoint.write_text(self.out / SUMMARY_FILE, json.dumps({**summary, "finished": True}, indent=2, default=str))
+        if self.writer:
+            checkpoint.write_text(
+                self.out / SUMMARY_FILE, json.dumps({**summary, "finished": True}, indent=2, default=str)
+            )
         self.close()
 
     def close(self) -> None:
@@ -270,6 +305,8 @@ class Session:
         _STOP.update(signal=None, armed=False)
 
     def _write(self, line: dict) -> None:
+        if self._log is None:  # not the writer
+            return
         self._log.write(json.dumps(line) + "\n")
         self._log.flush()
 
@@ -278,14 +315,23 @@ class Session:
         path = self.out / METRICS_FILE
         if not path.exists():
             return 0
-        limit = (self.state["stage"], self.state["step"]) if self.state else (-1, -1)
-        kept = [line for line in _read_lines(path) if (line.get("stage_index", -1), line.get("step", -1)) <= limit]
+        kept = self._kept_lines()
         checkpoint.write_text(path, "".join(json.dumps(line) + "\n" for line in kept))
+        self._read_losses(kept)
+        return len(kept)
+
+    def _kept_lines(self) -> list[dict]:
+        path = self.out / METRICS_FILE
+        if not path.exists():
+            return []
+        limit = (self.state["stage"], self.state["step"]) if self.state else (-1, -1)
+        return [line for line in _read_lines(path) if (line.get("stage_index", -1), line.get("step", -1)) <= limit]
+
+    def _read_losses(self, lines: list[dict]) -> None:
         self.losses = {}
-        for line in kept:
+        for line in lines:
             if line.get("event") == "train":
                 self.losses.setdefault(line["stage_index"], []).append(line["loss"])
-        return len(kept)
 
 
 def _check_same(out: Path, old: dict, new: dict) -> None:

@@ -37,12 +37,15 @@ class DatasetSource:
     def __len__(self) -> int:
         return len(self.examples)
 
-    def sampler(self, batch_size: int, seed: int) -> Sampler:
-        """Full-permutation epochs (the order a cache that fits in memory uses too)."""
-        return Sampler(len(self), batch_size, seed)
+    def sampler(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> Sampler:
+        """Full-permutation epochs (the order a cache that fits in memory uses too); rank
+        ``rank``'s slice of each global batch."""
+        return Sampler(len(self), batch_size, seed, rank=rank, world_size=world_size)
 
-    def loader(self, batch_size: int, seed: int = 0, *, prefetch: int = 1) -> Loader:
-        return Loader(self.fetch, self.sampler(batch_size, seed), prefetch)
+    def loader(
+        self, batch_size: int, seed: int = 0, *, prefetch: int = 1, rank: int = 0, world_size: int = 1
+    ) -> Loader:
+        return Loader(self.fetch, self.sampler(batch_size, seed, rank, world_size), prefetch)
 
     def fetch(self, step: Step) -> dict:
         """One ``loader.Step`` of the sampler → its batch dict."""

@@ -11,12 +11,14 @@ The fine-tuning stage ``labels`` (cross-entropy on gold labels only) serves ``hs
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from hsk_cache import models, objectives
+from hsk_cache import distributed, losses, models, objectives
+from hsk_cache import session as session_module
 from hsk_cache.cache import DEFAULT_MEMORY_BUDGET, open_cache
 from hsk_cache.config import (
     DEFAULT_SAVE_EVERY,
@@ -98,6 +100,7 @@ class TrainConfig:
     save_every: str = DEFAULT_SAVE_EVERY
     overwrite: bool = False
     resume: bool = False
+    storage_options: dict = field(default_factory=dict)  # fsspec options of a cache URL; never written out
 
     def __post_init__(self) -> None:
         check_device(self.device)
@@ -157,11 +160,24 @@ def run(config: TrainConfig, progress=None) -> TrainResult:
     ``config.out`` holds another run. All before anything is written.
     """
     started = time.perf_counter()
+    rank = distributed.init(config.device)
+    device = rank.device(config.device)
+    for stage in config.stages:
+        if stage.epochs > 0 and stage.batch_size % rank.world_size:
+            raise ConfigError(
+                f"{stage.kind} batch size {stage.batch_size} is not a multiple of the {rank.world_size} ranks: "
+                "the batch size is the global batch; use a multiple"
+            )
     if config.cache is not None:
-        source = open_cache(config.cache, memory_budget_bytes=config.memory_budget_bytes, progress=progress)
+        source = open_cache(
+            config.cache,
+            memory_budget_bytes=config.memory_budget_bytes,
+            progress=progress,
+            storage_options=config.storage_options,
+        )
     else:
-        source = OnlineSource(config.online_teacher, config.data, config.spec, config.teacher_precision, config.device)
-    session = Session.open(config.out, identity(config, source), config.overwrite, config.resume)
+        source = OnlineSource(config.online_teacher, config.data, config.spec, config.teacher_precision, device)
+    session = Session.open(config.out, identity(config, source), config.overwrite, config.resume, writer=rank.is_main)
     if session.finished and not config.overwrite:
         return TrainResult(
             out=config.out,
@@ -181,16 +197,16 @@ def run(config: TrainConfig, progress=None) -> TrainResult:
     attention = bool(source.stored.attention_layers) or source.stored.value_relation_layer is not None
     student = build_student(
         config.student, source.teacher_config, source.label_names, attention, attention_probs=attention_probs
-    ).to(config.device)
+    ).to(device)
     loss_fn = distillation_loss(config, student, source, trains)
     if loss_fn is not None:
-        loss_fn.to(config.device)
+        loss_fn.to(device)
     log.info(
         "layer maps (student:teacher): hidden %s, attention %s",
         loss_fn and loss_fn.hidden_map,
         loss_fn and loss_fn.attention_map,
     )
-    evaluator = _evaluator(config, source)
+    evaluator = _evaluator(config, source) if rank.is_main else None  # rank 0 evaluates and keeps the best
     projection = loss_fn.projection if loss_fn is not None else None
     modules = torch.nn.ModuleDict(
         {"student": student, **({"projection": projection} if projection is not None else {})}
@@ -201,9 +217,9 @@ def run(config: TrainConfig, progress=None) -> TrainResult:
         results = []
         for i, stage in enumerate(config.stages):
             if session.stage_done(i):
-                losses = session.losses.get(i, [])
+                logged = session.losses.get(i, [])
                 results.append(
-                    StageResult(kind=stage.kind, steps=len(losses), losses=losses, elapsed_s=0.0, examples_per_s=0.0)
+                    StageResult(kind=stage.kind, steps=len(logged), losses=logged, elapsed_s=0.0, examples_per_s=0.0)
                 )
                 continue
             step, extra = stage_objective(stage, loss_fn)
@@ -218,12 +234,14 @@ def run(config: TrainConfig, progress=None) -> TrainResult:
                     extra_params=extra,
                     progress=progress,
                     num_workers=config.num_workers,
-                    device=config.device,
+                    device=device,
                     session=session,
                     index=i,
+                    rank=rank,
                 )
             )
-        models.save(student.to("cpu"), source.tokenizer, config.out)
+        if rank.is_main:
+            models.save(student.to("cpu"), source.tokenizer, config.out)
         result = TrainResult(
             out=config.out,
             stages=results,
@@ -235,8 +253,9 @@ def run(config: TrainConfig, progress=None) -> TrainResult:
             resumed_from=str(session.resume_from) if session.resume_from else None,
             best=session.best,
         )
+        config_fields = {k: v for k, v in asdict(config).items() if k != "storage_options"}  # may hold secrets
         session.finish(
-            {"config": asdict(config), "result": {**asdict(result), "stages": [_summary(r) for r in results]}}
+            {"config": config_fields, "result": {**asdict(result), "stages": [_summary(r) for r in results]}}
         )
     finally:
         session.close()
@@ -272,7 +291,17 @@ def identity(config: TrainConfig, source) -> dict:
     trained numbers. The cache counts by its identity (teacher, data, spec), not its path; the
     device, worker count, checkpoint interval and evaluation frequency may change."""
     fields = asdict(config)
-    for key in ("out", "cache", "device", "num_workers", "memory_budget_bytes", "save_every", "overwrite", "resume"):
+    for key in (
+        "out",
+        "cache",
+        "device",
+        "num_workers",
+        "memory_budget_bytes",
+        "save_every",
+        "overwrite",
+        "resume",
+        "storage_options",
+    ):
         fields.pop(key)
     if config.eval is not None:
         fields["eval"] = {k: v for k, v in fields["eval"].items() if k not in ("every", "batch_size")}
@@ -369,6 +398,7 @@ def fit(
     device: str = "cpu",
     session: Session | None = None,
     index: int = 0,
+    rank: distributed.Rank | None = None,
 ) -> StageResult:
     """Train ``model`` for one stage: AdamW, linear warmup then decay, gradient norm clipped to 1
     (over the student's and ``extra_params``, e.g. W_h). ``objective(model, batch) -> loss``.
@@ -378,10 +408,17 @@ def fit(
     ``torch.manual_seed(seed)``, so a stage is reproducible given the source. With a ``session``
     (stage ``index`` of a run), the stage resumes from its checkpoint, logs every step, evaluates
     and checkpoints when due and at its end; without one nothing is written.
+
+    Data parallel (``rank`` of a torchrun job): each rank trains on its slice of every global
+    batch of ``stage.batch_size``; the model and ``extra_params`` are wrapped together in
+    ``DistributedDataParallel`` (gradients all-reduced); means are over the global batch
+    (``losses.global_means``), so the logged loss (averaged over ranks) and the update equal a
+    one-process run's on the same batches, up to float summation order.
     """
     from transformers import get_linear_schedule_with_warmup
 
-    loader = source.loader(stage.batch_size, seed, prefetch=num_workers)
+    rank = rank or distributed.Rank()
+    loader = source.loader(stage.batch_size, seed, prefetch=num_workers, rank=rank.rank, world_size=rank.world_size)
     sampler = loader.sampler
     steps_per_epoch = sampler.steps_per_epoch()
     total = round(stage.epochs * steps_per_epoch)
@@ -397,6 +434,7 @@ def fit(
     full, rest = divmod(total, steps_per_epoch)
     examples = full * len(source) + min(rest * stage.batch_size, len(source))
     bar = progress(f"train {stage.kind}", examples, min(done * stage.batch_size, examples)) if progress else None
+    step_fn = _DataParallelStep(model, objective, extra_params, rank)
     model.train()
     seen, started = 0, time.perf_counter()
     stream = loader.stream(total - done)
@@ -405,7 +443,7 @@ def fit(
             if device != "cpu":
                 batch = {key: value.to(device) for key, value in batch.items()}
             with autocast(precision, device.split(":")[0]):
-                loss = objective(model, batch)
+                loss = step_fn(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -413,12 +451,12 @@ def fit(
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             sampler.advance(step)
-            done, seen = done + 1, seen + len(batch["labels"])
-            history.append(float(loss.detach()))
+            done, seen = done + 1, seen + len(batch["labels"]) * rank.world_size
+            history.append(step_fn.global_loss(loss))
             if session is not None:
                 session.after_step(ctx, done, total, {"epoch": step.epoch, "loss": history[-1], "lr": lr})
             if bar is not None:
-                bar.update(len(batch["labels"]))
+                bar.update(len(batch["labels"]) * rank.world_size)
                 bar.set_postfix(loss=f"{history[-1]:.4f}")
     finally:
         stream.close()
@@ -431,3 +469,53 @@ def fit(
     return StageResult(
         kind=stage.kind, steps=total, losses=history, elapsed_s=elapsed, examples_per_s=seen / max(elapsed, 1e-9)
     )
+
+
+class _Step(torch.nn.Module):
+    """One module holding the student and the extra parameters (W_h): what DDP wraps."""
+
+    def __init__(self, model, objective, extra_params) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+        self.extra = torch.nn.ParameterList(list(extra_params))
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.objective(self.model, batch)
+
+
+class _DataParallelStep:
+    """``objective(model, batch)``; under several ranks the model and the extra parameters run
+    inside one ``DistributedDataParallel``, so all their gradients are all-reduced."""
+
+    def __init__(self, model, objective, extra_params, rank: distributed.Rank) -> None:
+        self.model, self.objective, self.rank = model, objective, rank
+        self.engine = None
+        if rank.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device = next(model.parameters()).device
+            # a stage leaves some parameters unused (the classifier in the hidden stage, W_h in
+            # the prediction stage): DDP looks for them every step
+            self.engine = DistributedDataParallel(
+                _Step(model, objective, extra_params),
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        if self.engine is None:
+            return self.objective(self.model, batch)
+        with losses.global_means(self.rank.world_size):
+            return self.engine(batch)
+
+    def global_loss(self, loss: torch.Tensor) -> float:
+        """The step's loss over the global batch (the ranks' mean, one all-reduce); a stop
+        request (SIGTERM, Ctrl-C) seen by any rank reaches all of them at this same step."""
+        if self.engine is None:
+            return float(loss.detach())
+        signum = session_module.stop_signal()
+        both = torch.tensor([float(loss.detach()), float(signum or 0)], dtype=torch.float64)
+        both = distributed.all_reduce_sum(both)
+        if both[1] > 0 and signum is None:
+            session_module.note_stop(signal.SIGTERM)
+        return float(both[0]) / self.rank.world_size

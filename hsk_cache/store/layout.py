@@ -41,6 +41,7 @@ from hsk_cache import quantize
 FORMAT_NAME = "hsk-cache"
 FORMAT_VERSION = 2  # 2: crc32c per chunk, commit rows with per-file sizes and checksums
 COMMIT_ARRAY = "shard_commits"
+LEASE_SUFFIX = ".hsk-writer.json"  # the writer lease (store.lease) sits beside the cache: <cache>.hsk-writer.json
 TARGET_CHUNK_BYTES = 1 << 20  # 1 MiB of the widest array per chunk: cheap contiguous reads
 TARGET_SHARD_BYTES = 32 << 20  # 32 MiB per shard: one write, a bounded amount of work lost on a kill
 IDENTITY_KEYS = (

@@ -7,30 +7,33 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from hsk_cache.errors import CacheError
 from hsk_cache.store import commits, layout
+from hsk_cache.store.location import Location
 from hsk_cache.store.manifest import Manifest
 
 MANIFEST_KEY = "hsk_cache"
 TOKENIZER_GROUP = "tokenizer"  # the teacher tokenizer's files, one uint8 array each
 
 
-def read_manifest(path: str | Path, check_version: bool = True) -> dict:
-    """The manifest of the cache at ``path``, from its root ``zarr.json``.
+def read_manifest(
+    where: str | Path | Location, check_version: bool = True, storage_options: dict | None = None
+) -> dict:
+    """The manifest of the cache at ``where`` (a path, URL or ``Location``), from its root ``zarr.json``.
 
     Raises: CacheError if there is no cache, it is not an hsk cache, or (with ``check_version``)
     its format version is not the one this hsk-cache reads.
     """
-    path = Path(path)
-    meta_file = path / "zarr.json"
-    if not meta_file.is_file():
-        raise CacheError(f"no cache at {str(path)!r} (no zarr.json): run hsk extract first or fix the path")
+    location = where if isinstance(where, Location) else Location.of(where, storage_options)
+    path = location.url
+    raw = location.read_bytes("zarr.json")
+    if raw is None:
+        raise CacheError(f"no cache at {path!r} (no zarr.json): run hsk extract first or fix the path")
     try:
-        meta = json.loads(meta_file.read_text())
-    except (OSError, ValueError) as err:
-        raise CacheError(f"cannot read {str(meta_file)!r}: {err}") from None
+        meta = json.loads(raw)
+    except ValueError as err:
+        raise CacheError(f"cannot read {path + '/zarr.json'!r}: {err}") from None
     manifest = meta.get("attributes", {}).get(MANIFEST_KEY) if isinstance(meta, dict) else None
     if not isinstance(manifest, dict) or manifest.get("format") != layout.FORMAT_NAME:
         raise CacheError(
@@ -46,17 +49,19 @@ def read_manifest(path: str | Path, check_version: bool = True) -> dict:
 
 
 class CacheReader:
-    """Read-only access to one cache. ``manifest``: its typed ``Manifest``."""
+    """Read-only access to one cache at a path or fsspec URL (``location``).
+    ``manifest``: its typed ``Manifest``; ``path``: the path or URL (str)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path, storage_options: dict | None = None) -> None:
+        self.location = Location.of(path, storage_options)
+        self.path = self.location.url
         try:
-            self.manifest = Manifest.from_dict(read_manifest(self.path))
+            self.manifest = Manifest.from_dict(read_manifest(self.location))
         except CacheError as err:
-            if str(self.path) in str(err):
+            if self.path in str(err):
                 raise
-            raise CacheError(f"cache {str(self.path)!r}: {err}") from None
-        self.group = zarr.open_group(str(self.path), mode="r")
+            raise CacheError(f"cache {self.path!r}: {err}") from None
+        self.group = self.location.open_group("r")
 
     @property
     def complete(self) -> bool:
@@ -71,12 +76,12 @@ class CacheReader:
     @property
     def repair_command(self) -> str:
         """The ``hsk extract`` command that re-extracts this cache's missing or damaged shards."""
-        return layout.extract_command(self.manifest, str(self.path))
+        return layout.extract_command(self.manifest, self.path)
 
     def damaged(self, what: str) -> CacheError:
         """A one-line CacheError: ``what`` is damaged, with the verify and repair commands."""
         return CacheError(
-            f"cache {str(self.path)!r}: {what}; `hsk verify {self.path}` lists every damaged shard, "
+            f"cache {self.path!r}: {what}; `hsk verify {self.path}` lists every damaged shard, "
             f"rerun `{self.repair_command}` to re-extract them"
         )
 
@@ -108,7 +113,7 @@ class CacheReader:
         if not self.complete:
             total = self.manifest.layout.num_shards
             raise CacheError(
-                f"cache {str(self.path)!r} is incomplete ({self.committed_shards()}/{total} shards): "
+                f"cache {self.path!r} is incomplete ({self.committed_shards()}/{total} shards): "
                 "rerun the same hsk extract command to finish it"
             )
 
@@ -148,15 +153,14 @@ class CacheReader:
 
     def stored_bytes(self) -> int:
         """Bytes on disk of the knowledge: every file except the tokenizer subgroup's."""
-        files = (f for f in self.path.rglob("*") if f.is_file())
-        return sum(f.stat().st_size for f in files if f.relative_to(self.path).parts[0] != TOKENIZER_GROUP)
+        return self.location.stored_bytes(exclude=(TOKENIZER_GROUP,))
 
     def load_tokenizer(self):
         """The tokenizer stored in the cache. Raises: CacheError if it has none."""
         from transformers import AutoTokenizer
 
         if TOKENIZER_GROUP not in self.group:
-            raise CacheError(f"cache {str(self.path)!r} stores no tokenizer: re-extract it")
+            raise CacheError(f"cache {self.path!r} stores no tokenizer: re-extract it")
         with tempfile.TemporaryDirectory() as tmp:
             for name, array in self.group[TOKENIZER_GROUP].arrays():
                 (Path(tmp) / name).write_bytes(self._checked(array, f"tokenizer/{name}", slice(None), None).tobytes())

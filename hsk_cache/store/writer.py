@@ -11,7 +11,6 @@ missing file is always damage, never "all fill values".
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from hsk_cache.errors import CacheError
 from hsk_cache.store import commits, layout
+from hsk_cache.store.lease import WriterLease
+from hsk_cache.store.location import Location
 from hsk_cache.store.reader import MANIFEST_KEY, TOKENIZER_GROUP, read_manifest
 
 log = logging.getLogger(__name__)
@@ -29,40 +30,70 @@ log = logging.getLogger(__name__)
 class CacheWriter:
     """Owns one cache group while extraction runs."""
 
-    def __init__(self, group: zarr.Group, manifest: dict, resumed: bool = False) -> None:
+    def __init__(self, group: zarr.Group, manifest: dict, resumed: bool = False, lease: WriterLease | None = None):
         self.group = group
         self.manifest = manifest
         self.resumed = resumed  # reopened an existing cache of the same identity
+        self.lease = lease
+
+    @classmethod
+    def join(cls, path: str | Path, storage_options: dict | None = None) -> CacheWriter:
+        """Open a cache another process (torchrun's rank 0) created, to write shards of it."""
+        location = Location.of(path, storage_options)
+        return cls(location.open_group("r+"), read_manifest(location, check_version=False))
+
+    def close(self) -> None:
+        """Give the lease back (a no-op for a writer that holds none)."""
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
 
     @classmethod
     def open(
-        cls, path: str | Path, manifest: dict, specs: list[layout.ArraySpec], overwrite: bool = False
+        cls,
+        path: str | Path,
+        manifest: dict,
+        specs: list[layout.ArraySpec],
+        overwrite: bool = False,
+        storage_options: dict | None = None,
+        lease: bool = True,
     ) -> CacheWriter:
-        """Create the cache, or reopen it to resume when its identity matches ``manifest``.
+        """Create the cache at a path or fsspec URL, or reopen it to resume when its identity
+        matches ``manifest``.
+
+        The writer holds the cache's ``lease.WriterLease`` (``lease=False``: the caller holds it,
+        as rank 0 does for a torchrun job) until ``close``.
 
         Raises: CacheError if ``path`` holds something else (another spec, teacher or data, or
-        not a cache) and ``overwrite`` is False; nothing is written then.
+        not a cache) and ``overwrite`` is False, or another ``hsk extract`` is writing it;
+        nothing is written then.
         """
-        path = Path(path)
-        existing = _existing_manifest(path)
+        location = path if isinstance(path, Location) else Location.of(path, storage_options)
+        location.sidecar(layout.LEASE_SUFFIX)  # the lease needs a place beside the cache: not a bucket's root
+        existing = _existing_manifest(location)
         if existing is not None and not overwrite:
-            _check_same(path, existing, manifest)
-            group = zarr.open_group(str(path), mode="r+")
-            manifest = {**manifest, "complete": existing.get("complete", False), "counts": existing.get("counts", {})}
-            log.info("resuming %s", path)
+            _check_same(location.url, existing, manifest)
         else:
-            if path.exists():
-                if existing is None and not overwrite:
-                    raise CacheError(f"{str(path)!r} exists and is not an hsk cache: choose another --out or remove it")
-                if existing is None and any(path.iterdir()):
-                    raise CacheError(
-                        f"{str(path)!r} is not an hsk cache; refusing to delete it with --overwrite: "
-                        "choose another --out"
-                    )
-                shutil.rmtree(path)
-            group = zarr.open_group(str(path), mode="w")
+            check_replaceable(location, existing, overwrite)
+        held = WriterLease.acquire(location) if lease else None
+        try:
+            return cls._open(location, existing, manifest, specs, overwrite, held)
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
+
+    @classmethod
+    def _open(cls, location, existing, manifest, specs, overwrite, held) -> CacheWriter:
+        if existing is not None and not overwrite:
+            group = location.open_group("r+")
+            manifest = {**manifest, "complete": existing.get("complete", False), "counts": existing.get("counts", {})}
+            log.info("resuming %s", location.url)
+        else:
+            location.remove()
+            group = location.open_group("w")
             group.attrs[MANIFEST_KEY] = manifest
-        writer = cls(group, manifest, resumed=existing is not None and not overwrite)
+        writer = cls(group, manifest, resumed=existing is not None and not overwrite, lease=held)
         writer._ensure_arrays(specs)
         return writer
 
@@ -138,6 +169,8 @@ class CacheWriter:
 
         Raises: CacheError if ``block`` misses an array of the commit row.
         """
+        if self.lease is not None:
+            self.lease.check()
         names = commits.commit_names(self.group)
         missing = set(names) - set(block)
         if missing:
@@ -192,21 +225,31 @@ def compressors(codec: str) -> list:
     return [Crc32cCodec()]
 
 
-def _existing_manifest(path: Path) -> dict | None:
-    if not (path / "zarr.json").is_file():
-        return None
+def _existing_manifest(location: Location) -> dict | None:
     try:
-        return read_manifest(path, check_version=False)
+        return read_manifest(location, check_version=False)
     except CacheError:
         return None
 
 
-def _check_same(path: Path, existing: dict, manifest: dict) -> None:
+def check_replaceable(location: Location, existing: dict | None, overwrite: bool) -> None:
+    """Raises: CacheError if ``location`` holds something that is not an hsk cache (without
+    ``overwrite``: anything at all; with it: anything but an empty directory)."""
+    if existing is not None or location.is_empty():
+        return
+    if not overwrite:
+        raise CacheError(f"{location.url!r} exists and is not an hsk cache: choose another --out or remove it")
+    raise CacheError(
+        f"{location.url!r} is not an hsk cache; refusing to delete it with --overwrite: choose another --out"
+    )
+
+
+def _check_same(path: str, existing: dict, manifest: dict) -> None:
     old, new = layout.identity(existing), layout.identity(manifest)
     differing = [key for key in new if old.get(key) != new[key]]
     if differing:
         key = differing[0]
         raise CacheError(
-            f"{str(path)!r} holds a cache with a different {key} ({old.get(key)!r} vs {new[key]!r}): "
+            f"{path!r} holds a cache with a different {key} ({old.get(key)!r} vs {new[key]!r}): "
             "pass --overwrite to replace it, or choose another --out"
         )
