@@ -17,6 +17,8 @@ from hsk_cache.config import (
     DataConfig,
     ExtractSpec,
     StageConfig,
+    check_device,
+    check_precision,
     parse_storage_options,
 )
 from hsk_cache.errors import ConfigError, HskError
@@ -149,9 +151,13 @@ def _precision(p, name="--precision", what="forward passes") -> None:
     p.add_argument(
         name,
         default="fp32",
-        choices=("fp32", "bf16"),
-        help=f"fp32 (the reference) or bf16 autocast for {what} (default: %(default)s)",
+        choices=("fp32", "bf16", "fp16"),
+        help=f"fp32 (the reference), bf16 autocast, or fp16 autocast (--device cuda) for {what} (default: %(default)s)",
     )
+
+
+def _device(p, what: str) -> None:
+    p.add_argument("--device", default="cpu", help=f"where {what}: cpu, cuda or cuda:N (default: %(default)s)")
 
 
 def _storage(p) -> None:
@@ -188,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed for the head init, order and dropout (default: %(default)s)"
     )
     _precision(p, what="training")
+    _device(p, "the model trains")
 
     p = sub.add_parser(
         "extract",
@@ -213,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an existing cache with another spec, teacher or data (default: refuse)",
     )
-    p.add_argument("--device", default="cpu", help="where the teacher runs: cpu, cuda or cuda:N (default: %(default)s)")
+    _device(p, "the teacher runs (under torchrun: cuda means each rank's cuda:LOCAL_RANK)")
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -349,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--device",
         default="cpu",
-        help="where the student (and an online teacher) run: cpu, cuda or cuda:N (default: %(default)s)",
+        help="where the student (and an online teacher) run: cpu, cuda or cuda:N; under torchrun, cuda "
+        "means each rank's cuda:LOCAL_RANK (default: %(default)s)",
     )
     g.add_argument(
         "--num-workers",
@@ -413,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p, "dev")
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward (default: %(default)s)")
     _precision(p, what="the model")
+    _device(p, "the model runs")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON line (default: text)")
 
     p = sub.add_parser(
@@ -474,6 +483,7 @@ def _finetune(a) -> int:
         batch_size=a.batch_size,
         seed=a.seed,
         precision=a.precision,
+        device=a.device,
     )
     r = finetune.run(config, _bar)
     s = r.stage
@@ -684,7 +694,9 @@ def _with_stop_handlers(fn):
 def _eval(a) -> int:
     from hsk_cache import evaluate
 
-    r = evaluate.run(a.model, _data_config(a), a.batch_size, a.precision, _bar)
+    check_device(a.device)
+    check_precision(a.precision, a.device)
+    r = evaluate.run(a.model, _data_config(a), a.batch_size, a.precision, _bar, device=a.device)
     if a.json:
         print(json.dumps({"model": a.model, "accuracy": r.accuracy, "mcc": r.mcc, "examples": r.examples}))
     else:

@@ -17,7 +17,7 @@ from hsk_cache.errors import ConfigError
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 KNOWLEDGE_KINDS = ("hidden_states", "attention_probs", "value_relation", "logits")
 CODECS = ("none", "zstd", "blosc")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp16 autocast (with loss scaling when training) on CUDA only
 TOKEN_STRATEGIES = ("all", "cls", "left", "random", "topk")
 DIM_STRATEGIES = ("all", "uniform", "random", "magnitude")
 EVAL_METRICS = ("accuracy", "mcc")
@@ -372,9 +372,12 @@ def check_device(device: str) -> str:
     return device
 
 
-def check_precision(precision: str) -> str:
+def check_precision(precision: str, device: str = "cpu", option: str = "--precision") -> str:
+    """Raises ConfigError for an unknown precision, or fp16 off the GPU (bf16 is the CPU's)."""
     if precision not in PRECISIONS:
-        raise ConfigError(f"unknown --precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"unknown {option} {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and not device.startswith("cuda"):
+        raise ConfigError(f"{option} fp16 needs --device cuda: use bf16 on the CPU")
     return precision
 
 

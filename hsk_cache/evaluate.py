@@ -99,7 +99,12 @@ class Evaluator:
 
 
 def run(
-    model_path: str, data_config: DataConfig, batch_size: int = 64, precision: str = "fp32", progress=None
+    model_path: str,
+    data_config: DataConfig,
+    batch_size: int = 64,
+    precision: str = "fp32",
+    progress=None,
+    device: str = "cpu",
 ) -> EvalResult:
     """Evaluate the classifier at ``model_path`` on ``data_config``'s split.
 
@@ -108,7 +113,7 @@ def run(
     model's position embeddings.
     """
     started = time.perf_counter()
-    model = models.load_classifier(model_path)
+    model = models.load_classifier(model_path).to(device)
     models.check_max_length(model.config, data_config.max_length)
     source = DatasetSource(data_config, models.load_tokenizer(model_path), models.task_label_names(model))
     if len(source.label_names) != model.config.num_labels:
@@ -117,7 +122,7 @@ def run(
             "evaluate a model trained on this task"
         )
     bar = progress("eval", len(source), 0) if progress is not None else None
-    predictions = predict(model, source, batch_size, precision, bar)
+    predictions = predict(model, source, batch_size, precision, bar, device=device)
     if bar is not None:
         bar.close()
     labels = source.examples.labels

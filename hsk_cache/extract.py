@@ -38,8 +38,8 @@ class ExtractConfig:
     storage_options: dict = field(default_factory=dict)  # fsspec options of an --out URL (endpoint, credentials)
 
     def __post_init__(self) -> None:
-        check_precision(self.precision)
         check_device(self.device)
+        check_precision(self.precision, self.device)
         self.spec.tokens.check(self.data.max_length)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size}: use at least 1")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from hsk_cache import models, objectives
-from hsk_cache.config import DataConfig, StageConfig, check_precision
+from hsk_cache.config import DataConfig, StageConfig, check_device, check_precision
 from hsk_cache.sources import DatasetSource
 from hsk_cache.train import StageResult, fit
 
@@ -23,9 +23,11 @@ class FinetuneConfig:
     batch_size: int = 32
     seed: int = 0
     precision: str = "fp32"
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
-        check_precision(self.precision)
+        check_device(self.device)
+        check_precision(self.precision, self.device)
         StageConfig(kind="labels", epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)  # validates the numbers
 
 
@@ -49,9 +51,17 @@ def run(config: FinetuneConfig, progress=None) -> FinetuneResult:
     torch.manual_seed(config.seed)
     model = models.load_classifier(config.model, label_names=source.label_names)
     models.check_max_length(model.config, config.data.max_length)
+    model.to(config.device)
     stage = StageConfig(kind="labels", epochs=config.epochs, lr=config.lr, batch_size=config.batch_size)
     result = fit(
-        model, source, stage, objectives.labels, seed=config.seed, precision=config.precision, progress=progress
+        model,
+        source,
+        stage,
+        objectives.labels,
+        seed=config.seed,
+        precision=config.precision,
+        progress=progress,
+        device=config.device,
     )
-    models.save(model, tokenizer, config.out)
+    models.save(model.to("cpu"), tokenizer, config.out)
     return FinetuneResult(out=config.out, stage=result, elapsed_s=time.perf_counter() - started)

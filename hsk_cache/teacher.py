@@ -83,9 +83,10 @@ def _check_layer(layer: int, depth: int, option: str) -> int:
 
 
 def autocast(precision: str, device: str = "cpu"):
-    """bf16 autocast for ``precision == "bf16"``, else a no-op context (fp32 reference)."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    """bf16 or fp16 autocast for ``precision`` ``bf16`` / ``fp16`` (fp16 on CUDA), else a no-op
+    context (fp32, the reference)."""
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(device_type=device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
     return contextlib.nullcontext()
 
 

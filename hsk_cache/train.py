@@ -121,8 +121,8 @@ class TrainConfig:
             )
         if self.overwrite and self.resume:
             raise ConfigError("give at most one of --overwrite (start over) and --resume (continue)")
-        check_precision(self.precision)
-        check_precision(self.teacher_precision)
+        check_precision(self.precision, self.device)
+        check_precision(self.teacher_precision, self.device, "--teacher-precision")
         Interval.parse(self.save_every)
 
 
@@ -435,6 +435,7 @@ def fit(
     examples = full * len(source) + min(rest * stage.batch_size, len(source))
     bar = progress(f"train {stage.kind}", examples, min(done * stage.batch_size, examples)) if progress else None
     step_fn = _DataParallelStep(model, objective, extra_params, rank)
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=precision == "fp16")  # fp16: loss scaling
     model.train()
     seen, started = 0, time.perf_counter()
     stream = loader.stream(total - done)
@@ -445,9 +446,11 @@ def fit(
             with autocast(precision, device.split(":")[0]):
                 loss = step_fn(batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             sampler.advance(step)
