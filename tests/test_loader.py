@@ -92,3 +92,24 @@ def test_prefetch_preserves_order_and_errors():
 
     with pytest.raises(RuntimeError, match="boom"):
         list(prefetch(broken(), depth=2))
+
+
+def test_rank_slices_make_the_one_process_batches_and_windows_split_the_shards():
+    one = Sampler(100, 8, seed=3).plan(1)
+    parts = [Sampler(100, 8, seed=3, rank=r, world_size=2).plan(1) for r in range(2)]
+    assert len(parts[0]) == len(parts[1]) == len(one) == 13  # the last batch of 4 splits 2 + 2
+    for i, (_, ids) in enumerate(one):
+        np.testing.assert_array_equal(np.concatenate([parts[0][i][1], parts[1][i][1]]), ids)
+    # shard windows: each rank reads only its own shards; together they cover every example once
+    windowed = [Sampler(100, 8, seed=3, shard_examples=16, window=2, rank=r, world_size=2) for r in range(2)]
+    plans = [s.plan(0) for s in windowed]
+    assert len(plans[0]) == len(plans[1]) == windowed[0].steps_per_epoch()
+    shards = [{int(x) for shards, _ in plan for x in shards} for plan in plans]
+    assert not shards[0] & shards[1] and shards[0] | shards[1] == set(range(7))
+    for plan, own in zip(plans, shards):
+        ids = np.concatenate([b for _, b in plan])
+        assert all(len(b) <= 4 for _, b in plan) and {int(i) // 16 for i in ids} <= own
+    seen = np.concatenate([b for plan in plans for _, b in plan])
+    assert set(seen.tolist()) == set(range(100))  # padded ranks repeat a few of their own examples
+    with pytest.raises(ValueError, match="multiple of the 2 ranks"):
+        Sampler(100, 7, seed=0, rank=0, world_size=2)
