@@ -1,0 +1,40 @@
+"""The ``hsk`` command: finetune, extract, train, eval, info, verify.
+
+Every error the library raises on purpose (``HskError``) becomes one line on stderr and exit
+status 2; argparse's own usage errors also exit 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from hsk_cache.cli.commands import COMMANDS
+from hsk_cache.cli.parser import build_parser
+from hsk_cache.errors import HskError
+from hsk_cache.progress import quiet_libraries
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s", force=True
+    )
+    if not args.verbose:
+        quiet_libraries()
+    try:
+        return COMMANDS[args.command](args)
+    except HskError as err:
+        print(f"hsk: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as stop:
+        detail = f"{stop}; a checkpoint was written" if str(stop) else "interrupted"
+        print(f"hsk: {detail} (rerun the same command to resume)", file=sys.stderr)
+        return 128 + getattr(stop, "signum", 2)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+    finally:
+        if args.command in ("extract", "train") and "torch.distributed" in sys.modules:
+            from hsk_cache import distributed
+
+            distributed.shutdown()

@@ -1,0 +1,328 @@
+"""The ``hsk`` subcommands: each turns parsed options into a config, runs a stage and prints its
+summary line."""
+
+from __future__ import annotations
+
+import json
+
+from hsk_cache.config import (
+    DataConfig,
+    ExtractSpec,
+    StageConfig,
+    check_device,
+    check_precision,
+    parse_storage_options,
+)
+from hsk_cache.errors import ConfigError
+from hsk_cache.progress import bar as _bar
+
+
+def _columns(a) -> tuple[str, ...] | None:
+    return tuple(c.strip() for c in a.text_columns.split(",")) if a.text_columns else None
+
+
+def _data_config(a) -> DataConfig:
+    return DataConfig(
+        source=a.data,
+        split=a.split,
+        text_columns=_columns(a),
+        label_column=a.label_column,
+        max_length=a.max_length,
+        limit=a.limit,
+    )
+
+
+def _spec(a) -> ExtractSpec:
+    return ExtractSpec.parse(
+        a.layers,
+        a.tokens,
+        a.dims,
+        a.knowledge,
+        a.dtype,
+        a.codec,
+        a.attention_layers,
+        a.value_relation_layer,
+        a.importance_layer,
+        a.spec_seed,
+    )
+
+
+def _finetune(a) -> int:
+    from hsk_cache import finetune
+
+    config = finetune.FinetuneConfig(
+        model=a.model,
+        data=_data_config(a),
+        out=a.out,
+        epochs=a.epochs,
+        lr=a.lr,
+        batch_size=a.batch_size,
+        seed=a.seed,
+        precision=a.precision,
+        device=a.device,
+    )
+    r = finetune.run(config, _bar)
+    s = r.stage
+    print(
+        f"finetune: {s.steps} steps, loss {s.losses[0]:.4f} → {s.losses[-1]:.4f}, {s.examples_per_s:.1f} ex/s, "
+        f"{r.elapsed_s:.1f} s → {r.out}"
+        if s.steps
+        else f"finetune: 0 steps → {r.out}"
+    )
+    return 0
+
+
+def _extract(a) -> int:
+    from hsk_cache import extract
+
+    config = extract.ExtractConfig(
+        teacher=a.teacher,
+        data=_data_config(a),
+        out=a.out,
+        spec=_spec(a),
+        batch_size=a.batch_size,
+        precision=a.precision,
+        overwrite=a.overwrite,
+        shard_examples=a.shard_examples,
+        device=a.device,
+        storage_options=parse_storage_options(a.storage_options),
+    )
+    if a.dry_run:
+        e = extract.dry_run(config)
+        for name, size in sorted(e.arrays.items(), key=lambda item: -item[1]):
+            print(f"  {name:<22} {_size(size):>10}")
+        print(
+            f"extract --dry-run: {e.examples} examples, predicted {_size(e.total_bytes)} "
+            f"({_size(e.bytes_per_example)}/example); nothing written"
+        )
+        return 0
+    main_rank = _launch(a.device)
+    r = extract.run(config, _bar if main_rank else None)
+    if not main_rank:
+        return 0
+    from hsk_cache.store.reader import CacheReader
+
+    stored = CacheReader(a.out, config.storage_options).stored_bytes()
+    n = r.manifest.counts["examples"]
+    repaired = f" ({r.shards_repaired} damaged, re-extracted)" if r.shards_repaired else ""
+    print(
+        f"extract: {n} examples, {r.shards_written} shards written{repaired}, {r.shards_skipped} resumed, "
+        f"{r.elapsed_s:.1f} s → {a.out} ({_size(stored)}, {_size(stored / n)}/example)"
+    )
+    return 0
+
+
+def _verify(a) -> int:
+    from dataclasses import asdict
+
+    from hsk_cache.store import verify
+
+    options = parse_storage_options(a.storage_options)
+    r = verify.verify(
+        a.cache, lambda description, total, initial: _bar(description, total, initial, unit="shard"), options
+    )
+    if a.json:
+        print(json.dumps({**asdict(r), "bad_shards": r.bad_shards, "ok": r.ok}))
+        return 0 if r.ok else 1
+    if r.problems:
+        print(verify.table(r))
+    state = "complete" if r.complete else f"incomplete ({r.committed}/{r.num_shards} shards extracted)"
+    bad_globals = sum(p.shard is None for p in r.problems)
+    verdict = "ok" if not r.problems else f"{len(r.bad_shards)} bad shards, {bad_globals} bad global arrays"
+    print(f"verify: {verdict}; {r.committed} shards checked ({_size(r.checked_bytes)}), {state}, {r.elapsed_s:.1f} s")
+    if r.problems:
+        from hsk_cache.store.reader import CacheReader
+
+        print(f"repair: {CacheReader(a.cache, options).repair_command}")
+    return 0 if r.ok else 1
+
+
+def _train(a) -> int:
+    from hsk_cache import train
+
+    if a.student_from and a.student_pretrained:
+        raise ConfigError("give at most one of --student-from and --student-pretrained")
+    init_layers = _int_list(a.init_layers, "--init-layers") if a.init_layers else None
+    if a.student_pretrained:
+        student = train.StudentConfig(kind="pretrained", path=a.student_pretrained, family=a.student_family)
+    elif a.student_from:
+        student = train.StudentConfig(
+            kind="teacher-layers",
+            path=a.student_from,
+            layers=a.student_layers,
+            init_layers=init_layers,
+            family=a.student_family,
+        )
+    else:
+        student = train.StudentConfig(
+            kind="config",
+            layers=a.student_layers,
+            hidden=a.student_hidden,
+            heads=a.student_heads,
+            ffn=a.student_ffn,
+            family=a.student_family,
+        )
+    stages = (
+        StageConfig(
+            kind="hidden",
+            epochs=a.hidden_epochs,
+            lr=a.hidden_lr,
+            batch_size=a.hidden_batch_size,
+            warmup_ratio=a.warmup_ratio,
+        ),
+        StageConfig(
+            kind="prediction",
+            epochs=a.pred_epochs,
+            lr=a.pred_lr,
+            batch_size=a.pred_batch_size,
+            warmup_ratio=a.warmup_ratio,
+        ),
+    )
+    online = a.online_teacher is not None
+    evaluation = None
+    if a.eval_data:
+        evaluation = train.EvalConfig(
+            data=a.eval_data,
+            split=a.eval_split,
+            text_columns=_columns(a),
+            label_column=a.label_column,
+            every=a.eval_every,
+            metric=a.eval_metric,
+        )
+    config = train.TrainConfig(
+        out=a.out,
+        student=student,
+        cache=a.cache,
+        online_teacher=a.online_teacher,
+        data=_data_config(a) if online else None,
+        spec=_spec(a) if online else ExtractSpec(),
+        stages=stages,
+        layer_map=a.layer_map,
+        attention_map=a.attention_map,
+        keep_top_pairs=a.keep_top_pairs,
+        width_target=a.width_target,
+        attention_loss=a.attention_loss,
+        head_map=a.head_map,
+        temperature=a.temperature,
+        hard_label_weight=a.hard_label_weight,
+        seed=a.seed,
+        precision=a.precision,
+        teacher_precision=a.teacher_precision,
+        device=a.device,
+        num_workers=a.num_workers,
+        memory_budget_bytes=int(a.memory_budget_gb * (1 << 30)),
+        eval=evaluation,
+        save_every=a.save_every,
+        overwrite=a.overwrite,
+        resume=a.resume,
+        storage_options=parse_storage_options(a.storage_options),
+    )
+    main_rank = _launch(a.device)
+    r = _with_stop_handlers(lambda: train.run(config, _bar if main_rank else None))
+    if not main_rank:
+        return 0
+    if r.already_finished:
+        print(f"train: {r.out} already holds this finished run; nothing to do (pass --overwrite to train again)")
+        return 0
+    if r.resumed_from:
+        print(f"train: resumed from {r.resumed_from}")
+    for s in r.stages:
+        if s.steps:
+            print(
+                f"train {s.kind}: {s.steps} steps, loss {s.losses[0]:.4f} → {s.losses[-1]:.4f}, "
+                f"{s.examples_per_s:.1f} ex/s, {s.elapsed_s:.1f} s"
+            )
+    maps = f"layer map {r.layer_map or '-'}" + (f", attention map {r.attention_map}" if r.attention_map else "")
+    best = (
+        f", best {r.best['metric']} {r.best['value']:.4f} (stage {r.best['stage']} step {r.best['step']}) → "
+        f"{r.out}/best"
+        if r.best
+        else ""
+    )
+    print(f"train: {maps}, {r.checkpoints} checkpoints ({r.checkpoint_s:.1f} s){best}, {r.elapsed_s:.1f} s → {r.out}")
+    return 0
+
+
+def _launch(device: str) -> bool:
+    """Join torchrun's process group when launched with several processes; True on rank 0
+    (the one that prints and shows progress)."""
+    from hsk_cache import distributed
+
+    if not distributed.launched():
+        return True
+    return distributed.init(device).is_main
+
+
+def _with_stop_handlers(fn):
+    """Run ``fn`` with SIGTERM and SIGINT asking training to checkpoint and stop (session.request_stop)."""
+    import signal
+
+    from hsk_cache import session
+
+    previous = {sig: signal.signal(sig, session.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return fn()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _eval(a) -> int:
+    from hsk_cache import evaluate
+
+    check_device(a.device)
+    check_precision(a.precision, a.device)
+    r = evaluate.run(a.model, _data_config(a), a.batch_size, a.precision, _bar, device=a.device)
+    if a.json:
+        print(json.dumps({"model": a.model, "accuracy": r.accuracy, "mcc": r.mcc, "examples": r.examples}))
+    else:
+        print(
+            f"eval: accuracy {r.accuracy:.4f}, mcc {r.mcc:.4f} on {r.examples} {a.split} examples, {r.elapsed_s:.1f} s"
+        )
+    return 0
+
+
+def _info(a) -> int:
+    from hsk_cache.info import cache_info
+
+    info = cache_info(a.cache, parse_storage_options(a.storage_options))
+    if a.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    m = info["manifest"]
+    print(json.dumps(m, indent=2, default=str))
+    print(
+        f"stored: {_size(info['stored_bytes'])} ({_size(info['bytes_per_example'])}/example) for "
+        f"{m['data']['num_examples']} examples; full float32 hidden states would be "
+        f"{_size(info['full_hidden_bytes_per_example'])}/example: {info['ratio_to_full']:.1f}× smaller"
+    )
+    print(
+        f"complete: {'yes' if info['complete'] else 'no'} "
+        f"({info['committed_shards']}/{m['layout']['num_shards']} shards)"
+    )
+    return 0
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: use a comma list of integers like 2,4,6") from None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+COMMANDS = {
+    "finetune": _finetune,
+    "extract": _extract,
+    "train": _train,
+    "eval": _eval,
+    "info": _info,
+    "verify": _verify,
+}
