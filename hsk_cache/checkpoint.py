@@ -189,8 +189,15 @@ def write_text(path: Path, text: str) -> None:
     """Write a small file atomically (temporary name, flush, rename)."""
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
     tmp.write_text(text)
+    commit_file(tmp, path)
+
+
+def commit_file(tmp: Path, path: Path) -> None:
+    """Give the finished file ``tmp`` its final name ``path``: flushed to disk, then renamed
+    (atomic on POSIX), so ``path`` is either absent or complete."""
     _fsync(tmp)
     os.replace(tmp, path)
+    _fsync(path.parent)
 
 
 def _fsync(path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ BBC_SPLIT_SEED = 42
 BBC_DEV_FRACTION = 0.2
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 DEV_SPLIT_NAMES = ("dev", "validation", "valid")  # "test" is a split of its own
+AUGMENT_MANIFEST = "hsk_augment.json"  # marks a directory written by hsk augment (augment.py)
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ def _load_bbc(split: str):
 
 
 def _load_local(path: Path, config: DataConfig):
+    if path.is_dir() and (path / AUGMENT_MANIFEST).is_file():
+        return _load_augmented(path, config.split)
     if path.is_dir():
         task = _glue_task(path)
         if task is not None:
@@ -135,6 +139,32 @@ def _load_local(path: Path, config: DataConfig):
     else:
         file = path
     return _read_file(file), None, None, None, None
+
+
+def _load_augmented(path: Path, split: str):
+    """A directory written by ``hsk augment``: its augmented split (only once complete) or its dev copy."""
+    try:
+        manifest = json.loads((path / AUGMENT_MANIFEST).read_text())
+        source, augmented = manifest["source"], manifest["split"]
+        shards = manifest["layout"]["num_shards"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(
+            f"{str(path / AUGMENT_MANIFEST)!r} is damaged ({first_line(err)}): rerun hsk augment with --overwrite"
+        ) from None
+    columns = ("text", "text_pair") if source.get("pair") else ("text",)
+    names = tuple(source.get("label_names") or ()) or None
+    if split == augmented:
+        files = sorted((path / split).glob("part-*.parquet"))
+        if not manifest.get("complete") or len(files) != shards:
+            raise DataError(
+                f"{str(path)!r} holds an unfinished augmentation ({len(files)}/{shards} shards): "
+                "rerun the hsk augment command that made it to finish it"
+            )
+        return _read_file(files), columns, "label", names, source.get("task")
+    if split in DEV_SPLIT_NAMES and (path / "dev.parquet").is_file():
+        return _read_file(path / "dev.parquet"), columns, "label", names, source.get("task")
+    dev = " and dev" if (path / "dev.parquet").is_file() else ""
+    raise DataError(f"{str(path)!r} holds augmented {augmented}{dev} data, not {split!r}: use --split {augmented}")
 
 
 def _glue_task(path: Path) -> GlueTask | None:
@@ -172,9 +202,15 @@ def _split_file(directory: Path, split: str) -> Path:
     )
 
 
-def _read_file(file: Path, column_names: list[str] | None = None):
+def _read_file(file: Path | list[Path], column_names: list[str] | None = None):
+    """Read a file (or a list of Parquet shards) with ``datasets``."""
     import datasets
 
+    if isinstance(file, list):  # shards written by hsk augment: checked when written
+        try:
+            return datasets.load_dataset("parquet", data_files=[str(f) for f in file], split="train")
+        except Exception as err:
+            raise DataError(f"cannot read {str(file[0].parent)!r}: {first_line(err)}; rerun hsk augment") from None
     builder = FILE_BUILDERS.get(file.suffix.lower())
     if builder is None:
         raise DataError(f"cannot read {str(file)!r}: use a .csv, .tsv, .jsonl, .json or .parquet file")
@@ -279,11 +315,11 @@ def _drop_empty(split, source: str):
 
     Returns: (the kept rows, the number dropped).
     """
-    no_label = np.array([_is_empty(v) for v in split["label"]], dtype=bool)
+    columns = split.select_columns([c for c in ("label", "text", "text_pair") if c in split.column_names]).to_dict()
+    no_label = np.array([_is_empty(v) for v in columns.pop("label")], dtype=bool)
     no_text = np.zeros(len(split), dtype=bool)
-    for column in ("text", "text_pair"):
-        if column in split.column_names:
-            no_text |= np.array([_is_empty(v) for v in split[column]], dtype=bool)
+    for values in columns.values():
+        no_text |= np.array([_is_empty(v) for v in values], dtype=bool)
     drop = no_label | no_text
     if not drop.any():
         return split, 0

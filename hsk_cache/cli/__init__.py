@@ -1,4 +1,4 @@
-"""The ``hsk`` command: finetune, extract, train, eval, info, verify.
+"""The ``hsk`` command: finetune, extract, train, eval, info, verify, augment.
 
 Every error the library raises on purpose (``HskError``) becomes one line on stderr and exit
 status 2; argparse's own usage errors also exit 2.

@@ -282,6 +282,45 @@ def _eval(a) -> int:
     return 0
 
 
+def _augment(a) -> int:
+    from hsk_cache import augment
+
+    config = augment.AugmentConfig(
+        data=_data_config(a),
+        out=a.out,
+        copies=a.copies,
+        p=a.p,
+        candidates=a.candidates,
+        mlm=a.mlm,
+        vectors=a.vectors,
+        teacher=a.teacher,
+        pair_side=a.pair_side,
+        seed=a.seed,
+        shard_examples=a.shard_examples,
+        batch_size=a.batch_size,
+        precision=a.precision,
+        device=a.device,
+        overwrite=a.overwrite,
+    )
+    r = augment.run(config, _bar)
+    paths = r.word_paths
+    words = sum(paths.values()) or 1
+    if not a.mlm:
+        print(
+            "augment: no --mlm: every word took the nearest-neighbour path (TinyBERT uses a masked LM for "
+            "words of one piece)"
+        )
+    print(
+        f"augment: {r.examples} examples → {r.rows} rows ({r.rows / max(r.examples, 1):.1f} per example), "
+        f"{r.shards_written} shards written, {r.shards_skipped} resumed, {r.elapsed_s:.1f} s → {r.out}"
+    )
+    print(
+        f"augment: replaceable words: {paths['mlm'] / words:.1%} masked LM, {paths['neighbours'] / words:.1%} "
+        f"neighbours ({r.neighbours_from}), {paths['none'] / words:.1%} without candidates"
+    )
+    return 0
+
+
 def _info(a) -> int:
     from hsk_cache.info import cache_info
 
@@ -325,4 +364,5 @@ COMMANDS = {
     "eval": _eval,
     "info": _info,
     "verify": _verify,
+    "augment": _augment,
 }

@@ -385,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     _storage(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (default: text)")
 
+    _add_augment(sub)
+
     p = sub.add_parser(
         "verify",
         help="check every shard of a cache (missing files, sizes, checksums)",
@@ -397,3 +399,54 @@ def build_parser() -> argparse.ArgumentParser:
     _storage(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (default: text)")
     return parser
+
+
+def _add_augment(sub) -> None:
+    p = sub.add_parser(
+        "augment",
+        help="expand a task's data with TinyBERT's augmentation",
+        description="TinyBERT's data augmentation (Jiao et al., 2020, Algorithm 1): each replaceable word "
+        "(alphabetic, not a stop word) is replaced with probability --p by one of --candidates candidates: a "
+        "masked LM's top predictions for words of one word piece (--mlm), nearest neighbours in a word-embedding "
+        "space for the others (--vectors, else the teacher's input embeddings in place of GloVe). --copies tries "
+        "per example; duplicates are dropped and the original is kept. Writes Parquet shards plus the source's "
+        "dev split into --out, a data source for extract, train --online and finetune; rerun the same command "
+        "to resume.",
+    )
+    p.add_argument("--out", required=True, help="directory for the augmented data (required)")
+    _add_data(p, "train")
+    p.add_argument("--copies", type=int, default=20, help="variants tried per example (default: %(default)s)")
+    p.add_argument("--p", type=float, default=0.4, help="probability of replacing a word (default: %(default)s)")
+    p.add_argument("--candidates", type=int, default=15, help="candidates per word, K (default: %(default)s)")
+    p.add_argument(
+        "--mlm",
+        default=None,
+        metavar="DIR_OR_NAME",
+        help="masked language model for words of one word piece (default: none: every word takes the neighbour path)",
+    )
+    p.add_argument(
+        "--vectors",
+        default=None,
+        metavar="FILE",
+        help="GloVe or word2vec text file for nearest neighbours (default: the teacher's input embeddings)",
+    )
+    p.add_argument(
+        "--teacher",
+        default="minilm-l6",
+        help="model whose input embeddings give neighbours without --vectors, and whose tokenizer splits "
+        f"words without --mlm; {TEACHER_HELP} (default: %(default)s)",
+    )
+    p.add_argument(
+        "--pair-side",
+        default="both",
+        choices=("both", "first", "second"),
+        help="for sentence pairs: augment both texts of each variant, or only one (default: %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the replacements (default: %(default)s)")
+    p.add_argument(
+        "--shard-examples", type=int, default=1000, help="source examples per output shard (default: %(default)s)"
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="masked sentences per MLM forward (default: %(default)s)")
+    _precision(p, what="the MLM's forward passes")
+    _device(p, "the MLM runs")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing augmentation in --out")
