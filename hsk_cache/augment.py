@@ -214,7 +214,8 @@ def _augment_shard(rows: dict, start: int, config: AugmentConfig, pair: bool, wo
         found = neighbours.nearest(split_texts[slot.text][slot.word])
         options[slot] = found
         stats["neighbours" if found else "none"] += 1
-    stats["none"] += sum(1 for s in slots if s not in rest and not options[s])
+    looked_up = set(rest)
+    stats["none"] += sum(1 for s in slots if s not in looked_up and not options[s])
     per_text = [{} for _ in texts]
     for slot, found in options.items():
         if found:
