@@ -86,18 +86,26 @@ def run(args) -> None:
             if key not in results:
                 results[key] = _extract(args.teacher, data, cache, spec)
                 _save(results, out)
+                _report(key, results[key])
             for seed in (int(s) for s in args.seeds.split(",")):
                 key = f"train {dataset} {spec_name} seed {seed}"
                 if key not in results:
                     source = {"cache": str(cache)}
                     results[key] = _train(args.teacher, source, work, key, epochs[dataset], seed, options, dev)
                     _save(results, out)
+                    _report(key, results[key])
     key = "train augmented minimum seed 0 online"
     if key not in results:
         spec, options = SPECS["minimum"]
         source = {"online_teacher": args.teacher, "data": augmented, "spec": spec, "teacher_precision": "bf16"}
         results[key] = _train(args.teacher, source, work, key, 1.0, 0, options, dev)
         _save(results, out)
+        _report(key, results[key])
+
+
+def _report(key: str, row: dict) -> None:
+    accuracy = f", dev accuracy {row['accuracy']:.4f}" if "accuracy" in row else ""
+    print(f"augmentation: {key}: {row['elapsed_s']:.0f} s{accuracy}", flush=True)
 
 
 def _extract(teacher: str, data: DataConfig, cache: Path, spec: ExtractSpec) -> dict:
