@@ -391,7 +391,7 @@ def _write_dev(out: Path, config: AugmentConfig, label_names, pair: bool) -> Non
     from dataclasses import replace
 
     path = out / "dev.parquet"
-    if path.is_file():
+    if path.is_file() or Path(config.data.source).expanduser().is_file():  # a single file has no dev split
         return
     try:
         dev = data.load_split(replace(config.data, split="dev", limit=None), label_names=label_names)

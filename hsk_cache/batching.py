@@ -46,8 +46,9 @@ class Examples:
                 if has_types:
                     token_type_ids[row, : len(ids)] = rows["token_type_ids"][i]
                 row += 1
-        labels = np.asarray(tokenized["label"], dtype=np.int64)
-        example_ids = np.asarray(tokenized["example_id"], dtype=np.int64)
+        columns = tokenized.select_columns(["label", "example_id"]).with_format("numpy")[:]  # whole columns at once
+        labels = np.asarray(columns["label"], dtype=np.int64)
+        example_ids = np.asarray(columns["example_id"], dtype=np.int64)
         return cls(input_ids, token_type_ids, lengths, labels, example_ids)
 
 

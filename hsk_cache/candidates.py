@@ -152,9 +152,10 @@ class MaskedLM:
             logits = self.model(
                 input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
             ).logits
-        scores = logits[rows.to(self.device), positions.to(self.device)].float()  # [n, V]
+        rows, positions, original = rows.to(self.device), positions.to(self.device), original.to(self.device)
+        scores = logits[rows, positions].float()  # [n, V]
         scores[:, self.blocked] = -torch.inf
-        scores[rows, original.to(self.device)] = -torch.inf  # never the word itself
+        scores[rows, original] = -torch.inf  # never the word itself
         top = scores.topk(self.k, dim=-1)
         return {
             slot: tuple(self.vocab[i] for i, s in zip(ids, values) if s > -torch.inf)

@@ -155,6 +155,7 @@ def test_sentence_pairs(tmp_path):
             changed = any(r[column] != pairs[r["original_id"]][source_column] for r in got)
             assert changed == may_change, (side, column)
         assert all(r["label"] == ["no", "yes"].index(pairs[r["original_id"]]["label"]) for r in got)
+        assert not (out / "dev.parquet").exists()  # a single file has no dev split to copy
 
 
 @pytest.fixture(scope="module")

@@ -15,3 +15,13 @@ def test_study_setting_is_over_1000x_smaller_than_full_hidden_states():
 
 def test_committed_storage_table_is_the_generated_one():
     assert (ROOT / "docs" / "storage.md").read_text() == storage_table.markdown(storage_table.rows())
+
+
+def test_augmentation_doc_quotes_the_committed_results():
+    import json
+
+    from pipelines import augmentation
+
+    table = augmentation.markdown(json.loads((ROOT / "docs" / "augmentation" / "results.json").read_text()))
+    assert (ROOT / "docs" / "augmentation" / "results.md").read_text() == table
+    assert table in (ROOT / "docs" / "augmentation.md").read_text()
