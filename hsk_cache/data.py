@@ -8,6 +8,8 @@ Sources (``DataConfig.source``):
   class: 80% train (1,701) / 20% dev (426), seed 42 (``BBC_SPLIT_SEED``).
 - a GLUE task directory (train.tsv, dev.tsv; CoLA without header; MNLI dev_matched.tsv).
 - a CSV/TSV/JSON Lines/Parquet file, or a directory holding ``<split>.<ext>`` files.
+- a directory written by ``hsk augment`` (``hsk_augment.json``): its augmented split's Parquet
+  shards once complete, and its copy of the source's dev split.
 - a Hugging Face hub dataset name, where the network allows it.
 """
 
