@@ -449,4 +449,6 @@ def _add_augment(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="masked sentences per MLM forward (default: %(default)s)")
     _precision(p, what="the MLM's forward passes")
     _device(p, "the MLM runs")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing augmentation in --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing augmentation in --out (default: resume it)"
+    )
