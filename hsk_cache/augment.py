@@ -251,11 +251,11 @@ def _candidate_sources(config: AugmentConfig):
     mlm = None
     if config.mlm:
         mlm = MaskedLM(config.mlm, config.candidates, config.batch_size, config.precision, config.device)
-        words = Words(mlm.tokenizer)
-    tokenizer = models.load_tokenizer(config.teacher)
-    if mlm is None:
-        words = Words(tokenizer)
+    else:
         log.info("no --mlm given: every word takes the nearest-neighbour path (TinyBERT's masked-LM path is off)")
+    # the teacher's tokenizer splits words without an MLM and its embeddings give neighbours without vectors
+    tokenizer = models.load_tokenizer(config.teacher) if mlm is None or not config.vectors else None
+    words = Words(mlm.tokenizer if mlm else tokenizer)
     if config.vectors:
         neighbours = Neighbours.from_vectors_file(config.vectors, config.candidates)
     else:

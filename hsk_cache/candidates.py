@@ -100,7 +100,7 @@ class MaskedLM:
         try:
             self.model = AutoModelForMaskedLM.from_pretrained(models.resolve(path)).eval().to(device)
         except Exception as err:
-            raise models._load_error(models.resolve(path), err, "masked language model") from None
+            raise models.load_error(models.resolve(path), err, "masked language model") from None
         vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
         special = set(self.tokenizer.all_special_ids)
         allowed = [whole_word(t) and i not in special for i, t in enumerate(vocab)]
@@ -257,7 +257,7 @@ class Neighbours:
         try:
             weight = AutoModel.from_pretrained(models.resolve(path)).get_input_embeddings().weight
         except Exception as err:
-            raise models._load_error(models.resolve(path), err, "model") from None
+            raise models.load_error(models.resolve(path), err, "model") from None
         embeddings = weight.detach().float().numpy()  # [V, D]
         vocab = tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), embeddings.shape[0]))))
         special = set(tokenizer.all_special_ids)

@@ -51,7 +51,8 @@ def _check_model_dir(path: str, marker: str = "config.json") -> None:
         raise ModelError(f"{path!r} holds no model (no {marker}): pass a directory saved with save_pretrained")
 
 
-def _load_error(path: str, err: Exception, what: str) -> ModelError:
+def load_error(path: str, err: Exception, what: str) -> ModelError:
+    """The one-line ModelError for a failed ``from_pretrained`` of a ``what`` at ``path``."""
     if not Path(path).expanduser().exists():
         return ModelError(
             f"no {what} at {path!r}: it is not a local directory and the hub could not provide it; check the path"
@@ -123,7 +124,7 @@ def load_tokenizer(path: str):
     try:
         return AutoTokenizer.from_pretrained(path)
     except Exception as err:
-        raise _load_error(path, err, "tokenizer") from None
+        raise load_error(path, err, "tokenizer") from None
 
 
 def load_classifier(path: str, label_names: tuple[str, ...] | None = None, attention: bool = False):
@@ -150,7 +151,7 @@ def load_classifier(path: str, label_names: tuple[str, ...] | None = None, atten
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     except Exception as err:
-        raise _load_error(path, err, "sequence classifier") from None
+        raise load_error(path, err, "sequence classifier") from None
     return model.eval()
 
 
@@ -174,7 +175,7 @@ def load_config(path: str):
     try:
         return AutoConfig.from_pretrained(path)
     except Exception as err:
-        raise _load_error(path, err, "model config") from None
+        raise load_error(path, err, "model config") from None
 
 
 HUB_FILES = [
