@@ -8,14 +8,16 @@ knowledge-kind registry (issue 18) and must not change unless the cache format c
     python -m tests.golden            # compare with the committed hashes (what the test does)
     python -m tests.golden --write    # record them anew (only for an intended format change)
 
-The teacher's floats depend on the CPU's kernels; ``teacher_sha256`` fingerprints its raw fp32
-outputs, so a machine computing other floats is told so instead of reporting a format change.
+The teacher's floats depend on the CPU's kernels and the thread count: everything runs on one
+thread, and ``teacher_sha256`` fingerprints the raw fp32 outputs, so a machine computing other
+floats is told so instead of reporting a format change.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import random
 import sys
@@ -114,6 +116,15 @@ VOLATILE = (
 )
 
 
+def _module(name: str, before: str):
+    """Module ``name``, or ``before`` (its place before the package was laid out by stage), so the
+    hashes can be recorded on the code before a change and compared after it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return importlib.import_module(before)
+
+
 def _write_data(root: Path) -> dict[str, Path]:
     rng = random.Random(7)
     sentence = lambda: " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 14)))
@@ -130,7 +141,7 @@ def _teacher(root: Path) -> tuple[str, str]:
     """A saved 2-layer, 32-wide, 4-head random BERT classifier; and the sha256 of its fp32 outputs."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from hsk_cache import models
+    models = _module("hsk_cache.models.hub", "hsk_cache.models")
 
     tokenizer = models.load_tokenizer(models.BUNDLED_TEACHER)
     config = BertConfig(
@@ -182,9 +193,19 @@ def _manifest_hash(cache: Path) -> str:
 
 def compute(root: Path) -> dict:
     """Extract every spec of ``SPECS`` under ``root``; returns {"teacher_sha256", "caches": {name: hashes}}."""
-    from hsk_cache import extract
     from hsk_cache.config import DataConfig, ExtractSpec
 
+    extract = _module("hsk_cache.extraction.extract", "hsk_cache.extract")
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # float results depend on the thread count: hash what one thread computes
+    try:
+        return _compute(root, extract, DataConfig, ExtractSpec)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compute(root: Path, extract, DataConfig, ExtractSpec) -> dict:
     teacher, teacher_sha = _teacher(root)
     data = _write_data(root)
     caches = {}
