@@ -21,9 +21,9 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, get_linear_schedule_with_warmup
 
 from benchmarks.common import interleave, spread, write
-from hsk_cache import checkpoint
-from hsk_cache.config import DEFAULT_SAVE_EVERY, Interval
-from hsk_cache.loader import Sampler
+from hsk_cache.config.run import DEFAULT_SAVE_EVERY, Interval
+from hsk_cache.data.loader import Sampler
+from hsk_cache.training import checkpoint
 
 STUDENTS = {
     "TinyBERT4 (4×312)": (4, 312, 12, 1200),

@@ -28,10 +28,10 @@ import numpy as np
 import zarr
 
 from benchmarks.common import write
-from hsk_cache import models
-from hsk_cache.cache import open_cache
-from hsk_cache.config import ExtractSpec
-from hsk_cache.progress import quiet_libraries
+from hsk_cache.cli.progress import quiet_libraries
+from hsk_cache.config.specs import ExtractSpec
+from hsk_cache.data.cache import open_cache
+from hsk_cache.models import hub as models
 from hsk_cache.store import layout
 from hsk_cache.store.writer import CacheWriter
 

@@ -94,12 +94,14 @@ def bare(teacher: str, n: int) -> None:
     """The teacher's forward passes over extraction's batches (``--bare``), nothing else."""
     import torch
 
-    from hsk_cache import data, models
-    from hsk_cache.batching import Examples, collate, sequential_batches
-    from hsk_cache.config import DataConfig, ExtractSpec
-    from hsk_cache.knowledge import model_inputs
-    from hsk_cache.progress import quiet_libraries
-    from hsk_cache.teacher import autocast
+    from hsk_cache.cli.progress import quiet_libraries
+    from hsk_cache.config.run import DataConfig
+    from hsk_cache.config.specs import ExtractSpec
+    from hsk_cache.data import splits as data
+    from hsk_cache.knowledge.batch import Examples, collate, sequential_batches
+    from hsk_cache.models import hub as models
+    from hsk_cache.models.inputs import model_inputs
+    from hsk_cache.models.teacher import autocast
 
     quiet_libraries()
     spec = ExtractSpec.parse("2,4,6", "topk:10%")
@@ -155,7 +157,7 @@ def shard_examples(n: int) -> int:
 
 
 def make_teacher(work: str) -> str:
-    from hsk_cache import models
+    from hsk_cache.models import hub as models
 
     teacher = f"{work}/teacher"
     source = models.BUNDLED_TEACHER
@@ -449,7 +451,7 @@ def main() -> None:
     unknown = set(parts) - {"extract", "train", "s3"}
     if unknown:
         parser.error(f"--parts: unknown {', '.join(sorted(unknown))}")
-    from hsk_cache.progress import quiet_libraries
+    from hsk_cache.cli.progress import quiet_libraries
 
     quiet_libraries()
     started, load = time.perf_counter(), os.getloadavg()[0]

@@ -28,12 +28,19 @@ import time
 import torch
 
 from benchmarks.common import ratios, spread, write
-from hsk_cache import extract, models, objectives
-from hsk_cache.cache import open_cache
-from hsk_cache.config import DataConfig, ExtractSpec, StageConfig
-from hsk_cache.progress import quiet_libraries
-from hsk_cache.sources import DatasetSource, OnlineSource
-from hsk_cache.train import StudentConfig, TrainConfig, build_student, distillation_loss, fit
+from hsk_cache.cli.progress import quiet_libraries
+from hsk_cache.config.run import DataConfig, StageConfig
+from hsk_cache.config.specs import ExtractSpec
+from hsk_cache.data.cache import open_cache
+from hsk_cache.data.sources import DatasetSource, OnlineSource
+from hsk_cache.distill import objectives
+from hsk_cache.extraction import extract
+from hsk_cache.models import hub as models
+from hsk_cache.models import students
+from hsk_cache.models.students import StudentConfig, build_student
+from hsk_cache.training.configs import TrainConfig
+from hsk_cache.training.loop import fit
+from hsk_cache.training.train import distillation_loss
 
 STUDENTS = {
     "TinyBERT4 (4×312)": StudentConfig(kind="config", layers=4, hidden=312, heads=12, ffn=1200),
@@ -110,7 +117,7 @@ def main() -> None:
     for teacher_name, teacher in teachers(work, args.quick).items():
         for student_name, student_config in STUDENTS.items():
             depth = models.read_config(teacher)["num_hidden_layers"]
-            layers = ",".join(map(str, models.default_init_layers(depth, student_config.layers)))
+            layers = ",".join(map(str, students.default_init_layers(depth, student_config.layers)))
             spec = ExtractSpec.parse(layers, "topk:16", dtype="float16")
             cache = f"{work}/cache_{len(results)}"
             extract.run(extract.ExtractConfig(teacher=teacher, data=data, out=cache, spec=spec, precision="bf16"))

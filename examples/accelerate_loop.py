@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
 from hsk_cache import DistillationLoss, model_inputs, open_cache, without_attention_dropout
-from hsk_cache.models import student_from_config
+from hsk_cache.models.students import student_from_config
 
 
 def build_student(cache, args):

@@ -36,7 +36,7 @@ from transformers import (
 )
 
 from hsk_cache import DistillationLoss, model_inputs, open_cache, without_attention_dropout
-from hsk_cache.models import student_from_config
+from hsk_cache.models.students import student_from_config
 
 
 class DistillationTrainer(Trainer):

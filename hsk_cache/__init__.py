@@ -1,51 +1,77 @@
-"""hsk-cache: extract a fine-tuned teacher's knowledge once into a Zarr v3 cache, then train
-students from the cache without the teacher (Liu et al., ACL 2021, "Marginal Utility
-Diminishes: Exploring the Minimum Knowledge for BERT Knowledge Distillation").
+"""hsk-cache: extract a teacher's knowledge once into a Zarr v3 cache, then train students from the
+cache without the teacher (Liu et al., ACL 2021, "Marginal Utility Diminishes: Exploring the
+Minimum Knowledge for BERT Knowledge Distillation").
 
-The public API (docs/api.md)::
+The public API (docs/api.md, docs/architecture.md)::
 
-    from hsk_cache import open_cache, DistillationLoss
+    from hsk_cache import open_cache, DistillationLoss, extract, train
 
 - ``open_cache(path) -> Cache``: manifest, tokenizer, ``cache.dataset()``, ``cache.collate``,
   ``cache.loader(batch_size, seed)``;
 - ``DistillationLoss(cache.manifest, student.config, ...)``: the loss as an ``nn.Module`` that
-  owns W_h; ``model_inputs`` and ``capture_values`` help run the student for it.
-
-Names are imported on first use, so ``import hsk_cache`` stays cheap for the CLI.
+  owns W_h; ``model_inputs`` and ``capture_values`` help run the student for it;
+- ``extract(ExtractConfig(...))`` and ``train(TrainConfig(...))``: the two commands as functions.
 """
 
 from __future__ import annotations
 
-import importlib
+from hsk_cache.config import DataConfig, DimSpec, ExtractSpec, LayerSpec, StageConfig, TokenSpec
+from hsk_cache.data.cache import Cache, CacheDataset, EpochSampler, open_cache
+from hsk_cache.distill.loss import DistillationLoss, DistillationOutput
+from hsk_cache.errors import (
+    CacheError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DataNotFoundError,
+    HskError,
+    ModelError,
+)
+from hsk_cache.extraction.extract import ExtractConfig, ExtractResult
+from hsk_cache.extraction.extract import run as extract
+from hsk_cache.knowledge.batch import StoredKnowledge
+from hsk_cache.models.families import without_attention_dropout
+from hsk_cache.models.hooks import capture_values
+from hsk_cache.models.inputs import model_inputs
+from hsk_cache.models.students import StudentConfig
+from hsk_cache.store.manifest import Manifest
+from hsk_cache.training.configs import EvalConfig, StageResult, TrainConfig, TrainResult
+from hsk_cache.training.train import run as train
+from hsk_cache.version import __version__
 
-__version__ = "0.1.0"
-
-_EXPORTS = {
-    "open_cache": "hsk_cache.cache",
-    "Cache": "hsk_cache.cache",
-    "CacheDataset": "hsk_cache.cache",
-    "EpochSampler": "hsk_cache.cache",
-    "DistillationLoss": "hsk_cache.distill",
-    "DistillationOutput": "hsk_cache.distill",
-    "model_inputs": "hsk_cache.knowledge",
-    "capture_values": "hsk_cache.relations",
-    "without_attention_dropout": "hsk_cache.families",
-    "Manifest": "hsk_cache.store.manifest",
-    "StoredKnowledge": "hsk_cache.knowledge",
-    "CacheError": "hsk_cache.errors",
-    "ConfigError": "hsk_cache.errors",
-    "ModelError": "hsk_cache.errors",
-}
-__all__ = ["__version__", *_EXPORTS]
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hsk_cache' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__all__ = [
+    "Cache",
+    "CacheDataset",
+    "CacheError",
+    "CheckpointError",
+    "ConfigError",
+    "DataConfig",
+    "DataError",
+    "DataNotFoundError",
+    "DimSpec",
+    "DistillationLoss",
+    "DistillationOutput",
+    "EpochSampler",
+    "EvalConfig",
+    "ExtractConfig",
+    "ExtractResult",
+    "ExtractSpec",
+    "HskError",
+    "LayerSpec",
+    "Manifest",
+    "ModelError",
+    "StageConfig",
+    "StageResult",
+    "StoredKnowledge",
+    "StudentConfig",
+    "TokenSpec",
+    "TrainConfig",
+    "TrainResult",
+    "__version__",
+    "without_attention_dropout",
+    "capture_values",
+    "extract",
+    "model_inputs",
+    "open_cache",
+    "train",
+]

@@ -20,17 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-from hsk_cache import evaluate, extract, models, train
-from hsk_cache.config import DataConfig, ExtractSpec, StageConfig
+from hsk_cache.cli.progress import quiet_libraries
+from hsk_cache.config.run import DataConfig, StageConfig
+from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.errors import HskError
-from hsk_cache.progress import quiet_libraries
+from hsk_cache.extraction import extract
+from hsk_cache.models import hub as models
+from hsk_cache.models import students
 from hsk_cache.select.depth import uniform_layer_map
 from hsk_cache.store.reader import CacheReader
+from hsk_cache.training import configs, evaluate, train
 from pipelines import ablation_report
 
 STUDENTS = {  # name → (StudentConfig factory given the teacher path, description)
-    "small3": lambda teacher: train.StudentConfig(kind="teacher-layers", path=teacher, layers=3),
-    "tiny4": lambda teacher: train.StudentConfig(kind="config", layers=4, hidden=312, heads=12, ffn=1200),
+    "small3": lambda teacher: students.StudentConfig(kind="teacher-layers", path=teacher, layers=3),
+    "tiny4": lambda teacher: students.StudentConfig(kind="config", layers=4, hidden=312, heads=12, ffn=1200),
 }
 
 
@@ -238,7 +242,7 @@ def run_point(point: Point, seed: int, student: str, ctx: Context, schedule: tup
     )
     start = time.perf_counter()
     train.run(
-        train.TrainConfig(
+        configs.TrainConfig(
             out=str(out),
             student=STUDENTS[student](ctx.teacher),
             cache=str(cache),
@@ -359,8 +363,8 @@ def ensure_teacher(path: str, data: str, max_length: int, epochs: float) -> None
     if (Path(path) / "config.json").exists():
         return
     print(f"ablate: fine-tuning the bundled MiniLM on {data} into {path} (once; reused by every point)", flush=True)
-    from hsk_cache import finetune
-    from hsk_cache.progress import bar
+    from hsk_cache.cli.progress import bar
+    from hsk_cache.training import finetune
 
     config = finetune.FinetuneConfig(
         model=models.BUNDLED_TEACHER,

@@ -26,11 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-from hsk_cache import augment, evaluate, extract, train
-from hsk_cache.config import DataConfig, ExtractSpec, StageConfig
+from hsk_cache.cli.progress import quiet_libraries
+from hsk_cache.config.run import DataConfig, StageConfig
+from hsk_cache.config.specs import ExtractSpec
+from hsk_cache.data import augment
 from hsk_cache.errors import HskError
-from hsk_cache.progress import quiet_libraries
+from hsk_cache.extraction import extract
 from hsk_cache.store.reader import CacheReader
+from hsk_cache.training import configs, evaluate, train
 from pipelines.ablate import STUDENTS, _slug, ensure_teacher
 
 SPECS = {  # name → (spec, TrainConfig options), as the ablation's joint and full-HSK points
@@ -124,7 +127,7 @@ def _train(teacher, source: dict, work: Path, key: str, epochs: float, seed: int
         StageConfig(kind="hidden", epochs=epochs, lr=HIDDEN_LR, batch_size=BATCH),
         StageConfig(kind="prediction", epochs=epochs, lr=PRED_LR, batch_size=BATCH),
     )
-    config = train.TrainConfig(
+    config = configs.TrainConfig(
         out=str(out),
         student=STUDENTS["small3"](teacher),
         stages=stages,

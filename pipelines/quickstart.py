@@ -20,12 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-from hsk_cache import evaluate, extract, finetune, train
-from hsk_cache.config import DataConfig, ExtractSpec, StageConfig
+from hsk_cache.cli.progress import bar, quiet_libraries
+from hsk_cache.config.run import DataConfig, StageConfig
+from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.errors import HskError
-from hsk_cache.models import BUNDLED_TEACHER
-from hsk_cache.progress import bar, quiet_libraries
+from hsk_cache.extraction import extract
+from hsk_cache.models import students
+from hsk_cache.models.hub import BUNDLED_TEACHER
 from hsk_cache.store.reader import CacheReader
+from hsk_cache.training import configs, evaluate, finetune, train
 
 MAX_LENGTH = 128
 SPEC = ExtractSpec.parse(layers="2,4,6", tokens="topk:10%", dtype="float16")
@@ -91,9 +94,9 @@ def run(work: Path, teacher_epochs: float, student_epochs: float) -> dict:
         StageConfig(kind="hidden", epochs=student_epochs, lr=1e-4, batch_size=32),
         StageConfig(kind="prediction", epochs=student_epochs, lr=5e-5, batch_size=32),
     )
-    config = train.TrainConfig(
+    config = configs.TrainConfig(
         out=str(student),
-        student=train.StudentConfig(
+        student=students.StudentConfig(
             kind="teacher-layers", path=str(teacher), layers=len(STUDENT_LAYERS), init_layers=STUDENT_LAYERS
         ),
         cache=str(cache),

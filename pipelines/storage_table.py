@@ -15,8 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from hsk_cache import models
-from hsk_cache.config import ExtractSpec
+from hsk_cache.config.specs import ExtractSpec
+from hsk_cache.models import hub as models
 from hsk_cache.select.width import max_kept_elements
 from hsk_cache.store import layout
 

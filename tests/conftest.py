@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hsk_cache import models
+from hsk_cache.models import hub as models
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one thread each
     torch.set_num_threads(1)

@@ -16,8 +16,13 @@ import pytest
 import torch
 
 import hsk_cache
-from hsk_cache import DistillationLoss, Manifest, extract, models, open_cache, train
-from hsk_cache.config import DataConfig, ExtractSpec, StageConfig
+from hsk_cache import DistillationLoss, Manifest, open_cache
+from hsk_cache.config.run import DataConfig, StageConfig
+from hsk_cache.config.specs import ExtractSpec
+from hsk_cache.extraction import extract
+from hsk_cache.models import hub as models
+from hsk_cache.models import students
+from hsk_cache.training import configs, train
 from tests.conftest import tiny_bert
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,10 +178,10 @@ def test_hf_trainer_and_hsk_train_take_the_same_steps(full_cache, tokenizer, tmp
     student_dir = tmp_path / "init"
     models.save(tiny_bert(tokenizer, layers=2, hidden=16, heads=4, seed=7), tokenizer, student_dir)
     result = train.run(
-        train.TrainConfig(
+        configs.TrainConfig(
             out=str(tmp_path / "hsk"),
             cache=full_cache,
-            student=train.StudentConfig(kind="pretrained", path=str(student_dir)),
+            student=students.StudentConfig(kind="pretrained", path=str(student_dir)),
             stages=(StageConfig(kind="hidden", epochs=3, lr=1e-3, batch_size=8),),
             seed=2,
             save_every="0",
@@ -223,10 +228,21 @@ def test_docs_api_snippets_run(full_cache, tmp_path, monkeypatch):
 
 
 def test_the_store_does_not_import_the_model_running_code():
+    """The store's own imports (transitively, ast) reach no model, data, distillation or training
+    module, and importing it (with the package's public API) does not load transformers."""
+    from tests.test_architecture import graph
+
+    edges, seen, todo = graph(), set(), [m for m in graph() if m.startswith("hsk_cache.store")]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += [t for t in edges.get(module, ()) if t in edges]
+    reached = sorted(m for m in seen if m.split(".")[1] in ("models", "data", "distill", "extraction", "training"))
+    assert reached == [], reached
     code = (
         "import sys, hsk_cache.store.reader, hsk_cache.store.writer, hsk_cache.store.codec, hsk_cache.store.verify;"
-        "print(sorted(m for m in ('hsk_cache.teacher', 'hsk_cache.models', 'hsk_cache.train', 'transformers')"
-        " if m in sys.modules))"
+        "print(sorted(m for m in ('transformers',) if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

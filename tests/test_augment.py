@@ -11,10 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from hsk_cache import augment, data, models
-from hsk_cache.candidates import STOP_WORDS, Neighbours, Words, replaceable
-from hsk_cache.config import DataConfig
+from hsk_cache.config.run import DataConfig
+from hsk_cache.data import augment
+from hsk_cache.data import splits as data
+from hsk_cache.data.candidates import STOP_WORDS, Neighbours, Words, replaceable
 from hsk_cache.errors import DataError
+from hsk_cache.models import hub as models
 from tests.conftest import fails, write_rows
 
 SENTENCES = [

@@ -7,10 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hsk_cache import data
-from hsk_cache.batching import Examples, collate
-from hsk_cache.config import DataConfig
+from hsk_cache.config.run import DataConfig
+from hsk_cache.data import splits as data
 from hsk_cache.errors import DataError
+from hsk_cache.knowledge.batch import Examples, collate
 from tests.conftest import SHARED_GLUE, write_rows
 
 needs_glue = pytest.mark.skipif(not SHARED_GLUE.is_dir(), reason="../shared/data/glue is not beside this checkout")

@@ -16,8 +16,8 @@ import pytest
 import torch
 import zarr
 
-from hsk_cache import models
 from hsk_cache.cli import main
+from hsk_cache.models import hub as models
 from tests.conftest import tiny_bert
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ SPEC += ["--knowledge", "hidden_states,attention_probs,value_relation,logits", "
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from hsk_cache.store import writer
-    from hsk_cache import session
+    from hsk_cache.training import session
     shard, step = int(os.environ.get("KILL_SHARD", -1)), int(os.environ.get("KILL_STEP", -1))
     stage = int(os.environ.get("KILL_STAGE", 0))
     write_shard = writer.CacheWriter.write_shard

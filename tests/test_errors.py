@@ -96,7 +96,7 @@ def test_existing_cache_with_another_spec_or_teacher_is_refused(
     before = _snapshot(tmp_path / "cache")
     fails(capsys, extract_args("--tokens", "topk:5"), "different spec", "--overwrite")
     other = tmp_path / "other_teacher"
-    from hsk_cache import models
+    from hsk_cache.models import hub as models
     from tests.conftest import tiny_bert
 
     models.save(tiny_bert(tokenizer, seed=1), tokenizer, other)
@@ -137,7 +137,7 @@ def test_training_refuses_unknown_format_version_and_missing_layers(capsys, extr
 
 
 def test_attention_from_a_model_that_cannot_return_it(capsys, extract_args, tmp_path, monkeypatch):
-    from hsk_cache import models
+    from hsk_cache.models import hub as models
 
     original = models.load_classifier
     monkeypatch.setattr(

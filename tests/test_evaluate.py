@@ -1,6 +1,6 @@
 import numpy as np
 
-from hsk_cache.evaluate import matthews_corrcoef
+from hsk_cache.training.evaluate import matthews_corrcoef
 
 
 def test_binary_mcc_matches_the_confusion_matrix_formula():

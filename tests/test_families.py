@@ -13,9 +13,14 @@ import math
 import pytest
 import torch
 
-from hsk_cache import DistillationLoss, ModelError, extract, models, open_cache, train
-from hsk_cache.config import DataConfig, ExtractSpec, StageConfig
-from hsk_cache.families import FAMILIES, student_config
+from hsk_cache import DistillationLoss, ModelError, open_cache
+from hsk_cache.config.run import DataConfig, StageConfig
+from hsk_cache.config.specs import ExtractSpec
+from hsk_cache.extraction import extract
+from hsk_cache.models import hub as models
+from hsk_cache.models import students
+from hsk_cache.models.families import FAMILIES, student_config
+from hsk_cache.training import configs, train
 
 # where each family's transformers source keeps layer 2's value projection (layer index 1)
 VALUE_PATHS = {
@@ -116,10 +121,10 @@ def test_cached_knowledge_matches_the_family_s_own_modules(family, teachers, cac
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_student_of_the_family_trains_from_the_cache_with_every_kind(family, caches, tmp_path):
-    config = train.TrainConfig(
+    config = configs.TrainConfig(
         out=str(tmp_path / "student"),
         cache=caches[family],
-        student=train.StudentConfig(layers=2, hidden=16, heads=4, ffn=32),
+        student=students.StudentConfig(layers=2, hidden=16, heads=4, ffn=32),
         stages=(
             StageConfig(kind="hidden", epochs=6, lr=3e-3, batch_size=8),
             StageConfig(kind="prediction", epochs=1, lr=1e-3, batch_size=8),
@@ -137,7 +142,7 @@ def test_a_student_of_the_family_trains_from_the_cache_with_every_kind(family, c
 @pytest.mark.parametrize("family", FAMILIES)
 def test_student_from_copies_the_family_s_layers(family, teachers):
     teacher = models.load_classifier(teachers[family])
-    student = models.student_from_teacher_layers(teachers[family], (2,))
+    student = students.student_from_teacher_layers(teachers[family], (2,))
     assert student.config.model_type == family and student.config.num_hidden_layers == 1
     t_state, s_state = teacher.state_dict(), student.state_dict()
     prefix = teacher.base_model_prefix
@@ -154,10 +159,10 @@ def test_student_from_copies_the_family_s_layers(family, teachers):
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f != "bert"])
 def test_a_student_of_another_family_trains_from_a_bert_cache(family, caches, tmp_path):
-    config = train.TrainConfig(
+    config = configs.TrainConfig(
         out=str(tmp_path / "student"),
         cache=caches["bert"],
-        student=train.StudentConfig(layers=2, hidden=16, heads=4, ffn=32, family=family),
+        student=students.StudentConfig(layers=2, hidden=16, heads=4, ffn=32, family=family),
         stages=(
             StageConfig(kind="hidden", epochs=3, lr=3e-3, batch_size=8),
             StageConfig(kind="prediction", epochs=1, lr=1e-3, batch_size=8),
@@ -212,7 +217,7 @@ def test_an_unsupported_family_is_named(tmp_path, tokenizer, toy_dir, capsys):
     )
     models.save(AlbertForSequenceClassification(config), tokenizer, tmp_path / "albert")
     with pytest.raises(ModelError, match="'albert'"):
-        from hsk_cache.families import value_module
+        from hsk_cache.models.families import value_module
 
         value_module(AlbertForSequenceClassification(config), 1)
     fails(

@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from hsk_cache import data, models
 from hsk_cache.cli import main
-from hsk_cache.config import DataConfig, ExtractSpec
+from hsk_cache.config.run import DataConfig
+from hsk_cache.config.specs import ExtractSpec
+from hsk_cache.data import splits as data
 from hsk_cache.errors import CacheError, ConfigError, ModelError
-from hsk_cache.knowledge import Knowledge
+from hsk_cache.knowledge.batch import Knowledge
+from hsk_cache.models import families, students
+from hsk_cache.models import hub as models
 from hsk_cache.select import width
 from hsk_cache.store import codec
 from hsk_cache.store.layout import Dims
@@ -96,10 +99,10 @@ def test_max_length_beyond_position_embeddings(capsys, tiny_teacher, tmp_path):
 def test_max_positions_subtracts_the_padding_offset_of_roberta_families():
     from transformers import BertConfig, RobertaConfig, XLMRobertaConfig
 
-    assert models.max_positions(BertConfig(max_position_embeddings=512, pad_token_id=0)) == 512
-    assert models.max_positions(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
-    assert models.max_positions(XLMRobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
-    assert models.max_positions({"model_type": "camembert", "max_position_embeddings": 514, "pad_token_id": 1}) == 512
+    assert families.max_positions(BertConfig(max_position_embeddings=512, pad_token_id=0)) == 512
+    assert families.max_positions(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+    assert families.max_positions(XLMRobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+    assert families.max_positions({"model_type": "camembert", "max_position_embeddings": 514, "pad_token_id": 1}) == 512
     models.check_max_length(RobertaConfig(max_position_embeddings=514, pad_token_id=1), 512)
     with pytest.raises(ConfigError, match="--max-length 513 exceeds the teacher's 512 position embeddings"):
         models.check_max_length(RobertaConfig(max_position_embeddings=514, pad_token_id=1), 513)
@@ -171,7 +174,7 @@ def _assert_copied(student, teacher, layer_map: dict[int, int]):
 def test_student_from_the_bundled_teacher_copies_its_weights():
     from transformers import AutoModel
 
-    student = models.student_from_teacher_layers(models.bundled_teacher_path(), (2, 4))
+    student = students.student_from_teacher_layers(models.bundled_teacher_path(), (2, 4))
     _assert_copied(student.bert, AutoModel.from_pretrained(models.bundled_teacher_path()), {0: 1, 1: 3})
 
 
@@ -184,7 +187,7 @@ def test_student_from_weights_that_match_nothing(capsys, small_cache, tokenizer,
     tokenizer.save_pretrained(foreign)
     save_file({"decoder.block.0.weight": torch.zeros(2, 2)}, str(foreign / "model.safetensors"))
     with pytest.raises(ModelError, match=r"lack \d+ of the student's embedding and layer parameters"):
-        models.student_from_teacher_layers(str(foreign), (1,))
+        students.student_from_teacher_layers(str(foreign), (1,))
     fails(
         capsys,
         [

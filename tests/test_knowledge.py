@@ -4,14 +4,17 @@ hand-written references and the live teacher."""
 import numpy as np
 import torch
 
-from hsk_cache import extract, models, quantize
-from hsk_cache.batching import Examples, collate
-from hsk_cache.config import DataConfig, DimSpec, ExtractSpec, LayerSpec
+from hsk_cache.config.run import DataConfig
+from hsk_cache.config.specs import DimSpec, ExtractSpec, LayerSpec
+from hsk_cache.extraction import extract
+from hsk_cache.knowledge import quantize
+from hsk_cache.knowledge.batch import Examples, collate
+from hsk_cache.models import hub as models
+from hsk_cache.models.teacher import Plan, run_teacher, select_knowledge
 from hsk_cache.select import width
 from hsk_cache.select.depth import layer_map
 from hsk_cache.store import codec
 from hsk_cache.store.reader import CacheReader
-from hsk_cache.teacher import Plan, run_teacher, select_knowledge
 
 
 def test_magnitude_mask_keeps_the_largest_valid_elements_per_example_layer():
@@ -57,7 +60,7 @@ def test_int8_round_trip_on_real_teacher_states():
     """Relative MSE of int8 (per-row absmax) on the bundled MiniLM's hidden states of BBC text."""
     path = models.bundled_teacher_path()
     tokenizer, model = models.load_tokenizer(path), models.load_classifier(path)
-    from hsk_cache import data
+    from hsk_cache.data import splits as data
 
     split = data.load_split(DataConfig(source="bbc-news", split="dev", limit=8))
     examples = Examples.from_dataset(data.tokenize(split, tokenizer, 128), 128, tokenizer.pad_token_id)
@@ -74,7 +77,7 @@ def test_int8_round_trip_on_real_teacher_states():
 def _teacher_batch(tiny_teacher, toy_dir, spec, rows=8):
     tokenizer = models.load_tokenizer(tiny_teacher)
     teacher = models.load_classifier(tiny_teacher, attention=True)
-    from hsk_cache import data
+    from hsk_cache.data import splits as data
 
     split = data.load_split(DataConfig(source=toy_dir, limit=rows))
     examples = Examples.from_dataset(data.tokenize(split, tokenizer, 32), 32, tokenizer.pad_token_id)

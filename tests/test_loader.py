@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from hsk_cache import extract
-from hsk_cache.cache import open_cache
-from hsk_cache.config import DataConfig, ExtractSpec
-from hsk_cache.loader import Sampler, prefetch
+from hsk_cache.config.run import DataConfig
+from hsk_cache.config.specs import ExtractSpec
+from hsk_cache.data.cache import open_cache
+from hsk_cache.data.loader import Sampler, prefetch
+from hsk_cache.extraction import extract
 
 
 def _epoch(sampler):

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from hsk_cache import losses
+from hsk_cache.knowledge import losses
 
 
 def test_hidden_mse_averages_over_kept_elements_only():

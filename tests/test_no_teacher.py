@@ -2,8 +2,9 @@
 
 import shutil
 
-from hsk_cache import models, teacher
 from hsk_cache.cli import main
+from hsk_cache.models import hub as models
+from hsk_cache.models import teacher
 
 
 def test_train_from_cache_never_loads_the_teacher(tiny_teacher, toy_dir, tmp_path, monkeypatch):
@@ -37,7 +38,7 @@ def test_train_from_cache_never_loads_the_teacher(tiny_teacher, toy_dir, tmp_pat
 
     monkeypatch.setattr(models, "load_classifier", refuse)
     monkeypatch.setattr(teacher, "run_teacher", refuse)
-    import hsk_cache.sources as sources
+    import hsk_cache.data.sources as sources
 
     monkeypatch.setattr(sources, "run_teacher", refuse)
     from transformers import AutoModelForSequenceClassification

@@ -2,8 +2,8 @@
 
 import pytest
 
-from hsk_cache import models
 from hsk_cache.cli import main
+from hsk_cache.models import hub as models
 from tests.conftest import SHARED_GLUE
 
 STRATEGIES = [

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hsk_cache.config import LayerSpec, TokenSpec
+from hsk_cache.config.specs import LayerSpec, TokenSpec
 from hsk_cache.errors import ConfigError
 from hsk_cache.select import length
 from hsk_cache.select.depth import layer_map, uniform_layer_map

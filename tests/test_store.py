@@ -7,10 +7,12 @@ import pytest
 import torch
 import zarr
 
-from hsk_cache import extract, models
-from hsk_cache.config import DataConfig, ExtractSpec
-from hsk_cache.info import cache_info
+from hsk_cache.config.run import DataConfig
+from hsk_cache.config.specs import ExtractSpec
+from hsk_cache.extraction import extract
+from hsk_cache.models import hub as models
 from hsk_cache.store import layout
+from hsk_cache.store.info import cache_info
 from hsk_cache.store.reader import CacheReader
 
 

@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from hsk_cache import extract
 from hsk_cache.cli import main
-from hsk_cache.config import DataConfig, ExtractSpec
-from hsk_cache.info import cache_info
+from hsk_cache.config.run import DataConfig
+from hsk_cache.config.specs import ExtractSpec
+from hsk_cache.extraction import extract
+from hsk_cache.store.info import cache_info
 
 STUDENT = [
     "--student-layers",

@@ -15,7 +15,7 @@ from hsk_cache.cli import main
 # stage STAGE (a hard crash between checkpoints: the steps since the last checkpoint are lost).
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    from hsk_cache import session
+    from hsk_cache.training import session
     stage, step = int(os.environ["KILL_STAGE"]), int(os.environ["KILL_STEP"])
     original = session.Session.after_step
     def after_step(self, ctx, done, total, record):

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from hsk_cache.cli import main
-from hsk_cache.config import Interval
+from hsk_cache.config.run import Interval
 from tests.conftest import fails
 
 
@@ -102,7 +102,7 @@ def test_checkpoints_hold_safetensors_and_json_only(cache, tmp_path, capsys):
 
 
 def test_mid_stage_checkpoint_holds_optimizer_scheduler_and_sampler(cache, tmp_path, monkeypatch, capsys):
-    from hsk_cache import checkpoint, session
+    from hsk_cache.training import checkpoint, session
 
     original = session.Session.after_step
 
@@ -210,7 +210,7 @@ def test_bad_save_every_is_one_line(cache, tmp_path, capsys):
 def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_it(cache, tmp_path, capsys):
     from filelock import FileLock
 
-    from hsk_cache.session import LOCK_FILE
+    from hsk_cache.training.session import LOCK_FILE
 
     out = tmp_path / "student"
     out.mkdir()

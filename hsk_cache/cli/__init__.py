@@ -11,8 +11,8 @@ import sys
 
 from hsk_cache.cli.commands import COMMANDS
 from hsk_cache.cli.parser import build_parser
+from hsk_cache.cli.progress import quiet_libraries
 from hsk_cache.errors import HskError
-from hsk_cache.progress import quiet_libraries
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 

@@ -5,16 +5,10 @@ from __future__ import annotations
 
 import json
 
-from hsk_cache.config import (
-    DataConfig,
-    ExtractSpec,
-    StageConfig,
-    check_device,
-    check_precision,
-    parse_storage_options,
-)
+from hsk_cache.cli.progress import bar as _bar
+from hsk_cache.config.run import DataConfig, StageConfig, check_device, check_precision, parse_storage_options
+from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.errors import ConfigError
-from hsk_cache.progress import bar as _bar
 
 
 def _columns(a) -> tuple[str, ...] | None:
@@ -48,7 +42,7 @@ def _spec(a) -> ExtractSpec:
 
 
 def _finetune(a) -> int:
-    from hsk_cache import finetune
+    from hsk_cache.training import finetune
 
     config = finetune.FinetuneConfig(
         model=a.model,
@@ -73,7 +67,7 @@ def _finetune(a) -> int:
 
 
 def _extract(a) -> int:
-    from hsk_cache import extract
+    from hsk_cache.extraction import extract
 
     config = extract.ExtractConfig(
         teacher=a.teacher,
@@ -138,15 +132,16 @@ def _verify(a) -> int:
 
 
 def _train(a) -> int:
-    from hsk_cache import train
+    from hsk_cache.models import students
+    from hsk_cache.training import configs, train
 
     if a.student_from and a.student_pretrained:
         raise ConfigError("give at most one of --student-from and --student-pretrained")
     init_layers = _int_list(a.init_layers, "--init-layers") if a.init_layers else None
     if a.student_pretrained:
-        student = train.StudentConfig(kind="pretrained", path=a.student_pretrained, family=a.student_family)
+        student = students.StudentConfig(kind="pretrained", path=a.student_pretrained, family=a.student_family)
     elif a.student_from:
-        student = train.StudentConfig(
+        student = students.StudentConfig(
             kind="teacher-layers",
             path=a.student_from,
             layers=a.student_layers,
@@ -154,7 +149,7 @@ def _train(a) -> int:
             family=a.student_family,
         )
     else:
-        student = train.StudentConfig(
+        student = students.StudentConfig(
             kind="config",
             layers=a.student_layers,
             hidden=a.student_hidden,
@@ -181,7 +176,7 @@ def _train(a) -> int:
     online = a.online_teacher is not None
     evaluation = None
     if a.eval_data:
-        evaluation = train.EvalConfig(
+        evaluation = configs.EvalConfig(
             data=a.eval_data,
             split=a.eval_split,
             text_columns=_columns(a),
@@ -189,7 +184,7 @@ def _train(a) -> int:
             every=a.eval_every,
             metric=a.eval_metric,
         )
-    config = train.TrainConfig(
+    config = configs.TrainConfig(
         out=a.out,
         student=student,
         cache=a.cache,
@@ -257,7 +252,7 @@ def _with_stop_handlers(fn):
     """Run ``fn`` with SIGTERM and SIGINT asking training to checkpoint and stop (session.request_stop)."""
     import signal
 
-    from hsk_cache import session
+    from hsk_cache.training import session
 
     previous = {sig: signal.signal(sig, session.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -268,7 +263,7 @@ def _with_stop_handlers(fn):
 
 
 def _eval(a) -> int:
-    from hsk_cache import evaluate
+    from hsk_cache.training import evaluate
 
     check_device(a.device)
     check_precision(a.precision, a.device)
@@ -283,7 +278,7 @@ def _eval(a) -> int:
 
 
 def _augment(a) -> int:
-    from hsk_cache import augment
+    from hsk_cache.data import augment
 
     config = augment.AugmentConfig(
         data=_data_config(a),
@@ -322,7 +317,7 @@ def _augment(a) -> int:
 
 
 def _info(a) -> int:
-    from hsk_cache.info import cache_info
+    from hsk_cache.store.info import cache_info
 
     info = cache_info(a.cache, parse_storage_options(a.storage_options))
     if a.json:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from hsk_cache.cli.options import TEACHER_HELP, _add_data, _add_spec, _device, _precision, _storage
-from hsk_cache.config import DEFAULT_SAVE_EVERY, EVAL_METRICS
-from hsk_cache.families import FAMILIES
+from hsk_cache.config.run import DEFAULT_SAVE_EVERY, EVAL_METRICS
+from hsk_cache.models.families import FAMILIES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import torch
 
-from hsk_cache.config import TokenSpec
+from hsk_cache.config.specs import TokenSpec
 
 
 def all_tokens(lengths: torch.Tensor, k: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from hsk_cache.config import DimSpec
+from hsk_cache.config.specs import DimSpec
 
 
 def dim_index(spec: DimSpec, hidden_size: int, seed: int = 0) -> np.ndarray | None:

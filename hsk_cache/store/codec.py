@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hsk_cache import quantize
 from hsk_cache.errors import CacheError
-from hsk_cache.knowledge import Knowledge
+from hsk_cache.knowledge import quantize
+from hsk_cache.knowledge.batch import Knowledge
 from hsk_cache.store.layout import Dims
 
 

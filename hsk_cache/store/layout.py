@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from hsk_cache import quantize
+from hsk_cache.knowledge import quantize
 
 FORMAT_NAME = "hsk-cache"
 FORMAT_VERSION = 2  # 2: crc32c per chunk, commit rows with per-file sizes and checksums

@@ -21,9 +21,10 @@ from typing import NamedTuple
 
 import torch
 
-from hsk_cache import losses, relations
 from hsk_cache.errors import ConfigError, ModelError
-from hsk_cache.knowledge import StoredKnowledge
+from hsk_cache.knowledge import losses, relations
+from hsk_cache.knowledge.batch import StoredKnowledge
+from hsk_cache.models import hooks
 from hsk_cache.select.depth import layer_map as resolve_layer_map
 from hsk_cache.select.length import gather_tokens
 
@@ -179,9 +180,9 @@ class DistillationLoss(torch.nn.Module):
 
     def capture_values(self, model, terms=None):
         """Context manager: captures the student's value vectors for the value-relation term
-        (``relations.capture_values`` on ``value_layer``); yields an empty list when not needed."""
+        (``hooks.capture_values`` on ``value_layer``); yields an empty list when not needed."""
         needed = "value_relation" in self._active(terms)
-        return relations.capture_values(model, self.value_layer if needed else None)
+        return hooks.capture_values(model, self.value_layer if needed else None)
 
     def forward(self, student_outputs, batch: dict, values=None, terms=None) -> DistillationOutput:
         """The loss of one batch.

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from hsk_cache import losses
-from hsk_cache.distill import DistillationLoss
-from hsk_cache.knowledge import model_inputs
+from hsk_cache.distill.loss import DistillationLoss
+from hsk_cache.knowledge import losses
+from hsk_cache.models.inputs import model_inputs
 
 
 def distillation(loss_fn: DistillationLoss, terms=None):

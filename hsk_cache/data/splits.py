@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hsk_cache.config import DataConfig
+from hsk_cache.config.run import DataConfig
 from hsk_cache.errors import DataError, DataNotFoundError, first_line
 
 log = logging.getLogger(__name__)

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
-from hsk_cache import relations
-from hsk_cache.batching import Batch
-from hsk_cache.config import ExtractSpec
+from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.errors import ConfigError, ModelError
-from hsk_cache.knowledge import Knowledge, model_inputs
+from hsk_cache.knowledge import relations
+from hsk_cache.knowledge.batch import Batch, Knowledge
+from hsk_cache.models import hooks
+from hsk_cache.models.inputs import model_inputs
 from hsk_cache.select import length, width
 
 
@@ -101,7 +102,7 @@ def run_teacher(model, batch: Batch, plan: Plan, precision: str = "fp32") -> Tea
     with (
         torch.no_grad(),
         autocast(precision, device.type),
-        relations.capture_values(model, plan.value_relation_layer) as values,
+        hooks.capture_values(model, plan.value_relation_layer) as values,
     ):
         out = model(
             **model_inputs(batch.to(device).as_dict(), model), output_hidden_states=True, output_attentions=attention

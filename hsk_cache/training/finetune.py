@@ -7,10 +7,12 @@ from dataclasses import dataclass
 
 import torch
 
-from hsk_cache import models, objectives
-from hsk_cache.config import DataConfig, StageConfig, check_device, check_precision
-from hsk_cache.sources import DatasetSource
-from hsk_cache.train import StageResult, fit
+from hsk_cache.config.run import DataConfig, StageConfig, check_device, check_precision
+from hsk_cache.data.sources import DatasetSource
+from hsk_cache.distill import objectives
+from hsk_cache.models import hub as models
+from hsk_cache.training.configs import StageResult
+from hsk_cache.training.loop import fit
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,11 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from hsk_cache import __version__, data, models
-from hsk_cache.candidates import MaskedLM, Neighbours, Slot, Words, replaceable
-from hsk_cache.checkpoint import commit_file, write_text
-from hsk_cache.config import DataConfig, check_device, check_precision
+from hsk_cache.config.run import DataConfig, check_device, check_precision
+from hsk_cache.data import splits as data
+from hsk_cache.data.candidates import MaskedLM, Neighbours, Slot, Words, replaceable
 from hsk_cache.errors import ConfigError, DataError
+from hsk_cache.models import hub as models
+from hsk_cache.outputs import commit_file, write_text
+from hsk_cache.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,9 @@ Which teacher layers L_k and L_a stand for is not in the batch but in ``StoredKn
 
 from __future__ import annotations
 
-import functools
-import inspect
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -113,17 +112,97 @@ class StoredKnowledge:
         )
 
 
-def model_inputs(batch: dict, model=None) -> dict:
-    """The model's inputs from a batch dict: input_ids, attention_mask and token_type_ids, minus
-    those ``model.forward`` does not take (DistilBERT and MPNet take no token_type_ids). A
-    wrapped model (DDP, DataParallel: ``model.module``) is judged by the model it wraps."""
-    while model is not None and not hasattr(model, "config") and hasattr(model, "module"):
-        model = model.module
-    accepted = _accepted_inputs(type(model)) if model is not None else INPUT_KEYS
-    return {key: batch[key] for key in accepted if key in batch}
+@dataclass(frozen=True)
+class Examples:
+    """N tokenized examples padded to the max length T.
+
+    input_ids: [N, T] int32, pad id after each example's length. token_type_ids: [N, T] int8 or
+    None. lengths: [N] int32 real tokens per example. labels: [N] int64. example_ids: [N] int64.
+    """
+
+    input_ids: np.ndarray
+    token_type_ids: np.ndarray | None
+    lengths: np.ndarray
+    labels: np.ndarray
+    example_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @classmethod
+    def from_dataset(cls, tokenized, max_length: int, pad_id: int) -> Examples:
+        """From a tokenized ``datasets.Dataset`` (input_ids lists no longer than max_length)."""
+        n = len(tokenized)
+        input_ids = np.full((n, max_length), pad_id, dtype=np.int32)
+        has_types = "token_type_ids" in tokenized.column_names
+        token_type_ids = np.zeros((n, max_length), dtype=np.int8) if has_types else None
+        lengths = np.zeros(n, dtype=np.int32)
+        row = 0
+        for rows in tokenized.iter(batch_size=4096):
+            for i, ids in enumerate(rows["input_ids"]):
+                lengths[row] = len(ids)
+                input_ids[row, : len(ids)] = ids
+                if has_types:
+                    token_type_ids[row, : len(ids)] = rows["token_type_ids"][i]
+                row += 1
+        columns = tokenized.select_columns(["label", "example_id"]).with_format("numpy")[:]  # whole columns at once
+        labels = np.asarray(columns["label"], dtype=np.int64)
+        example_ids = np.asarray(columns["example_id"], dtype=np.int64)
+        return cls(input_ids, token_type_ids, lengths, labels, example_ids)
 
 
-@functools.lru_cache(maxsize=64)
-def _accepted_inputs(model_class) -> tuple[str, ...]:
-    parameters = inspect.signature(model_class.forward).parameters
-    return tuple(key for key in INPUT_KEYS if key in parameters)
+@dataclass
+class Batch:
+    """Student inputs, dynamically padded to the longest example in the batch (T_b ≤ T).
+
+    input_ids, attention_mask, token_type_ids: [B, T_b] int64. labels, example_ids: [B] int64.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor | None
+    labels: torch.Tensor
+    example_ids: torch.Tensor
+
+    def model_inputs(self) -> dict:
+        inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.token_type_ids is not None:
+            inputs["token_type_ids"] = self.token_type_ids
+        return inputs
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """The batch-dict form (``knowledge`` module): inputs, labels and example_ids."""
+        out = {**self.model_inputs(), "labels": self.labels, "example_ids": self.example_ids}
+        return out
+
+    def to(self, device) -> Batch:
+        move = lambda t: None if t is None else t.to(device)
+        return Batch(
+            *(
+                move(t)
+                for t in (self.input_ids, self.attention_mask, self.token_type_ids, self.labels, self.example_ids)
+            )
+        )
+
+
+def collate(examples: Examples, index: np.ndarray) -> Batch:
+    """Gather rows ``index`` ([B] int) and trim padding to the batch's longest example."""
+    lengths = examples.lengths[index]
+    width = int(lengths.max())
+    input_ids = torch.from_numpy(examples.input_ids[index, :width].astype(np.int64))
+    attention_mask = (torch.arange(width)[None, :] < torch.from_numpy(lengths.astype(np.int64))[:, None]).long()
+    token_type_ids = None
+    if examples.token_type_ids is not None:
+        token_type_ids = torch.from_numpy(examples.token_type_ids[index, :width].astype(np.int64))
+    return Batch(
+        input_ids,
+        attention_mask,
+        token_type_ids,
+        torch.from_numpy(examples.labels[index]),
+        torch.from_numpy(examples.example_ids[index]),
+    )
+
+
+def sequential_batches(n: int, batch_size: int, start: int = 0) -> list[np.ndarray]:
+    """In-order batches of range(start, n)."""
+    return [np.arange(i, min(i + batch_size, n)) for i in range(start, n, batch_size)]

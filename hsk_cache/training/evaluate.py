@@ -8,13 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hsk_cache import models
-from hsk_cache.batching import sequential_batches
-from hsk_cache.config import DataConfig
+from hsk_cache.config.run import DataConfig
+from hsk_cache.data.sources import DatasetSource
 from hsk_cache.errors import ModelError
-from hsk_cache.knowledge import model_inputs
-from hsk_cache.sources import DatasetSource
-from hsk_cache.teacher import autocast
+from hsk_cache.knowledge.batch import sequential_batches
+from hsk_cache.models import hub as models
+from hsk_cache.models.inputs import model_inputs
+from hsk_cache.models.teacher import autocast
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from hsk_cache import data, models
-from hsk_cache.batching import Examples, collate
-from hsk_cache.config import DataConfig, ExtractSpec
-from hsk_cache.knowledge import StoredKnowledge
-from hsk_cache.loader import Loader, Sampler, Step
-from hsk_cache.teacher import Plan, run_teacher, select_knowledge
+from hsk_cache.config.run import DataConfig
+from hsk_cache.config.specs import ExtractSpec
+from hsk_cache.data import splits as data
+from hsk_cache.data.loader import Loader, Sampler, Step
+from hsk_cache.knowledge.batch import Examples, StoredKnowledge, collate
+from hsk_cache.models import hub as models
+from hsk_cache.models.teacher import Plan, run_teacher, select_knowledge
 
 
 class DatasetSource:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from numcodecs import Blosc, Zstd
 
-from hsk_cache.batching import Examples
-from hsk_cache.config import TokenSpec
+from hsk_cache.config.specs import TokenSpec
+from hsk_cache.knowledge.batch import Examples
 from hsk_cache.store.layout import ArraySpec, Dims
 
 ARRAY_METADATA_BYTES = 700  # one array's zarr.json

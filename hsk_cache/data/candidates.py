@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hsk_cache import models
 from hsk_cache.errors import ConfigError, DataError, DataNotFoundError
+from hsk_cache.models import families
+from hsk_cache.models import hub as models
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class MaskedLM:
         size = self.model.get_output_embeddings().weight.shape[0]
         self.vocab = vocab
         self.blocked = ~torch.tensor((allowed + [False] * size)[:size], device=device)  # [V] bool
-        self.max_length = min(models.max_positions(self.model.config), 512)
+        self.max_length = min(families.max_positions(self.model.config), 512)
 
     def candidates(self, texts: list[list[str]], slots: list[Slot]) -> tuple[dict[Slot, tuple[str, ...]], list[Slot]]:
         """Predict candidates for every slot whose word is one word piece.
@@ -136,7 +137,7 @@ class MaskedLM:
 
     @torch.inference_mode()
     def _predict(self, jobs) -> dict[Slot, tuple[str, ...]]:
-        from hsk_cache.teacher import autocast
+        from hsk_cache.models.teacher import autocast
 
         width = max(len(ids) for _, ids, _ in jobs)
         input_ids = torch.full((len(jobs), width), self.tokenizer.pad_token_id, dtype=torch.long)

@@ -9,17 +9,22 @@ from pathlib import Path
 
 import numpy as np
 
-from hsk_cache import __version__, data, distributed, estimate, models
-from hsk_cache.batching import Examples, collate, sequential_batches
-from hsk_cache.config import DataConfig, ExtractSpec, check_device, check_precision
+from hsk_cache import distributed
+from hsk_cache.config.run import DataConfig, check_device, check_precision
+from hsk_cache.config.specs import ExtractSpec
+from hsk_cache.data import splits as data
 from hsk_cache.errors import CacheError, ConfigError, HskError, ModelError
+from hsk_cache.extraction import estimate
+from hsk_cache.knowledge.batch import Examples, collate, sequential_batches
+from hsk_cache.models import hub as models
+from hsk_cache.models.teacher import Plan, run_teacher, select_knowledge
 from hsk_cache.select import SELECTION_VERSION, width
 from hsk_cache.store import codec, layout
 from hsk_cache.store.manifest import Manifest
 from hsk_cache.store.reader import TOKENIZER_GROUP
 from hsk_cache.store.verify import check_group
 from hsk_cache.store.writer import CacheWriter
-from hsk_cache.teacher import Plan, run_teacher, select_knowledge
+from hsk_cache.version import __version__
 
 log = logging.getLogger(__name__)
 

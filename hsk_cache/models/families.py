@@ -27,6 +27,49 @@ _ATTENTION_DROPOUT = {"distilbert": "attention_dropout"}  # others: attention_pr
 _FFN = {"distilbert": "hidden_dim"}  # others: intermediate_size
 
 
+# Families whose learned position ids start at pad_token_id + 1 (transformers'
+# ``create_position_ids_from_input_ids``), so only max_position_embeddings − (pad_token_id + 1)
+# positions are usable. ESM does this too but ESM-2 uses rotary positions; it is left out.
+PADDING_OFFSET_FAMILIES = frozenset(
+    {
+        "roberta",
+        "roberta-prelayernorm",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "camembert",
+        "longformer",
+        "data2vec-text",
+        "ibert",
+        "mpnet",
+        "luke",
+        "markuplm",
+        "layoutlmv3",
+        "lilt",
+        "xmod",
+    }
+)
+
+
+def _getter(config):
+    return config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+
+
+def max_positions(config) -> int:
+    """The longest input (in tokens) a teacher's learned position embeddings cover.
+
+    Args:
+        config: a transformers config (or its dict form).
+    Returns: max_position_embeddings, minus pad_token_id + 1 for the families in
+        ``PADDING_OFFSET_FAMILIES`` (RoBERTa-style position ids start after the padding index:
+        514 embeddings with pad_token_id 1 leave 512 positions).
+    """
+    get = _getter(config)
+    positions = int(get("max_position_embeddings"))
+    if get("model_type") in PADDING_OFFSET_FAMILIES:
+        positions -= int(get("pad_token_id") or 0) + 1
+    return positions
+
+
 def family(config) -> str:
     """The model_type of a transformers config (or its dict form)."""
     return config.get("model_type") if isinstance(config, Mapping) else config.model_type
@@ -130,8 +173,6 @@ def student_config(family_name: str, teacher_config: dict, layers: int, hidden: 
     Raises: ConfigError for an unsupported family.
     """
     from transformers import AutoConfig
-
-    from hsk_cache.models import PADDING_OFFSET_FAMILIES, max_positions
 
     if family_name not in VALUE_PROJECTIONS:
         raise ConfigError(f"--student-family {family_name!r}: use one of {', '.join(FAMILIES)}")

@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 from filelock import FileLock, Timeout
 
-from hsk_cache import checkpoint
-from hsk_cache.config import DEFAULT_SAVE_EVERY, Interval
+from hsk_cache import outputs
+from hsk_cache.config.run import DEFAULT_SAVE_EVERY, Interval
 from hsk_cache.errors import CheckpointError
+from hsk_cache.training import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class Session:
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
             self.losses = {}
         if not (self.out / RUN_FILE).exists():
-            checkpoint.write_text(self.out / RUN_FILE, json.dumps({"identity": self.identity}, indent=1))
+            outputs.write_text(self.out / RUN_FILE, json.dumps({"identity": self.identity}, indent=1))
         kept = self._cut_log()
         self._log = open(self.out / METRICS_FILE, "a")
         if self.resume_from is not None:
@@ -279,18 +280,18 @@ class Session:
         return metrics
 
     def _save_best(self, student) -> None:
-        from hsk_cache import models
+        from hsk_cache.models import hub as models
 
         def write(tmp: Path) -> None:
             models.save(student, self.evaluator.tokenizer, tmp)
             (tmp / "best.json").write_text(json.dumps(self.best, indent=1))
 
-        checkpoint.write_dir(self.out / BEST_DIR, write)
+        outputs.write_dir(self.out / BEST_DIR, write)
 
     def finish(self, summary: dict) -> None:
         """Write the run summary last: a rerun of a finished run has nothing to do."""
         if self.writer:
-            checkpoint.write_text(
+            outputs.write_text(
                 self.out / SUMMARY_FILE, json.dumps({**summary, "finished": True}, indent=2, default=str)
             )
         self.close()
@@ -316,7 +317,7 @@ class Session:
         if not path.exists():
             return 0
         kept = self._kept_lines()
-        checkpoint.write_text(path, "".join(json.dumps(line) + "\n" for line in kept))
+        outputs.write_text(path, "".join(json.dumps(line) + "\n" for line in kept))
         self._read_losses(kept)
         return len(kept)
 

@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hsk_cache.batching import Examples, collate
-from hsk_cache.knowledge import StoredKnowledge
-from hsk_cache.loader import Loader, Sampler, Step, full_order, window_order
+from hsk_cache.data.loader import Loader, Sampler, Step, full_order, window_order
+from hsk_cache.knowledge.batch import Examples, StoredKnowledge, collate
 from hsk_cache.store import codec, layout
 from hsk_cache.store.manifest import Manifest
 from hsk_cache.store.reader import CacheReader

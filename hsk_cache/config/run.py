@@ -1,0 +1,142 @@
+"""Run settings shared by the commands: data, training stages, devices and precisions, the
+checkpoint interval and storage options. Frozen, validated at construction."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+
+from hsk_cache.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp16 autocast (with loss scaling when training) on CUDA only
+
+
+EVAL_METRICS = ("accuracy", "mcc")
+
+
+DEFAULT_SAVE_EVERY = "5min"
+
+
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where examples come from and how they are tokenized.
+
+    source: ``bbc-news``, a GLUE task directory, a CSV/TSV/JSONL/Parquet file or a directory of
+    ``<split>.<ext>`` files, or a Hugging Face hub dataset name. text_columns: one column, or two for
+    sentence pairs; None picks the source's default. limit: keep only the first N examples.
+    """
+
+    source: str = "bbc-news"
+    split: str = "train"
+    text_columns: tuple[str, ...] | None = None
+    label_column: str | None = None
+    max_length: int = 128
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ConfigError(f"--max-length {self.max_length} is too small: use at least 2 ([CLS] and [SEP])")
+        if self.text_columns is not None and not 1 <= len(self.text_columns) <= 2:
+            raise ConfigError(f"--text-columns {self.text_columns}: give one column, or two for sentence pairs")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit {self.limit}: use a positive number of examples")
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageConfig:
+    """One training stage: its loss kind (``hidden``, ``prediction`` or ``labels``) and optimizer settings."""
+
+    kind: str
+    epochs: float
+    lr: float
+    batch_size: int
+    warmup_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("hidden", "prediction", "labels"):
+            raise ConfigError(f"unknown stage kind {self.kind!r}: use hidden, prediction or labels")
+        if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1 or not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(
+                f"stage {self.kind}: epochs={self.epochs}, lr={self.lr}, batch_size={self.batch_size}, "
+                f"warmup_ratio={self.warmup_ratio}: use epochs ≥ 0, lr > 0, batch size ≥ 1, warmup in [0, 1)"
+            )
+
+
+def check_device(device: str) -> str:
+    """Raises ConfigError for a device other than cpu, cuda or cuda:N, or cuda without a GPU."""
+    import torch
+
+    if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"unknown --device {device!r}: use cpu, cuda or cuda:N")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+    return device
+
+
+def check_precision(precision: str, device: str = "cpu", option: str = "--precision") -> str:
+    """Raises ConfigError for an unknown precision, or fp16 off the GPU (bf16 is the CPU's)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown {option} {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and not device.startswith("cuda"):
+        raise ConfigError(f"{option} fp16 needs --device cuda: use bf16 on the CPU")
+    return precision
+
+
+@dataclass(frozen=True)
+class Interval:
+    """How often to checkpoint: every ``steps`` optimizer steps, or every ``seconds`` of training;
+    neither means at stage ends only."""
+
+    steps: int | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def parse(cls, text: str | int) -> Interval:
+        """``500`` (steps), ``90s``, ``5min``, ``2h``, or ``0`` (stage ends only).
+
+        Raises: ConfigError for anything else.
+        """
+        text = str(text).strip().lower()
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?", text)
+        if match is None:
+            raise ConfigError(
+                f"--save-every {text!r}: use a step count like 500, a duration like 90s, 5min or 2h, or 0"
+            )
+        value, unit = float(match.group(1)), match.group(2)
+        if value == 0:
+            return cls()
+        if unit is None:
+            if value != int(value):
+                raise ConfigError(f"--save-every {text!r}: a step count must be a whole number")
+            return cls(steps=int(value))
+        return cls(seconds=value * _UNITS[unit])
+
+    def due(self, steps_since: int, seconds_since: float) -> bool:
+        if self.steps is not None:
+            return steps_since >= self.steps
+        return self.seconds is not None and seconds_since >= self.seconds
+
+    def describe(self) -> str:
+        if self.steps is not None:
+            return f"every {self.steps} steps"
+        return f"every {self.seconds:g} s" if self.seconds is not None else "at stage ends"
+
+
+def parse_storage_options(text: str | None) -> dict:
+    """``--storage-options`` JSON → dict. Raises: ConfigError naming the text when it is not a JSON object."""
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except ValueError as err:
+        raise ConfigError(f"--storage-options {text!r} is not JSON ({err}): pass a JSON object") from None
+    if not isinstance(options, dict):
+        raise ConfigError(f"--storage-options {text!r}: pass a JSON object such as '{{\"anon\": false}}'")
+    return options

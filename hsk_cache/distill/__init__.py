@@ -1,0 +1,1 @@
+"""Distillation objectives: ``DistillationLoss`` over the knowledge kinds' loss terms, and training-step objectives."""

@@ -1,0 +1,1 @@
+"""Training: the run (stages, data parallel), its directory (session, checkpoints), evaluation and fine-tuning."""

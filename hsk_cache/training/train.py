@@ -1,0 +1,273 @@
+"""``hsk train``: distil a student from a cache (teacher-free) or online (teacher at every step).
+
+Stages run in order (TinyBERT's two-stage recipe, Jiao et al. 2020 §3.2):
+1. ``hidden``: hidden-state MSE between mapped student layers and teacher layers at the kept
+   token positions, through a learned projection W_h when widths differ;
+2. ``prediction``: soft cross-entropy against teacher logits at temperature τ, plus an optional
+   hard-label cross-entropy weight.
+The fine-tuning stage ``labels`` (cross-entropy on gold labels only) serves ``hsk finetune``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+
+import torch
+
+from hsk_cache import distributed
+from hsk_cache.config.run import (
+    DataConfig,
+    Interval,
+    StageConfig,
+)
+from hsk_cache.data.cache import open_cache
+from hsk_cache.data.sources import OnlineSource
+from hsk_cache.distill import objectives
+from hsk_cache.distill.loss import INTERMEDIATE_TERMS, DistillationLoss
+from hsk_cache.errors import ConfigError
+from hsk_cache.models import hub as models
+from hsk_cache.models.students import STUDENT_KINDS, StudentConfig, build_student  # noqa: F401 (public here too)
+from hsk_cache.store import layout
+from hsk_cache.training.configs import StageResult, TrainConfig, TrainResult
+from hsk_cache.training.evaluate import Evaluator
+from hsk_cache.training.loop import fit
+from hsk_cache.training.session import Session
+
+log = logging.getLogger(__name__)
+
+
+def run(config: TrainConfig, progress=None) -> TrainResult:
+    """Build the source and the student, run the stages with checkpoints (resuming from the
+    latest one in ``config.out``), save the student (save_pretrained).
+
+    progress: optional factory ``progress(description, total, initial)`` returning a bar with
+    ``update(n)``, ``set_postfix(**kw)`` and ``close()`` (a tqdm bar, for instance), in examples.
+    Raises: CacheError for a missing, incomplete or damaged cache; ConfigError for a bad layer
+    map or stage, or knowledge the stages need and the source lacks; CheckpointError when
+    ``config.out`` holds another run. All before anything is written.
+    """
+    started = time.perf_counter()
+    rank = distributed.init(config.device)
+    device = rank.device(config.device)
+    for stage in config.stages:
+        if stage.epochs > 0 and stage.batch_size % rank.world_size:
+            raise ConfigError(
+                f"{stage.kind} batch size {stage.batch_size} is not a multiple of the {rank.world_size} ranks: "
+                "the batch size is the global batch; use a multiple"
+            )
+    if config.cache is not None:
+        source = open_cache(
+            config.cache,
+            memory_budget_bytes=config.memory_budget_bytes,
+            progress=progress,
+            storage_options=config.storage_options,
+        )
+    else:
+        source = OnlineSource(config.online_teacher, config.data, config.spec, config.teacher_precision, device)
+    session = Session.open(config.out, identity(config, source), config.overwrite, config.resume, writer=rank.is_main)
+    if session.finished and not config.overwrite:
+        return TrainResult(
+            out=config.out,
+            stages=[],
+            layer_map={},
+            attention_map={},
+            elapsed_s=0.0,
+            checkpoints=session.checkpoints,
+            checkpoint_s=session.checkpoint_s,
+            best=session.best,
+            already_finished=True,
+        )
+    torch.manual_seed(config.seed)
+    trains = [s for s in config.stages if s.epochs > 0]
+    _check_knowledge(config, source, trains)
+    attention_probs = "attention_probs" in source.knowledge and any(s.kind == "hidden" for s in trains)
+    attention = bool(source.stored.attention_layers) or source.stored.value_relation_layer is not None
+    student = build_student(
+        config.student, source.teacher_config, source.label_names, attention, attention_probs=attention_probs
+    ).to(device)
+    loss_fn = distillation_loss(config, student, source, trains)
+    if loss_fn is not None:
+        loss_fn.to(device)
+    log.info(
+        "layer maps (student:teacher): hidden %s, attention %s",
+        loss_fn and loss_fn.hidden_map,
+        loss_fn and loss_fn.attention_map,
+    )
+    evaluator = _evaluator(config, source) if rank.is_main else None  # rank 0 evaluates and keeps the best
+    projection = loss_fn.projection if loss_fn is not None else None
+    modules = torch.nn.ModuleDict(
+        {"student": student, **({"projection": projection} if projection is not None else {})}
+    )
+    best_stage = max((i for i, s in enumerate(config.stages) if s.epochs > 0), default=-1)
+    session.start(modules, evaluator, Interval.parse(config.save_every), best_stage, config.overwrite)
+    try:
+        results = []
+        for i, stage in enumerate(config.stages):
+            if session.stage_done(i):
+                logged = session.losses.get(i, [])
+                results.append(
+                    StageResult(kind=stage.kind, steps=len(logged), losses=logged, elapsed_s=0.0, examples_per_s=0.0)
+                )
+                continue
+            step, extra = stage_objective(stage, loss_fn)
+            results.append(
+                fit(
+                    student,
+                    source,
+                    stage,
+                    step,
+                    seed=config.seed + i,
+                    precision=config.precision,
+                    extra_params=extra,
+                    progress=progress,
+                    num_workers=config.num_workers,
+                    device=device,
+                    session=session,
+                    index=i,
+                    rank=rank,
+                )
+            )
+        if rank.is_main:
+            models.save(student.to("cpu"), source.tokenizer, config.out)
+        result = TrainResult(
+            out=config.out,
+            stages=results,
+            layer_map=loss_fn.hidden_map if loss_fn else {},
+            attention_map=loss_fn.attention_map if loss_fn else {},
+            elapsed_s=time.perf_counter() - started,
+            checkpoints=session.checkpoints,
+            checkpoint_s=session.checkpoint_s,
+            resumed_from=str(session.resume_from) if session.resume_from else None,
+            best=session.best,
+        )
+        config_fields = {k: v for k, v in asdict(config).items() if k != "storage_options"}  # may hold secrets
+        session.finish(
+            {"config": config_fields, "result": {**asdict(result), "stages": [_summary(r) for r in results]}}
+        )
+    finally:
+        session.close()
+    return result
+
+
+def stage_objective(stage: StageConfig, loss_fn: DistillationLoss | None):
+    """(step function, parameters besides the student's) of one stage: the hidden stage uses the
+    loss's intermediate terms and trains W_h; prediction its logits term; labels gold labels."""
+    if stage.kind == "labels":
+        return objectives.labels, []
+    if loss_fn is None:  # a stage with 0 epochs: nothing runs
+        return None, []
+    terms = ("logits",) if stage.kind == "prediction" else tuple(t for t in INTERMEDIATE_TERMS if t in loss_fn.terms)
+    extra = list(loss_fn.parameters()) if stage.kind == "hidden" else []
+    return objectives.distillation(loss_fn, terms), extra
+
+
+def _summary(stage: StageResult) -> dict:
+    first, last = (stage.losses[0], stage.losses[-1]) if stage.losses else (None, None)
+    return {
+        "kind": stage.kind,
+        "steps": stage.steps,
+        "first_loss": first,
+        "last_loss": last,
+        "elapsed_s": stage.elapsed_s,
+        "examples_per_s": stage.examples_per_s,
+    }
+
+
+def identity(config: TrainConfig, source) -> dict:
+    """What must match for a run in ``config.out`` to be resumed: every option that changes the
+    trained numbers. The cache counts by its identity (teacher, data, spec), not its path; the
+    device, worker count, checkpoint interval and evaluation frequency may change."""
+    fields = asdict(config)
+    for key in (
+        "out",
+        "cache",
+        "device",
+        "num_workers",
+        "memory_budget_bytes",
+        "save_every",
+        "overwrite",
+        "resume",
+        "storage_options",
+    ):
+        fields.pop(key)
+    if config.eval is not None:
+        fields["eval"] = {k: v for k, v in fields["eval"].items() if k not in ("every", "batch_size")}
+    fields["cache"] = layout.identity(source.manifest) if config.cache is not None else None
+    fields["shard_window_from_memory_budget"] = getattr(source, "window", None)  # the epoch order depends on it
+    return fields
+
+
+def _check_knowledge(config: TrainConfig, source, stages) -> None:
+    """Raises ConfigError, before any training, when a stage needs knowledge the source lacks."""
+    if any(s.kind == "prediction" for s in stages) and "logits" not in source.knowledge:
+        where = f"the cache {config.cache!r}" if config.cache else "--knowledge"
+        raise ConfigError(
+            f"{where} holds no logits (knowledge: {','.join(source.knowledge)}) but the prediction stage needs "
+            "them: pass --pred-epochs 0, or extract with --knowledge " + ",".join((*source.knowledge, "logits"))
+        )
+
+
+def _evaluator(config: TrainConfig, source):
+    """The dev evaluator of ``config.eval`` (None without it), tokenized like the training data."""
+    e = config.eval
+    if e is None:
+        return None
+    if config.cache is not None:
+        trained = source.manifest.data
+        columns, label, max_length = trained.text_columns, trained.label_column, source.manifest.max_length
+    else:
+        columns, label, max_length = config.data.text_columns, config.data.label_column, config.data.max_length
+    data = DataConfig(
+        source=e.data,
+        split=e.split,
+        text_columns=e.text_columns or (tuple(columns) if columns else None),
+        label_column=e.label_column or label,
+        max_length=max_length,
+    )
+    return Evaluator(
+        data,
+        source.tokenizer,
+        source.label_names,
+        every=e.every,
+        metric=e.metric,
+        batch_size=e.batch_size,
+        precision=config.precision,
+        device=config.device,
+    )
+
+
+def distillation_loss(config: TrainConfig, student, source, stages) -> DistillationLoss | None:
+    """The ``DistillationLoss`` of the run's distillation stages (None when none trains): the
+    intermediate terms the source holds for the hidden stage, logits for the prediction stage.
+
+    Raises: ConfigError if the hidden stage trains and the source has no intermediate knowledge,
+    a map needs an unstored layer, or head counts differ without a usable --head-map.
+    """
+    kinds = {s.kind for s in stages}
+    terms = []
+    if "hidden" in kinds:
+        terms = [t for t in INTERMEDIATE_TERMS if t in source.knowledge]
+        if not terms:
+            raise ConfigError(
+                "the knowledge source has no hidden states, attention or value relation: "
+                "set --hidden-epochs 0 or extract them"
+            )
+    if "prediction" in kinds:
+        terms.append("logits")
+    if not terms:
+        return None
+    return DistillationLoss(
+        source.stored,
+        student.config,
+        terms=terms,
+        layer_map=config.layer_map,
+        attention_map=config.attention_map,
+        keep_top_pairs=config.keep_top_pairs,
+        head_map=config.head_map,
+        width_target=config.width_target,
+        attention_loss=config.attention_loss,
+        temperature=config.temperature,
+        hard_label_weight=config.hard_label_weight,
+    )
