@@ -179,22 +179,26 @@ def _file_hashes(cache: Path) -> dict[str, str]:
     return out
 
 
-def _manifest_hash(cache: Path) -> str:
-    from hsk_cache.store.reader import CacheReader
+def stored_manifest(cache: Path) -> dict:
+    """The manifest exactly as the cache's root ``zarr.json`` stores it (key order kept)."""
+    return json.loads((cache / "zarr.json").read_text())["attributes"]["hsk_cache"]
 
-    manifest = CacheReader(str(cache)).manifest.to_dict()
+
+def _manifest_hash(cache: Path) -> str:
+    manifest = stored_manifest(cache)
     for keys in VOLATILE:
         target = manifest
         for key in keys[:-1]:
             target = target[key]
         target[keys[-1]] = None
-    return hashlib.sha256(json.dumps(manifest, sort_keys=False).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(manifest).encode()).hexdigest()
 
 
 def compute(root: Path) -> dict:
     """Extract every spec of ``SPECS`` under ``root``; returns {"teacher_sha256", "caches": {name: hashes}}."""
-    from hsk_cache.config import DataConfig, ExtractSpec
+    from hsk_cache.config import DataConfig
 
+    ExtractSpec = _module("hsk_cache.knowledge.spec", "hsk_cache.config").ExtractSpec
     extract = _module("hsk_cache.extraction.extract", "hsk_cache.extract")
 
     threads = torch.get_num_threads()
