@@ -29,8 +29,9 @@ import zarr
 
 from benchmarks.common import write
 from hsk_cache.cli.progress import quiet_libraries
-from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.data.cache import open_cache
+from hsk_cache.knowledge.plan import Plan
+from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub as models
 from hsk_cache.store import layout
 from hsk_cache.store.writer import CacheWriter
@@ -40,8 +41,10 @@ D, K, T, BATCH = 768, 16, 128, 32
 
 def build(path: str, n: int) -> None:
     spec = ExtractSpec.parse("last", f"topk:{K}", dtype="float16")
-    dims = layout.Dims(n=n, t=T, layers=1, k=K, d=D, c=2, token_types=True, knowledge=spec.knowledge, dtype="float16")
-    specs = layout.arrays(dims)
+    plan = Plan(
+        spec=spec, max_length=T, kept_tokens=K, teacher_layers=12, hidden_size=D, heads=12, classes=2, layers=(12,)
+    )
+    specs = layout.arrays(plan, n, token_types=True)
     chunk, shard = layout.chunking(specs, n)
     config = {"num_hidden_layers": 12, "hidden_size": D, "num_attention_heads": 12, "vocab_size": 30522}
     manifest = {

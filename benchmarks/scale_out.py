@@ -96,9 +96,9 @@ def bare(teacher: str, n: int) -> None:
 
     from hsk_cache.cli.progress import quiet_libraries
     from hsk_cache.config.run import DataConfig
-    from hsk_cache.config.specs import ExtractSpec
     from hsk_cache.data import splits as data
     from hsk_cache.knowledge.batch import Examples, collate, sequential_batches
+    from hsk_cache.knowledge.spec import ExtractSpec
     from hsk_cache.models import hub as models
     from hsk_cache.models.inputs import model_inputs
     from hsk_cache.models.teacher import autocast

@@ -30,11 +30,11 @@ import torch
 from benchmarks.common import ratios, spread, write
 from hsk_cache.cli.progress import quiet_libraries
 from hsk_cache.config.run import DataConfig, StageConfig
-from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.data.cache import open_cache
 from hsk_cache.data.sources import DatasetSource, OnlineSource
 from hsk_cache.distill import objectives
 from hsk_cache.extraction import extract
+from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub as models
 from hsk_cache.models import students
 from hsk_cache.models.students import StudentConfig, build_student

@@ -15,7 +15,7 @@ The public API (docs/api.md, docs/architecture.md)::
 
 from __future__ import annotations
 
-from hsk_cache.config import DataConfig, DimSpec, ExtractSpec, LayerSpec, StageConfig, TokenSpec
+from hsk_cache.config import DataConfig, DimSpec, LayerSpec, StageConfig, TokenSpec
 from hsk_cache.data.cache import Cache, CacheDataset, EpochSampler, open_cache
 from hsk_cache.distill.loss import DistillationLoss, DistillationOutput
 from hsk_cache.errors import (
@@ -29,7 +29,8 @@ from hsk_cache.errors import (
 )
 from hsk_cache.extraction.extract import ExtractConfig, ExtractResult
 from hsk_cache.extraction.extract import run as extract
-from hsk_cache.knowledge.batch import StoredKnowledge
+from hsk_cache.knowledge.plan import Plan, StoredKnowledge
+from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models.families import without_attention_dropout
 from hsk_cache.models.hooks import capture_values
 from hsk_cache.models.inputs import model_inputs
@@ -59,6 +60,7 @@ __all__ = [
     "HskError",
     "LayerSpec",
     "Manifest",
+    "Plan",
     "ModelError",
     "StageConfig",
     "StageResult",

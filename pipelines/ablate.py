@@ -22,9 +22,9 @@ import numpy as np
 
 from hsk_cache.cli.progress import quiet_libraries
 from hsk_cache.config.run import DataConfig, StageConfig
-from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.errors import HskError
 from hsk_cache.extraction import extract
+from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub as models
 from hsk_cache.models import students
 from hsk_cache.select.depth import uniform_layer_map

@@ -28,10 +28,10 @@ from pathlib import Path
 
 from hsk_cache.cli.progress import quiet_libraries
 from hsk_cache.config.run import DataConfig, StageConfig
-from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.data import augment
 from hsk_cache.errors import HskError
 from hsk_cache.extraction import extract
+from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.store.reader import CacheReader
 from hsk_cache.training import configs, evaluate, train
 from pipelines.ablate import STUDENTS, _slug, ensure_teacher

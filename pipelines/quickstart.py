@@ -22,9 +22,9 @@ from pathlib import Path
 
 from hsk_cache.cli.progress import bar, quiet_libraries
 from hsk_cache.config.run import DataConfig, StageConfig
-from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.errors import HskError
 from hsk_cache.extraction import extract
+from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import students
 from hsk_cache.models.hub import BUNDLED_TEACHER
 from hsk_cache.store.reader import CacheReader

@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
-from hsk_cache.config.specs import ExtractSpec
+from hsk_cache.knowledge.plan import Plan
+from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub as models
-from hsk_cache.select.width import max_kept_elements
 from hsk_cache.store import layout
 
 MAX_LENGTH = 128
@@ -57,23 +58,9 @@ def teachers() -> dict[str, tuple[int, int, int]]:
 
 def spec_bytes(spec: ExtractSpec, depth: int, width: int, heads: int) -> dict[str, float]:
     """Per-example bytes of the hidden-state knowledge and of everything else a cache stores."""
-    k = spec.tokens.kept_tokens(MAX_LENGTH)
-    dims = layout.Dims(
-        n=N,
-        t=MAX_LENGTH,
-        layers=len(spec.layers.resolve(depth)),
-        k=k,
-        d=width,
-        c=2,
-        token_types=True,
-        knowledge=spec.knowledge,
-        dtype=spec.dtype,
-        width=spec.dims.kind,
-        kept_dims=spec.dims.kept_dims(width),
-        slots=max_kept_elements(spec.dims.fraction, k, width) if spec.dims.kind == "magnitude" else 0,
-        heads=heads,
-    )
-    arrays = layout.arrays(dims)
+    teacher = SimpleNamespace(num_hidden_layers=depth, hidden_size=width, num_attention_heads=heads, num_labels=2)
+    tokenizer = SimpleNamespace(sep_token_id=None, eos_token_id=None, cls_token_id=None)  # ids matter to selection only
+    arrays = layout.arrays(Plan.make(spec, teacher, tokenizer, MAX_LENGTH), N, token_types=True)
     hidden = sum(a.nbytes() / N for a in arrays if a.name in HIDDEN_ARRAYS)  # dim_index amortized over N
     other = sum(a.nbytes() / N for a in arrays if a.name not in HIDDEN_ARRAYS)
     return {"hidden": hidden, "other": other}

@@ -18,8 +18,8 @@ import torch
 import hsk_cache
 from hsk_cache import DistillationLoss, Manifest, open_cache
 from hsk_cache.config.run import DataConfig, StageConfig
-from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.extraction import extract
+from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub as models
 from hsk_cache.models import students
 from hsk_cache.training import configs, train
@@ -241,7 +241,7 @@ def test_the_store_does_not_import_the_model_running_code():
     reached = sorted(m for m in seen if m.split(".")[1] in ("models", "data", "distill", "extraction", "training"))
     assert reached == [], reached
     code = (
-        "import sys, hsk_cache.store.reader, hsk_cache.store.writer, hsk_cache.store.codec, hsk_cache.store.verify;"
+        "import sys, hsk_cache.store.reader, hsk_cache.store.writer, hsk_cache.store.layout, hsk_cache.store.verify;"
         "print(sorted(m for m in ('transformers',) if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)

@@ -3,8 +3,8 @@
 import numpy as np
 
 from hsk_cache.config.run import DataConfig, StageConfig
-from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.extraction import extract
+from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import students
 from hsk_cache.training import configs, train
 

@@ -15,8 +15,8 @@ import torch
 
 from hsk_cache import DistillationLoss, ModelError, open_cache
 from hsk_cache.config.run import DataConfig, StageConfig
-from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.extraction import extract
+from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub as models
 from hsk_cache.models import students
 from hsk_cache.models.families import FAMILIES, student_config

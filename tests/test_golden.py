@@ -25,3 +25,12 @@ def test_caches_of_the_golden_matrix_are_byte_for_byte_unchanged(tmp_path):
         changed = [f for f in want["files"] if got["files"][f] != want["files"][f]]
         assert not changed, f"{name}: {changed}"
         assert got["manifest"] == want["manifest"], f"{name}: the manifest changed"
+
+
+def test_the_typed_manifest_is_byte_for_byte_the_stored_json(tmp_path):
+    from hsk_cache import Manifest
+
+    golden.compute(tmp_path)
+    for name in golden.SPECS:
+        stored = golden.stored_manifest(tmp_path / name)
+        assert json.dumps(Manifest.from_dict(stored).to_dict()) == json.dumps(stored), name

@@ -9,15 +9,14 @@ import torch
 
 from hsk_cache.cli import main
 from hsk_cache.config.run import DataConfig
-from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.data import splits as data
 from hsk_cache.errors import CacheError, ConfigError, ModelError
-from hsk_cache.knowledge.batch import Knowledge
+from hsk_cache.knowledge import hidden_states
+from hsk_cache.knowledge.plan import Plan
+from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import families, students
 from hsk_cache.models import hub as models
 from hsk_cache.select import width
-from hsk_cache.store import codec
-from hsk_cache.store.layout import Dims
 from tests.conftest import fails, tiny_bert, toy_rows, write_rows
 
 
@@ -271,34 +270,31 @@ def test_magnitude_mask_fills_exactly_the_stored_slots(fraction, k, d):
     slots = width.max_kept_elements(fraction, k, d)
     assert int(mask.sum()) == slots == width.kept_elements(fraction, k * d)
     kept, mask = (hidden * mask).numpy(), mask.numpy()
-    values = codec.pack_values(kept, mask, slots)
-    assert np.array_equal(codec.unpack_values(values, mask), kept)
+    values = hidden_states.pack_values(kept, mask, slots)
+    assert np.array_equal(hidden_states.unpack_values(values, mask), kept)
     assert np.array_equal(np.unpackbits(np.packbits(mask, axis=-1), axis=-1, count=d).astype(bool), mask)
 
 
 def test_encode_refuses_a_mask_larger_than_the_slots():
     hidden = torch.randn(1, 1, 4, 8)
-    dims = Dims(
-        n=1,
-        t=4,
-        layers=1,
-        k=4,
-        d=8,
-        c=2,
-        token_types=False,
-        knowledge=("hidden_states",),
-        dtype="float32",
-        width="magnitude",
+    plan = Plan(
+        spec=ExtractSpec.parse(layers="last", dims="magnitude:0.1", knowledge="hidden_states", dtype="float32"),
+        max_length=4,
+        kept_tokens=4,
+        teacher_layers=1,
+        hidden_size=8,
+        heads=2,
+        classes=2,
+        layers=(1,),
         slots=3,
     )
-    knowledge = Knowledge(
-        layers=(1,),
-        token_index=torch.arange(4).reshape(1, 1, 4),
-        hidden_states=hidden,
-        hidden_mask=torch.ones(1, 1, 4, 8, dtype=torch.bool),
-    )
+    knowledge = {
+        "token_index": torch.arange(4).reshape(1, 1, 4),
+        "hidden_states": hidden,
+        "hidden_mask": torch.ones(1, 1, 4, 8, dtype=torch.bool),
+    }
     with pytest.raises(CacheError, match="keeps 32 elements but the cache has 3 slots"):
-        codec.encode(knowledge, dims, None)
+        plan.encode(knowledge)
 
 
 # 6. hub names that are neither local nor on the hub (offline: fails at once)

@@ -5,15 +5,16 @@ import numpy as np
 import torch
 
 from hsk_cache.config.run import DataConfig
-from hsk_cache.config.specs import DimSpec, ExtractSpec, LayerSpec
+from hsk_cache.config.specs import DimSpec, LayerSpec
 from hsk_cache.extraction import extract
-from hsk_cache.knowledge import quantize
+from hsk_cache.knowledge import hidden_states, quantize
 from hsk_cache.knowledge.batch import Examples, collate
+from hsk_cache.knowledge.plan import Plan
+from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub as models
-from hsk_cache.models.teacher import Plan, run_teacher, select_knowledge
+from hsk_cache.models.teacher import run_teacher
 from hsk_cache.select import width
 from hsk_cache.select.depth import layer_map
-from hsk_cache.store import codec
 from hsk_cache.store.reader import CacheReader
 
 
@@ -38,9 +39,9 @@ def test_sparse_values_round_trip():
     rng = np.random.default_rng(0)
     hidden = rng.normal(size=(3, 2, 4, 5)).astype(np.float32)
     mask = rng.random(hidden.shape) < 0.3
-    values = codec.pack_values(hidden, mask, slots=12)
+    values = hidden_states.pack_values(hidden, mask, slots=12)
     assert values.shape == (3, 2, 12)
-    np.testing.assert_array_equal(codec.unpack_values(values, mask), hidden * mask)
+    np.testing.assert_array_equal(hidden_states.unpack_values(values, mask), hidden * mask)
 
 
 def test_quantize_round_trips():
@@ -81,7 +82,7 @@ def _teacher_batch(tiny_teacher, toy_dir, spec, rows=8):
 
     split = data.load_split(DataConfig(source=toy_dir, limit=rows))
     examples = Examples.from_dataset(data.tokenize(split, tokenizer, 32), 32, tokenizer.pad_token_id)
-    plan = Plan.make(spec, teacher.config, tokenizer)
+    plan = Plan.make(spec, teacher.config, tokenizer, 32)
     return teacher, tokenizer, examples, plan
 
 
@@ -89,14 +90,13 @@ def test_left_and_random_tokens(tiny_teacher, toy_dir):
     spec = ExtractSpec.parse("last", "left:4")
     teacher, tokenizer, examples, plan = _teacher_batch(tiny_teacher, toy_dir, spec)
     batch = collate(examples, np.arange(8))
-    left = select_knowledge(run_teacher(teacher, batch, plan), batch, plan).token_index[:, 0]
+    left = plan.select(run_teacher(teacher, batch, plan), batch)["token_index"][:, 0]
     assert left.tolist() == [[0, 1, 2, 3]] * 8
-    random_plan = Plan.make(ExtractSpec.parse("last", "random:3", seed=5), teacher.config, tokenizer)
-    pick = lambda rows: select_knowledge(
+    random_plan = Plan.make(ExtractSpec.parse("last", "random:3", seed=5), teacher.config, tokenizer, 32)
+    pick = lambda rows: random_plan.select(
         run_teacher(teacher, collate(examples, rows), random_plan),
         collate(examples, rows),
-        random_plan,
-    ).token_index[:, 0]
+    )["token_index"][:, 0]
     alone, together = pick(np.array([3])), pick(np.array([7, 3, 1]))
     assert alone.tolist() == together[1:2].tolist()  # per example, not per batch
     sep = tokenizer.sep_token_id

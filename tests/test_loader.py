@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from hsk_cache.config.run import DataConfig
-from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.data.cache import open_cache
 from hsk_cache.data.loader import Sampler, prefetch
 from hsk_cache.extraction import extract
+from hsk_cache.knowledge.spec import ExtractSpec
 
 
 def _epoch(sampler):

@@ -8,8 +8,9 @@ import torch
 import zarr
 
 from hsk_cache.config.run import DataConfig
-from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.extraction import extract
+from hsk_cache.knowledge.plan import Plan
+from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub as models
 from hsk_cache.store import layout
 from hsk_cache.store.info import cache_info
@@ -100,19 +101,17 @@ def test_layout_is_standard_zarr_v3_with_a_json_manifest(tiny_teacher, toy_dir, 
 
 
 def test_chunking_is_shard_aligned():
-    specs = layout.arrays(
-        layout.Dims(
-            n=5000,
-            t=128,
-            layers=1,
-            k=16,
-            d=768,
-            c=2,
-            token_types=True,
-            knowledge=("hidden_states", "logits"),
-            dtype="float16",
-        )
+    plan = Plan(
+        spec=ExtractSpec.parse(layers="last", tokens="left:16"),
+        max_length=128,
+        kept_tokens=16,
+        teacher_layers=1,
+        hidden_size=768,
+        heads=12,
+        classes=2,
+        layers=(1,),
     )
+    specs = layout.arrays(plan, 5000, token_types=True)
     chunks, shard = layout.chunking(specs, 5000)
     assert all(shard % chunk == 0 for chunk in chunks.values())
     assert chunks["hidden_states"] == 32 and chunks["lengths"] == min(shard, 512)  # ~1 MiB, ≤ N/8

@@ -6,8 +6,8 @@ import pytest
 
 from hsk_cache.cli import main
 from hsk_cache.config.run import DataConfig
-from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.extraction import extract
+from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.store.info import cache_info
 
 STUDENT = [

@@ -14,10 +14,26 @@ from hsk_cache.cli.parser import build_parser
 from hsk_cache.cli.progress import quiet_libraries
 from hsk_cache.errors import HskError
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "flag", "main"]
+# library fields whose flag is not --field-name
+FLAGS = {
+    "cache": "--from-cache",
+    "online_teacher": "--online",
+    "memory_budget_bytes": "--memory-budget-gb",
+    "student.family": "--student-family",
+    "student.init_layers": "--init-layers",
+}
+
+
+def flag(field: str) -> str:
+    """The command-line flag of a library field (``layer_map`` → ``--layer-map``)."""
+    return FLAGS.get(field, "--" + field.rsplit(".", 1)[-1].replace("_", "-"))
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``hsk`` with ``argv`` (default: the process's arguments). Returns the exit status: 0,
+    2 for a refused input (one line on stderr, fields named by their flags), 128 + signal when
+    stopped by a signal."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s", force=True
@@ -27,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except HskError as err:
-        print(f"hsk: error: {err}", file=sys.stderr)
+        print(f"hsk: error: {err.render(flag)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:
         detail = f"{stop}; a checkpoint was written" if str(stop) else "interrupted"

@@ -7,8 +7,8 @@ import json
 
 from hsk_cache.cli.progress import bar as _bar
 from hsk_cache.config.run import DataConfig, StageConfig, check_device, check_precision, parse_storage_options
-from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.errors import ConfigError
+from hsk_cache.knowledge.spec import ExtractSpec
 
 
 def _columns(a) -> tuple[str, ...] | None:
@@ -213,7 +213,7 @@ def _train(a) -> int:
         storage_options=parse_storage_options(a.storage_options),
     )
     main_rank = _launch(a.device)
-    r = _with_stop_handlers(lambda: train.run(config, _bar if main_rank else None))
+    r = _with_stop_handlers(lambda stop: train.run(config, _bar if main_rank else None, stop))
     if not main_rank:
         return 0
     if r.already_finished:
@@ -249,14 +249,16 @@ def _launch(device: str) -> bool:
 
 
 def _with_stop_handlers(fn):
-    """Run ``fn`` with SIGTERM and SIGINT asking training to checkpoint and stop (session.request_stop)."""
+    """Run ``fn(stop)`` with SIGTERM and SIGINT asking training to checkpoint and stop: a fresh
+    ``StopRequest`` for this command, its handler installed until ``fn`` returns."""
     import signal
 
-    from hsk_cache.training import session
+    from hsk_cache.training.stop import StopRequest
 
-    previous = {sig: signal.signal(sig, session.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopRequest()
+    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return fn()
+        return fn(stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

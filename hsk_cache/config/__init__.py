@@ -1,4 +1,5 @@
-"""Frozen, validated configuration: parsed once at the boundary, trusted everywhere after.
+"""Frozen, validated configuration (``ExtractSpec``, which names knowledge kinds, is
+``knowledge.spec``'s): parsed once at the boundary, trusted everywhere after.
 
 ``specs``: what extraction selects (depth, length, width, kinds, storage); ``run``: data, stages,
 devices, precisions, the checkpoint interval and storage options.
@@ -19,10 +20,8 @@ from hsk_cache.config.specs import (
     CODECS,
     DIM_STRATEGIES,
     DTYPES,
-    KNOWLEDGE_KINDS,
     TOKEN_STRATEGIES,
     DimSpec,
-    ExtractSpec,
     LayerSpec,
     TokenSpec,
 )
@@ -33,12 +32,10 @@ __all__ = [
     "DIM_STRATEGIES",
     "DTYPES",
     "EVAL_METRICS",
-    "KNOWLEDGE_KINDS",
     "PRECISIONS",
     "TOKEN_STRATEGIES",
     "DataConfig",
     "DimSpec",
-    "ExtractSpec",
     "Interval",
     "LayerSpec",
     "StageConfig",

@@ -8,12 +8,11 @@ their manifests say the same thing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hsk_cache.errors import ConfigError
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
-KNOWLEDGE_KINDS = ("hidden_states", "attention_probs", "value_relation", "logits")
 CODECS = ("none", "zstd", "blosc")
 TOKEN_STRATEGIES = ("all", "cls", "left", "random", "topk")
 DIM_STRATEGIES = ("all", "uniform", "random", "magnitude")
@@ -199,109 +198,3 @@ class DimSpec:
 
     def describe(self) -> str:
         return self.kind if self.kind == "all" else f"{self.kind}:{self.fraction:g}"
-
-
-@dataclass(frozen=True)
-class ExtractSpec:
-    """What knowledge to take from the teacher and how to store it.
-
-    attention_layers: teacher layers (1..L) whose attention probabilities are stored, for the
-    kept query tokens over all keys. value_relation_layer: the layer (1..L, None = last) whose
-    value relation softmax(V·Vᵀ/√d_head) is stored (MiniLM). importance_layer: the layer whose
-    [CLS] attention ranks tokens for top-k (None = the stored layer itself). seed: random token
-    and dimension choices.
-    """
-
-    layers: LayerSpec = field(default_factory=LayerSpec)
-    tokens: TokenSpec = field(default_factory=TokenSpec)
-    dims: DimSpec = field(default_factory=DimSpec)
-    knowledge: tuple[str, ...] = ("hidden_states", "logits")
-    dtype: str = "float16"
-    codec: str = "none"
-    attention_layers: LayerSpec = field(default_factory=LayerSpec)
-    value_relation_layer: int | None = None
-    importance_layer: int | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"unknown --dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
-        if self.codec not in CODECS:
-            raise ConfigError(f"unknown --codec {self.codec!r}: use one of {', '.join(CODECS)}")
-        unknown = set(self.knowledge) - set(KNOWLEDGE_KINDS)
-        if unknown or not self.knowledge:
-            raise ConfigError(
-                f"unknown knowledge kind(s) {sorted(unknown)}: use a comma list of {', '.join(KNOWLEDGE_KINDS)}"
-            )
-        # canonical: deduplicated, in KNOWLEDGE_KINDS order, so describe() ignores the order given
-        object.__setattr__(self, "knowledge", tuple(k for k in KNOWLEDGE_KINDS if k in self.knowledge))
-
-    @property
-    def needs_attention(self) -> bool:
-        """The teacher must return attention probabilities (eager attention)."""
-        ranks = self.tokens.kind == "topk" and any(
-            k in self.knowledge for k in ("hidden_states", "attention_probs", "value_relation")
-        )
-        return ranks or "attention_probs" in self.knowledge
-
-    def describe(self) -> dict:
-        """The canonical JSON form stored in the manifest and compared on resume."""
-        out = {
-            "layers": self.layers.describe(),
-            "tokens": self.tokens.describe(),
-            "dims": self.dims.describe(),
-            "knowledge": list(self.knowledge),
-            "dtype": self.dtype,
-            "codec": self.codec,
-            "importance_layer": self.importance_layer,
-            "seed": self.seed,
-        }
-        if "attention_probs" in self.knowledge:
-            out["attention_layers"] = self.attention_layers.describe()
-        if "value_relation" in self.knowledge:
-            out["value_relation_layer"] = self.value_relation_layer
-        return out
-
-    @classmethod
-    def parse(
-        cls,
-        layers="last",
-        tokens="all",
-        dims="all",
-        knowledge="hidden_states,logits",
-        dtype="float16",
-        codec="none",
-        attention_layers="last",
-        value_relation_layer=None,
-        importance_layer=None,
-        seed=0,
-    ):
-        kinds = (
-            tuple(k.strip() for k in knowledge.split(",") if k.strip())
-            if isinstance(knowledge, str)
-            else tuple(knowledge)
-        )
-        return cls(
-            LayerSpec.parse(layers),
-            TokenSpec.parse(tokens),
-            DimSpec.parse(dims),
-            kinds,
-            dtype,
-            codec,
-            LayerSpec.parse(attention_layers, "--attention-layers"),
-            _layer_number(value_relation_layer),
-            _layer_number(importance_layer),
-            seed,
-        )
-
-
-def _layer_number(value) -> int | None:
-    if value is None or value == "last" or value == "same":
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"layer {value!r}: use a layer number ≥ 1 or last") from None
-    if number < 1:
-        raise ConfigError(f"layer {value!r}: attention layers count from 1")
-    return number

@@ -39,13 +39,17 @@ from hsk_cache.data import splits as data
 from hsk_cache.data.candidates import MaskedLM, Neighbours, Slot, Words, replaceable
 from hsk_cache.errors import ConfigError, DataError
 from hsk_cache.models import hub as models
-from hsk_cache.outputs import commit_file, write_text
+from hsk_cache.outputs import OutputKind, OutputState, check_output_dir, commit_file, write_text
 from hsk_cache.version import __version__
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 PAIR_SIDES = ("both", "first", "second")
+_IDENTITY = ("settings", "source", "split", "layout")  # the manifest fields a resumed run must match
+AUGMENT_OUTPUT = OutputKind(
+    "an augmentation", ConfigError, "is not empty and holds no augmented data: choose a new or empty directory"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -295,35 +299,23 @@ def _source_sha256(dataset, pair: bool) -> str:
 
 def _prepare_out(out: Path, config: AugmentConfig, manifest: dict) -> None:
     """Start, resume, or (``overwrite``) restart the output directory; refuse anything else."""
-    path = out / data.AUGMENT_MANIFEST
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file: give a directory for the augmented data")
-    if path.is_file():
-        if config.overwrite:
-            shutil.rmtree(out)
-        else:
-            _check_same(path, manifest, out)
-    elif out.is_dir() and any(out.iterdir()):
-        raise ConfigError(
-            f"--out {str(out)!r} is not empty and holds no augmented data: choose a new or empty directory"
-        )
+    identity = {key: manifest[key] for key in _IDENTITY}
+    state = check_output_dir(
+        out, AUGMENT_OUTPUT, marker=data.AUGMENT_MANIFEST, identity=identity, read=_held, overwrite=config.overwrite
+    )
+    if state is OutputState.REPLACE:
+        shutil.rmtree(out)
     (out / config.data.split).mkdir(parents=True, exist_ok=True)
-    if not path.is_file():
-        write_text(path, json.dumps(manifest, indent=1))
+    if state is not OutputState.SAME:
+        write_text(out / data.AUGMENT_MANIFEST, json.dumps(manifest, indent=1))
 
 
-def _check_same(path: Path, manifest: dict, out: Path) -> None:
+def _held(path: Path) -> dict:  # the identity of the augmentation that manifest ``path`` describes
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise DataError(f"{str(path)!r} is damaged ({err}): pass --overwrite to augment again") from None
-    for key in ("settings", "source", "split", "layout"):
-        if old.get(key) != manifest[key]:
-            what = "source data" if key == "source" else key
-            raise ConfigError(
-                f"--out {str(out)!r} holds an augmentation with different {what}: pass --overwrite to replace it "
-                "or choose another --out"
-            )
+    return {key: old.get(key) for key in _IDENTITY}
 
 
 def _features(label_names, pair: bool):

@@ -19,14 +19,15 @@ import numpy as np
 import torch
 
 from hsk_cache.data.loader import Loader, Sampler, Step, full_order, window_order
-from hsk_cache.knowledge.batch import Examples, StoredKnowledge, collate
-from hsk_cache.store import codec, layout
+from hsk_cache.knowledge import registry
+from hsk_cache.knowledge.batch import Examples, collate
+from hsk_cache.knowledge.plan import Plan
+from hsk_cache.store import layout
 from hsk_cache.store.manifest import Manifest
 from hsk_cache.store.reader import CacheReader
 
 DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes of knowledge held in memory before shard windows are used
-_EXAMPLE_ARRAYS = {"input_ids", "token_type_ids", "lengths", "labels", "example_ids"}
-_PAD = {"token_index": -1, "attention_index": -1, "value_index": -1}  # everything else pads with 0 / False
+_PAD = registry.pad_values()  # the kinds' index keys pad with −1; everything else with 0 / False
 
 
 def open_cache(
@@ -59,7 +60,8 @@ class Cache:
 
     Attributes:
         path: the cache directory. manifest: its typed, frozen ``Manifest``.
-        stored: ``StoredKnowledge`` (the kinds and which teacher layers the arrays hold).
+        plan: the ``Plan`` the cache was extracted with (the kinds, which teacher layers the
+        arrays hold, K, D', M); ``stored`` is the same object.
         tokenizer: the teacher's tokenizer (stored in the cache). label_names: class names in
         id order. teacher_config: the teacher's transformers config as a dict.
         window: shards held in memory at a time, or None when the whole cache is in memory.
@@ -77,7 +79,6 @@ class Cache:
         reader.require_complete()
         m: Manifest = reader.manifest
         self.manifest = m
-        self.stored = StoredKnowledge.of_manifest(m)
         self.tokenizer = reader.load_tokenizer()
         self.label_names = tuple(m.label_names)
         self.knowledge = tuple(m.knowledge)
@@ -88,22 +89,21 @@ class Cache:
         self.examples = Examples(
             reader.read("input_ids"), types, reader.read("lengths"), reader.read("labels"), reader.read("example_ids")
         )
-        dims = layout.dims_from_manifest(m)
-        specs = [s for s in layout.arrays(dims) if s.per_example and s.name not in _EXAMPLE_ARRAYS]
+        dim_index = reader.read("dim_index") if reader.has("dim_index") else None
+        self.plan = self.stored = Plan.of_manifest(m, dim_index)  # stored: the name before the plan
+        specs = [s for s in self.plan.arrays(len(self.examples)) if s.per_example]
         self.names = [s.name for s in specs]
         self.shard_examples = m.layout.shard_examples
         shard_bytes = self.shard_examples * sum(s.row_bytes() for s in specs)
-        total_bytes = dims.n * sum(s.row_bytes() for s in specs)
+        total_bytes = len(self.examples) * sum(s.row_bytes() for s in specs)
         self.window = None if total_bytes <= memory_budget_bytes else max(1, memory_budget_bytes // max(shard_bytes, 1))
-        self.arrays, self.rows, self.loaded = {}, np.arange(dims.n), None
+        self.arrays, self.rows, self.loaded = {}, np.arange(len(self.examples)), None
         self._shards: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()  # for dataset items, windowed
         if self.window is None:
             reader.check_files()  # every shard file present with its recorded size
             self.arrays = {name: reader.read(name) for name in self.names}  # and every chunk's crc32c
         else:
             self._verify(progress)
-        dim_index = reader.read("dim_index").astype(np.int64) if reader.has("dim_index") else None
-        self.decoding = codec.Decoding(dims, self.layers, self.attention_layers, self.value_relation_layer, dim_index)
         self.pad_token_id = self.tokenizer.pad_token_id or 0
 
     def __len__(self) -> int:
@@ -166,7 +166,7 @@ class Cache:
         batch = collate(self.examples, index)
         local = self.rows[index]
         rows = {name: values[local] for name, values in self.arrays.items()}
-        return {**batch.as_dict(), **codec.decode(rows, self.decoding, batch.input_ids.shape[1]).tensors()}
+        return {**batch.as_dict(), **self.plan.decode(rows, batch.input_ids.shape[1])}
 
     # -- the PyTorch dataset ------------------------------------------------------------------
 
@@ -188,7 +188,7 @@ class Cache:
         rows = self._item_rows(i)
         one = np.array([i])
         batch = collate(self.examples, one)
-        decoded = codec.decode(rows, self.decoding, batch.input_ids.shape[1]).tensors()
+        decoded = self.plan.decode(rows, batch.input_ids.shape[1])
         return {key: value[0] for key, value in {**batch.as_dict(), **decoded}.items()}
 
     def _item_rows(self, i: int) -> dict[str, np.ndarray]:

@@ -2,7 +2,7 @@
 
 - ``cache.Cache``: a complete cache; never loads the teacher.
 - ``OnlineSource``: the live teacher run at every step (the online-distillation baseline), with
-  the same selection as extraction (``teacher.select_knowledge``).
+  the same selection as extraction (``Plan.select``).
 - ``DatasetSource``: examples only (fine-tuning, evaluation, no-distillation baselines).
 
 All hold their examples as ``batching.Examples`` and collate them the same way; each gives
@@ -14,18 +14,19 @@ from __future__ import annotations
 import numpy as np
 
 from hsk_cache.config.run import DataConfig
-from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.data import splits as data
 from hsk_cache.data.loader import Loader, Sampler, Step
-from hsk_cache.knowledge.batch import Examples, StoredKnowledge, collate
+from hsk_cache.knowledge.batch import Examples, collate
+from hsk_cache.knowledge.plan import Plan
+from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub as models
-from hsk_cache.models.teacher import Plan, run_teacher, select_knowledge
+from hsk_cache.models.teacher import run_teacher
 
 
 class DatasetSource:
     """Tokenized examples of one split, no teacher knowledge."""
 
-    stored = None
+    stored = plan = None  # no teacher knowledge
 
     def __init__(self, data_config: DataConfig, tokenizer, label_names: tuple[str, ...] | None = None) -> None:
         self.tokenizer = tokenizer
@@ -74,20 +75,10 @@ class OnlineSource(DatasetSource):
         super().__init__(data_config, models.load_tokenizer(teacher_path), names)
         self.precision = precision
         self.teacher_config = self.teacher.config.to_dict()
-        self.plan = Plan.make(spec, self.teacher.config, self.tokenizer)
+        self.plan = self.stored = Plan.make(spec, self.teacher.config, self.tokenizer, data_config.max_length)
         self.knowledge = spec.knowledge
-        config = self.teacher.config
-        self.stored = StoredKnowledge(
-            spec.knowledge,
-            self.plan.layers,
-            self.plan.attention_layers,
-            self.plan.value_relation_layer,
-            config.num_hidden_layers,
-            config.hidden_size,
-            config.num_attention_heads,
-        )
 
     def batch(self, index: np.ndarray) -> dict:
         batch = collate(self.examples, index)
         outputs = run_teacher(self.teacher, batch, self.plan, self.precision)
-        return {**batch.as_dict(), **select_knowledge(outputs, batch, self.plan).tensors()}
+        return {**batch.as_dict(), **self.plan.select(outputs, batch)}

@@ -1,4 +1,4 @@
-"""What one training step minimizes: ``fn(model, batch) -> scalar loss``, batch a batch dict.
+"""What one training step minimizes: ``fn(model, batch, world_size=1) -> scalar loss``, batch a batch dict.
 
 - ``distillation(loss_fn, terms)``: the student's forward with the outputs ``loss_fn`` needs,
   then ``DistillationLoss`` on the chosen terms (``hsk train``'s hidden and prediction stages);
@@ -17,14 +17,15 @@ from hsk_cache.models.inputs import model_inputs
 def distillation(loss_fn: DistillationLoss, terms=None):
     """A step function computing ``loss_fn`` on ``terms`` (default: all it was built with)."""
 
-    def step(model, batch: dict) -> torch.Tensor:
+    def step(model, batch: dict, world_size: int = 1) -> torch.Tensor:
         with loss_fn.capture_values(model, terms) as values:
             outputs = model(**model_inputs(batch, model), **loss_fn.output_flags(terms))
-        return loss_fn(outputs, batch, values, terms).loss
+        return loss_fn(outputs, batch, values, terms, world_size=world_size).loss
 
     return step
 
 
-def labels(model, batch: dict) -> torch.Tensor:
-    """Cross-entropy on gold labels (fine-tuning; the no-distillation baseline)."""
-    return losses.hard_cross_entropy(model(**model_inputs(batch, model)).logits, batch["labels"])
+def labels(model, batch: dict, world_size: int = 1) -> torch.Tensor:
+    """Cross-entropy on gold labels (fine-tuning; the no-distillation baseline); ``world_size``:
+    the mean over the global batch of that many data-parallel ranks."""
+    return losses.hard_cross_entropy(model(**model_inputs(batch, model)).logits, batch["labels"], world_size)

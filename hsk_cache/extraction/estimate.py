@@ -16,16 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 from numcodecs import Blosc, Zstd
 
-from hsk_cache.config.specs import TokenSpec
 from hsk_cache.knowledge.batch import Examples
-from hsk_cache.store.layout import ArraySpec, Dims
+from hsk_cache.knowledge.kind import ArraySpec
+from hsk_cache.knowledge.plan import Plan
 
 ARRAY_METADATA_BYTES = 700  # one array's zarr.json
 GROUP_METADATA_BYTES = 6000  # the group's zarr.json with the manifest (teacher config included)
 SHARD_INDEX_BYTES_PER_CHUNK = 16  # offset + length, uint64 each
 CHUNK_CHECKSUM_BYTES = 4  # the crc32c every chunk ends in
 FLOAT_RATIO = 1.08
-EXAMPLE_ARRAYS = ("input_ids", "token_type_ids", "lengths", "labels", "example_ids")
 
 
 @dataclass(frozen=True)
@@ -42,18 +41,26 @@ class Estimate:
 def estimate(
     specs: list[ArraySpec],
     examples: Examples,
-    dims: Dims,
+    plan: Plan,
     chunks: dict[str, int],
     shard: int,
-    tokens: TokenSpec,
     sample: dict[str, np.ndarray] | None = None,
 ) -> Estimate:
     """Predicted bytes of every array (metadata included; the tokenizer copy excluded, as in
-    ``CacheReader.stored_bytes``). ``sample``: encoded knowledge rows of a few examples, from
-    which compressed float arrays take their compression ratio."""
-    kept = _kept_counts(examples, dims, tokens)
+    ``CacheReader.stored_bytes``).
+
+    Args:
+        specs: the cache's arrays (``store.layout.arrays``); each ``ArraySpec.role`` (declared by
+            its knowledge kind) says how its compressed bytes scale.
+        examples: the tokenized examples. plan: the resolved ``Plan``. chunks / shard: the layout.
+        sample: encoded knowledge rows of a few examples, from which compressed float arrays
+            take their compression ratio.
+    Returns: an ``Estimate`` in bytes.
+    """
+    n, tokens = len(examples), plan.spec.tokens
+    kept = _kept_counts(examples, plan.kept_tokens, tokens)
     ordered = tokens.kind in ("all", "cls", "left")  # index positions ascending, else scattered
-    shards = math.ceil(dims.n / shard)
+    shards = math.ceil(n / shard)
     sizes = {}
     for spec in specs:
         if not spec.per_example:
@@ -67,34 +74,33 @@ def estimate(
             ratio = rows.nbytes / max(1, _compressed(rows, chunk, spec.codec))
             data = int(spec.nbytes() / ratio)
         else:
-            data = _data_bytes(spec, examples, dims, kept, chunk, ordered)
+            data = _data_bytes(spec, examples, n, plan, kept, chunk, ordered)
         sizes[spec.name] = data + index_bytes + ARRAY_METADATA_BYTES
     per_example = sum(spec.per_example for spec in specs)  # commit rows: (bytes, crc32c) uint64 per array
     commit = shards * (per_example * 16 + CHUNK_CHECKSUM_BYTES) + ARRAY_METADATA_BYTES
     total = sum(sizes.values()) + commit + GROUP_METADATA_BYTES
-    return Estimate(sizes, total, dims.n)
+    return Estimate(sizes, total, n)
 
 
-def _data_bytes(spec: ArraySpec, examples: Examples, dims: Dims, kept: np.ndarray, chunk: int, ordered: bool) -> int:
+def _data_bytes(spec: ArraySpec, examples: Examples, n: int, plan, kept: np.ndarray, chunk: int, ordered: bool) -> int:
     if spec.codec == "none":  # Zarr stores the edge chunk at full size
-        return spec.nbytes() // max(dims.n, 1) * math.ceil(dims.n / chunk) * chunk
-    if spec.name in EXAMPLE_ARRAYS:
-        values = getattr(examples, spec.name if spec.name != "labels" else "labels")
-        return _compressed(values, chunk)
-    if spec.name.endswith("_index"):
+        return spec.nbytes() // max(n, 1) * math.ceil(n / chunk) * chunk
+    if spec.role == "example":
+        return _compressed(getattr(examples, spec.name), chunk)
+    if spec.role == "index":
         return _compressed(_synthetic_index(spec.shape, kept, ordered), chunk)
     # float knowledge: the rows of kept tokens are incompressible, padding rows vanish
-    fraction = kept.sum() / max(dims.n * dims.k, 1)
-    if spec.name in ("attention_probs", "value_relation"):
-        fraction *= float(np.mean(examples.lengths)) / dims.t
+    fraction = kept.sum() / max(n * plan.kept_tokens, 1)
+    if spec.role == "key_rows":  # rows over all T keys: only the real ones hold values
+        fraction *= float(np.mean(examples.lengths)) / plan.max_length
     return int(spec.nbytes() * fraction / FLOAT_RATIO)
 
 
-def _kept_counts(examples: Examples, dims: Dims, tokens: TokenSpec) -> np.ndarray:
+def _kept_counts(examples: Examples, k: int, tokens) -> np.ndarray:
     """[N] tokens each example keeps (padding and, unless +sep, one [SEP] never kept)."""
     lengths = examples.lengths.astype(np.int64)
     if tokens.kind == "all":
-        return np.minimum(lengths, dims.k)
+        return np.minimum(lengths, k)
     if tokens.kind == "cls":
         return np.ones_like(lengths)
     per = (

@@ -11,16 +11,17 @@ import numpy as np
 
 from hsk_cache import distributed
 from hsk_cache.config.run import DataConfig, check_device, check_precision
-from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.data import splits as data
 from hsk_cache.errors import CacheError, ConfigError, HskError, ModelError
 from hsk_cache.extraction import estimate
 from hsk_cache.knowledge.batch import Examples, collate, sequential_batches
+from hsk_cache.knowledge.plan import Plan
+from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub as models
-from hsk_cache.models.teacher import Plan, run_teacher, select_knowledge
-from hsk_cache.select import SELECTION_VERSION, width
-from hsk_cache.store import codec, layout
-from hsk_cache.store.manifest import Manifest
+from hsk_cache.models.teacher import run_teacher
+from hsk_cache.select import SELECTION_VERSION
+from hsk_cache.store import layout
+from hsk_cache.store.manifest import DataInfo, DimsInfo, LayoutInfo, Manifest, SpecInfo, TeacherInfo, TokenizerInfo
 from hsk_cache.store.reader import TOKENIZER_GROUP
 from hsk_cache.store.verify import check_group
 from hsk_cache.store.writer import CacheWriter
@@ -62,30 +63,6 @@ class ExtractResult:
     shards_repaired: int = 0
 
 
-def dims_for(spec: ExtractSpec, config, examples: Examples, plan: Plan, max_length: int) -> layout.Dims:
-    """The stored sizes for ``spec`` on a teacher with ``config`` (a transformers config)."""
-    k = spec.tokens.kept_tokens(max_length)
-    return layout.Dims(
-        n=len(examples),
-        t=max_length,
-        layers=len(plan.layers),
-        k=k,
-        d=config.hidden_size,
-        c=config.num_labels,
-        token_types=examples.token_type_ids is not None,
-        knowledge=spec.knowledge,
-        dtype=spec.dtype,
-        codec=spec.codec,
-        width=spec.dims.kind,
-        kept_dims=spec.dims.kept_dims(config.hidden_size),
-        slots=width.max_kept_elements(spec.dims.fraction, k, config.hidden_size)
-        if spec.dims.kind == "magnitude"
-        else 0,
-        attention_layers=len(plan.attention_layers),
-        heads=config.num_attention_heads,
-    )
-
-
 @dataclass
 class Prepared:
     """Everything extraction decides before running the teacher."""
@@ -97,7 +74,6 @@ class Prepared:
     tokenized: object | None
     examples: Examples
     plan: Plan
-    dims: layout.Dims
     specs: list
     chunk: dict[str, int]
     shard: int
@@ -125,11 +101,10 @@ def prepare(
         _check_classes(split, teacher_config)
         tokenized = data.tokenize(split, tokenizer, config.data.max_length)
         examples = Examples.from_dataset(tokenized, config.data.max_length, tokenizer.pad_token_id)
-    plan = Plan.make(config.spec, teacher_config, tokenizer)
-    dims = dims_for(config.spec, teacher_config, examples, plan, config.data.max_length)
-    specs = layout.arrays(dims)
-    chunk, shard = layout.chunking(specs, dims.n, config.shard_examples)
-    return Prepared(tokenizer, teacher, teacher_config, split, tokenized, examples, plan, dims, specs, chunk, shard)
+    plan = Plan.make(config.spec, teacher_config, tokenizer, config.data.max_length)
+    specs = layout.arrays(plan, len(examples), examples.token_type_ids is not None)
+    chunk, shard = layout.chunking(specs, len(examples), config.shard_examples)
+    return Prepared(tokenizer, teacher, teacher_config, split, tokenized, examples, plan, specs, chunk, shard)
 
 
 def run(config: ExtractConfig, progress=None) -> ExtractResult:
@@ -180,7 +155,7 @@ def _run(config: ExtractConfig, rank: distributed.Rank, progress, started: float
             # cache answered), so the stored bytes depend only on the teacher
             writer.write_tokenizer(models.load_tokenizer(config.teacher))
             if p.plan.dim_index is not None:
-                writer.write_global("dim_index", p.plan.dim_index.numpy().astype(np.int16))
+                writer.write_global("dim_index", p.plan.dim_index.astype(np.int16))
             committed = writer.committed()
         except BaseException as err:
             failure = f"rank 0 failed: {err}"
@@ -205,12 +180,12 @@ def _run(config: ExtractConfig, rank: distributed.Rank, progress, started: float
         mine = np.flatnonzero(~committed)[rank.rank :: rank.world_size]
         _write_shards(writer, p, config, mine, committed, progress)
         distributed.barrier()
-        final = writer.finish({"examples": p.dims.n, "shards": len(committed)}) if rank.is_main else None
-        final = distributed.broadcast_json(final)
+        final = writer.finish({"examples": len(p.examples), "shards": len(committed)}) if rank.is_main else None
+        final = Manifest.from_dict(distributed.broadcast_json(final.to_dict() if final is not None else None))
     finally:
         writer.close()
     return ExtractResult(
-        manifest=Manifest.from_dict(final),
+        manifest=final,
         shards_written=int((~committed).sum()),
         shards_skipped=int(committed.sum()),
         elapsed_s=time.perf_counter() - started,
@@ -224,15 +199,14 @@ def _arrays(examples: Examples) -> dict:
 
 def _write_shards(writer: CacheWriter, p: Prepared, config, shards, committed, progress) -> None:
     """Run the teacher on ``shards`` and write each whole shard (the bar counts this process's part)."""
-    n = p.dims.n
-    dim_index = None if p.plan.dim_index is None else p.plan.dim_index.numpy()
+    n = len(p.examples)
     total = sum(_shard_size(s, n, p.shard) for s in shards)
     done = sum(_shard_size(s, n, p.shard) for s in np.flatnonzero(committed))
     bar = progress("extract", total + done, done) if progress is not None else None
     try:
         for s in shards:
             start, stop = layout.shard_range(int(s), n, p.shard)
-            writer.write_shard(int(s), start, _extract_shard(p, start, stop, config, dim_index, bar))
+            writer.write_shard(int(s), start, _extract_shard(p, start, stop, config, bar))
     finally:
         if bar is not None:
             bar.close()
@@ -240,7 +214,7 @@ def _write_shards(writer: CacheWriter, p: Prepared, config, shards, committed, p
 
 def _repair(writer: CacheWriter, progress) -> list[int]:
     """Verify the committed shards of a reopened cache; uncommit the bad ones. Returns them."""
-    problems, _, _ = check_group(writer.group, Manifest.from_dict(writer.manifest), progress)
+    problems, _, _ = check_group(writer.group, writer.manifest, progress)
     bad = sorted({p.shard for p in problems if p.shard is not None})
     for p in problems:
         log.warning("damaged: shard %s of %s: %s", p.shard, p.array, p.problem)
@@ -259,9 +233,8 @@ def dry_run(config: ExtractConfig) -> estimate.Estimate:
     p = prepare(config, load_weights=sample_needed)
     sample = None
     if sample_needed:
-        dim_index = None if p.plan.dim_index is None else p.plan.dim_index.numpy()
-        sample = _extract_shard(p, 0, min(DRY_RUN_SAMPLE, p.dims.n), config, dim_index, None)
-    return estimate.estimate(p.specs, p.examples, p.dims, p.chunk, p.shard, config.spec.tokens, sample)
+        sample = _extract_shard(p, 0, min(DRY_RUN_SAMPLE, len(p.examples)), config, None)
+    return estimate.estimate(p.specs, p.examples, p.plan, p.chunk, p.shard, sample)
 
 
 def _shard_size(shard: int, n: int, shard_examples: int) -> int:
@@ -269,7 +242,7 @@ def _shard_size(shard: int, n: int, shard_examples: int) -> int:
     return stop - start
 
 
-def _extract_shard(p: Prepared, start, stop, config, dim_index, bar) -> dict[str, np.ndarray]:
+def _extract_shard(p: Prepared, start, stop, config, bar) -> dict[str, np.ndarray]:
     examples, plan = p.examples, p.plan
     rows = np.arange(start, stop)
     block = {
@@ -284,7 +257,7 @@ def _extract_shard(p: Prepared, start, stop, config, dim_index, bar) -> dict[str
     for index in sequential_batches(stop, config.batch_size, start):
         batch = collate(examples, index)
         outputs = run_teacher(p.teacher, batch, plan, config.precision)
-        parts.append(codec.encode(select_knowledge(outputs, batch, plan), p.dims, dim_index))
+        parts.append(plan.encode(plan.select(outputs, batch)))
         if bar is not None:
             bar.update(len(index))
     for name in parts[0]:
@@ -300,53 +273,49 @@ def _check_classes(split, teacher_config) -> None:
         )
 
 
-def _manifest(config: ExtractConfig, p: Prepared) -> dict:
-    tokenizer, split, plan, dims = p.tokenizer, p.split, p.plan, p.dims
+def _manifest(config: ExtractConfig, p: Prepared) -> Manifest:
+    """The typed manifest of the cache ``config`` writes (``complete`` False, no counts yet)."""
+    tokenizer, split, plan, n = p.tokenizer, p.split, p.plan, len(p.examples)
     teacher_path = models.resolve(config.teacher)
-    return {
-        "format": layout.FORMAT_NAME,
-        "format_version": layout.FORMAT_VERSION,
-        "hsk_cache_version": __version__,
-        "selection_version": SELECTION_VERSION,
-        "teacher": {
-            "path": str(Path(teacher_path).resolve()) if Path(teacher_path).exists() else teacher_path,
-            "weights_sha256": models.weights_sha256(teacher_path),
-            "num_layers": p.teacher_config.num_hidden_layers,
-            "hidden_size": p.teacher_config.hidden_size,
-            "num_heads": p.teacher_config.num_attention_heads,
-            "config": p.teacher_config.to_dict(),
-        },
-        "tokenizer": {"group": TOKENIZER_GROUP, "name_or_path": tokenizer.name_or_path, "vocab_size": len(tokenizer)},
-        "data": {
+    source = Path(config.data.source).expanduser()
+    return Manifest(
+        format=layout.FORMAT_NAME,
+        format_version=layout.FORMAT_VERSION,
+        hsk_cache_version=__version__,
+        selection_version=SELECTION_VERSION,
+        teacher=TeacherInfo(
+            path=str(Path(teacher_path).resolve()) if Path(teacher_path).exists() else teacher_path,
+            weights_sha256=models.weights_sha256(teacher_path),
+            num_layers=p.teacher_config.num_hidden_layers,
+            hidden_size=p.teacher_config.hidden_size,
+            num_heads=p.teacher_config.num_attention_heads,
+            config=p.teacher_config.to_dict(),
+        ),
+        tokenizer=TokenizerInfo(group=TOKENIZER_GROUP, name_or_path=tokenizer.name_or_path, vocab_size=len(tokenizer)),
+        data=DataInfo(
             **config.data.describe(),
-            "task": split.task,
-            "fingerprint": data.fingerprint(p.tokenized),
-            "resolved_source": str(Path(config.data.source).expanduser().resolve())
-            if Path(config.data.source).expanduser().exists()
-            else config.data.source,
-            "num_examples": dims.n,
-            "label_names": list(split.label_names),
-        },
-        "max_length": config.data.max_length,
-        "spec": config.spec.describe(),
-        "layers": list(plan.layers),
-        "attention_layers": list(plan.attention_layers),
-        "value_relation_layer": plan.value_relation_layer,
-        "dims": {
-            "kept_tokens": dims.k,
-            "hidden_size": dims.d,
-            "kept_dims": dims.kept_dims,
-            "slots": dims.slots,
-            "heads": dims.heads,
-            "classes": dims.c,
-            "token_types": dims.token_types,
-        },
-        "precision": config.precision,
-        "layout": {
-            "chunk_examples": p.chunk,
-            "shard_examples": p.shard,
-            "num_shards": layout.num_shards(dims.n, p.shard),
-        },
-        "counts": {},
-        "complete": False,
-    }
+            task=split.task,
+            fingerprint=data.fingerprint(p.tokenized),
+            resolved_source=str(source.resolve()) if source.exists() else config.data.source,
+            num_examples=n,
+            label_names=split.label_names,
+        ),
+        max_length=config.data.max_length,
+        spec=SpecInfo(**config.spec.describe()),
+        layers=plan.layers,
+        attention_layers=plan.attention_layers,
+        value_relation_layer=plan.value_relation_layer,
+        dims=DimsInfo(
+            kept_tokens=plan.kept_tokens,
+            hidden_size=plan.hidden_size,
+            kept_dims=plan.kept_dims,
+            slots=plan.slots,
+            heads=plan.heads,
+            classes=plan.classes,
+            token_types=p.examples.token_type_ids is not None,
+        ),
+        precision=config.precision,
+        layout=LayoutInfo(chunk_examples=p.chunk, shard_examples=p.shard, num_shards=layout.num_shards(n, p.shard)),
+        counts={},
+        complete=False,
+    )

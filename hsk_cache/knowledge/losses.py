@@ -5,7 +5,7 @@ hidden-state MSE is a mean over the *kept* elements (masked positions excluded),
 layer pairs. Note the minimum-knowledge study's code takes a plain mean including dropped
 elements, which shrinks the loss as fewer tokens are kept (Liu et al. 2021, released code).
 
-Data-parallel training (``global_means``): every mean is a sum over this rank's part of the batch
+Data-parallel training (``world_size`` > 1): every mean is a sum over this rank's part of the batch
 divided by the element count over *all* ranks (times the world size, because DDP averages the
 ranks' gradients). The ranks' mean loss and gradient are then exactly those of the whole global
 batch on one process, however unevenly the kept tokens fall on the ranks.
@@ -13,39 +13,23 @@ batch on one process, however unevenly the kept tokens fall on the ranks.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
-_GLOBAL = {"world_size": 0}  # > 0 inside ``global_means``: denominators are all-reduced
 
-
-@contextlib.contextmanager
-def global_means(world_size: int):
-    """Within this block, means are over the global batch of ``world_size`` data-parallel ranks
-    (one all-reduce of the element count per mean; every rank must compute the same terms)."""
-    previous = _GLOBAL["world_size"]
-    _GLOBAL["world_size"] = world_size if world_size > 1 else 0
-    try:
-        yield
-    finally:
-        _GLOBAL["world_size"] = previous
-
-
-def _mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """``total / count`` (count at least 1); inside ``global_means``: ``total · W / Σ_ranks count``."""
-    world = _GLOBAL["world_size"]
-    if not world:
+def _mean(total: torch.Tensor, count: torch.Tensor, world_size: int = 1) -> torch.Tensor:
+    """``total / count`` (count at least 1); with ``world_size`` > 1 data-parallel ranks (a process
+    group initialized): ``total · W / Σ_ranks count``, one all-reduce of the count."""
+    if world_size <= 1:
         return total / count.clamp(min=1)
     import torch.distributed as dist
 
     count = count.detach().clone().float()
     dist.all_reduce(count, op=dist.ReduceOp.SUM)
-    return total * world / count.clamp(min=1)
+    return total * world_size / count.clamp(min=1)
 
 
-def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, world_size: int = 1) -> torch.Tensor:
     """Masked mean squared error between student and teacher hidden states.
 
     L_hidn = Σ_{mask} (h_S W_h − h_T)² / |mask|      (TinyBERT, Jiao et al. 2020, Eq. 7, restricted
@@ -60,10 +44,12 @@ def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor)
     """
     weight = (mask[:, :, None] if mask.dim() == 2 else mask).expand_as(student).float()
     squared = (student.float() - teacher.float()).pow(2) * weight
-    return _mean(squared.sum(), weight.sum())
+    return _mean(squared.sum(), weight.sum(), world_size)
 
 
-def distribution_kl(student_probs: torch.Tensor, teacher_probs: torch.Tensor, row_valid: torch.Tensor) -> torch.Tensor:
+def distribution_kl(
+    student_probs: torch.Tensor, teacher_probs: torch.Tensor, row_valid: torch.Tensor, world_size: int = 1
+) -> torch.Tensor:
     """KL(teacher ‖ student) of attention-like rows, averaged over heads and valid rows.
 
     L = mean_{b,h,q valid} Σ_t A_T[t] (log A_T[t] − log A_S[t])
@@ -79,10 +65,12 @@ def distribution_kl(student_probs: torch.Tensor, teacher_probs: torch.Tensor, ro
         t > 0, t * (torch.log(t.clamp(min=1e-12)) - torch.log(s.clamp(min=1e-12))), torch.zeros_like(t)
     )
     weight = row_valid[:, None, :].float().expand(t.shape[:3])
-    return _mean((pointwise.sum(-1) * weight).sum(), weight.sum())
+    return _mean((pointwise.sum(-1) * weight).sum(), weight.sum(), world_size)
 
 
-def distribution_mse(student_probs: torch.Tensor, teacher_probs: torch.Tensor, row_valid: torch.Tensor) -> torch.Tensor:
+def distribution_mse(
+    student_probs: torch.Tensor, teacher_probs: torch.Tensor, row_valid: torch.Tensor, world_size: int = 1
+) -> torch.Tensor:
     """Squared error of attention rows summed over keys, averaged over heads and valid rows.
 
     L = mean_{b,h,q valid} Σ_t (A_S[t] − A_T[t])²      (TinyBERT, Jiao et al. 2020, Eq. 6, per row)
@@ -91,11 +79,11 @@ def distribution_mse(student_probs: torch.Tensor, teacher_probs: torch.Tensor, r
     """
     squared = (student_probs.float() - teacher_probs.float()).pow(2).sum(-1)
     weight = row_valid[:, None, :].float().expand(squared.shape)
-    return _mean((squared * weight).sum(), weight.sum())
+    return _mean((squared * weight).sum(), weight.sum(), world_size)
 
 
 def soft_cross_entropy(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, world_size: int = 1
 ) -> torch.Tensor:
     """Prediction-layer distillation: cross-entropy against the teacher's softened distribution.
 
@@ -109,10 +97,10 @@ def soft_cross_entropy(
     targets = F.softmax(teacher_logits.float() / temperature, dim=-1)
     log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
     rows = torch.tensor(float(len(targets)), device=targets.device)
-    return _mean(-(targets * log_probs).sum(), rows) * temperature**2
+    return _mean(-(targets * log_probs).sum(), rows, world_size) * temperature**2
 
 
-def hard_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def hard_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor, world_size: int = 1) -> torch.Tensor:
     """Cross-entropy against gold labels. student_logits: [B, C]; labels: [B] int64."""
     rows = torch.tensor(float(len(labels)), device=labels.device)
-    return _mean(F.cross_entropy(student_logits.float(), labels, reduction="sum"), rows)
+    return _mean(F.cross_entropy(student_logits.float(), labels, reduction="sum"), rows, world_size)

@@ -33,3 +33,11 @@ def gather_rows(probs: torch.Tensor, token_index: torch.Tensor) -> torch.Tensor:
     index = token_index.clamp(min=0)[:, None, :, None].expand(b, h, token_index.shape[1], t)
     rows = probs.gather(2, index)
     return rows * (token_index >= 0)[:, None, :, None].to(rows.dtype)
+
+
+def match_heads(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [B, H_S, K, T] and [B, H_T, K, T] as they are when the head counts agree, else both
+    averaged over heads ([B, 1, K, T]: ``head_map="mean"``, checked when the term is built)."""
+    if student.shape[1] == teacher.shape[1]:
+        return student, teacher
+    return student.mean(1, keepdim=True), teacher.mean(1, keepdim=True)

@@ -20,7 +20,12 @@ def uniform_layer_map(student_layers: int, top_layer: int) -> dict[int, int]:
 
 
 def layer_map(
-    text: str, student_layers: int, teacher_layers: int, cached_layers: tuple[int, ...], keep_top: int | None = None
+    text: str,
+    student_layers: int,
+    teacher_layers: int,
+    cached_layers: tuple[int, ...],
+    keep_top: int | None = None,
+    field: str = "layer_map",
 ) -> dict[int, int]:
     """Resolve ``--layer-map`` against the student's depth and the teacher layers available.
 
@@ -31,26 +36,31 @@ def layer_map(
             s ∈ [0, L_S] learns teacher layer t).
         cached_layers: teacher layers in the cache (or extracted online).
         keep_top: keep only the k pairs with the highest student layers (the study's top-k).
+        field: the setting ``text`` came from (``layer_map`` or ``attention_map``), named by errors.
     Returns: {student layer: teacher layer}, never empty.
     Raises: ConfigError on a malformed map, a student layer out of range, or a teacher layer the
         cache lacks.
     """
-    pairs = _parse_map(text.strip().lower(), student_layers, teacher_layers, cached_layers)
+    pairs = _parse_map(text.strip().lower(), student_layers, teacher_layers, cached_layers, field)
     if keep_top is not None:
         if keep_top < 1:
-            raise ConfigError(f"--keep-top-pairs {keep_top}: keep at least 1 pair")
+            raise ConfigError(
+                f"{{keep_top_pairs}} {keep_top}: keep at least 1 pair", field="keep_top_pairs", value=keep_top
+            )
         pairs = dict(sorted(pairs.items())[-keep_top:])
     return pairs
 
 
-def _parse_map(text, student_layers, teacher_layers, cached_layers) -> dict[int, int]:
+def _parse_map(text, student_layers, teacher_layers, cached_layers, field) -> dict[int, int]:
     name, _, arg = text.partition(":")
     if name == "uniform":
         top = teacher_layers
         if arg:
             if not arg.isdigit() or not 1 <= int(arg) <= teacher_layers:
                 raise ConfigError(
-                    f"--layer-map {text!r}: L_top must be in 1..{teacher_layers}, e.g. uniform:{teacher_layers}"
+                    f"{{{field}}} {text!r}: L_top must be in 1..{teacher_layers}, e.g. uniform:{teacher_layers}",
+                    field=field,
+                    value=text,
                 )
             top = int(arg)
         full = uniform_layer_map(student_layers, top)
@@ -58,23 +68,33 @@ def _parse_map(text, student_layers, teacher_layers, cached_layers) -> dict[int,
         if not kept:
             raise ConfigError(
                 f"the uniform layer map needs teacher layers {sorted(full.values())} but the cache has "
-                f"{list(cached_layers)}: pass --layer-map s:t pairs over cached layers, or re-extract those layers"
+                f"{list(cached_layers)}: pass {{{field}}} s:t pairs over cached layers, or re-extract those layers",
+                field=field,
+                value=text,
             )
         return kept
     pairs = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         s, sep, t = part.partition(":")
         if not sep or not s.strip().isdigit() or not t.strip().isdigit():
-            raise ConfigError(f"--layer-map {text!r}: use uniform or student:teacher pairs like 1:2,2:4,3:6")
+            raise ConfigError(
+                f"{{{field}}} {text!r}: use uniform or student:teacher pairs like 1:2,2:4,3:6", field=field, value=text
+            )
         pairs[int(s)] = int(t)
     if not pairs:
-        raise ConfigError("--layer-map is empty: use uniform or student:teacher pairs like 1:2,2:4,3:6")
+        raise ConfigError(
+            f"{{{field}}} is empty: use uniform or student:teacher pairs like 1:2,2:4,3:6", field=field, value=text
+        )
     for s, t in pairs.items():
         if s > student_layers:
-            raise ConfigError(f"--layer-map {s}:{t}: the student has layers 0..{student_layers}")
+            raise ConfigError(
+                f"{{{field}}} {s}:{t}: the student has layers 0..{student_layers}", field=field, value=text
+            )
         if t not in cached_layers:
             raise ConfigError(
-                f"--layer-map {s}:{t} needs teacher layer {t} but the cache holds layers {list(cached_layers)}: "
-                "map onto cached layers or re-extract with those layers"
+                f"{{{field}}} {s}:{t} needs teacher layer {t} but the cache holds layers {list(cached_layers)}: "
+                "map onto cached layers or re-extract with those layers",
+                field=field,
+                value=text,
             )
     return pairs

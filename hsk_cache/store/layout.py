@@ -14,17 +14,7 @@ shard files without decoding them.
 | lengths          | [N]              | int32             | real tokens per example                   |
 | labels           | [N]              | int64             | gold label ids                            |
 | example_ids      | [N]              | int64             | row in the source split                   |
-| token_index      | [N, L_k, K]      | int16             | kept positions, −1 = none                 |
-| hidden_states    | [N, L_k, K, D']  | stored dtype (q)  | states at kept tokens (D' = D or kept dims)|
-| dim_index        | [D']             | int16             | kept dimensions (uniform/random width)    |
-| hidden_values    | [N, L_k, M]      | q                 | magnitude width: kept values, row-major   |
-| hidden_mask      | [N, L_k, K, D/8] | uint8             | magnitude width: packed bit mask          |
-| attention_index  | [N, L_a, K]      | int16             | kept query positions per attention layer  |
-| attention_probs  | [N, L_a, H, K, T]| q                 | attention rows of kept queries, all keys  |
-| value_index      | [N, K]           | int16             | kept query positions (value relation)     |
-| value_relation   | [N, H, K, T]     | q                 | softmax(V·Vᵀ/√d_head) rows (MiniLM)       |
-| logits           | [N, C]           | float32           | teacher logits                            |
-| *_scale          | leading axes     | float32           | int8 only: per-row absmax / 127           |
+| (each kind's)    | see the kind     | stored dtype (q)  | ``knowledge/<kind>.py`` lists its arrays  |
 | shard_commits    | [S, A, 2]        | uint64            | per array: shard file bytes, crc32c; 0 = uncommitted |
 | tokenizer/<file> | [bytes]          | uint8             | the teacher tokenizer's files             |
 
@@ -34,9 +24,9 @@ The group attribute ``hsk_cache`` holds the JSON manifest; its ``complete`` is s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from hsk_cache.knowledge import quantize
+from hsk_cache.knowledge.kind import ArraySpec
+from hsk_cache.knowledge.plan import Plan
 
 FORMAT_NAME = "hsk-cache"
 FORMAT_VERSION = 2  # 2: crc32c per chunk, commit rows with per-file sizes and checksums
@@ -56,115 +46,32 @@ IDENTITY_KEYS = (
 )
 
 
-ITEMSIZE = {"int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "float16": 2, "int32": 4, "float32": 4, "int64": 8}
+EXAMPLE_ARRAYS = ("input_ids", "lengths", "labels", "example_ids", "token_type_ids")
 
 
-@dataclass(frozen=True)
-class ArraySpec:
-    """One stored array. ``codec``: none, zstd or blosc. ``per_example``: chunked along N (False
-    for small global arrays such as dim_index, stored as one chunk)."""
+def arrays(plan, n: int, token_types: bool) -> list[ArraySpec]:
+    """The arrays a cache of ``n`` examples extracted with ``plan`` holds (without shard_commits
+    and the tokenizer): the examples' arrays, then each kind's (``KnowledgeKind.arrays``).
 
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    codec: str
-    per_example: bool = True
-
-    def row_bytes(self) -> int:
-        return ITEMSIZE[self.dtype] * math.prod(self.shape[1:])
-
-    def nbytes(self) -> int:
-        return ITEMSIZE[self.dtype] * math.prod(self.shape)
-
-
-@dataclass(frozen=True)
-class Dims:
-    """Sizes fixed at extraction. n examples, t max length, layers L_k, k kept tokens, d hidden
-    width, kept_dims D' (uniform/random width), slots M (magnitude values per example-layer),
-    attention_layers L_a, heads H, c classes."""
-
-    n: int
-    t: int
-    layers: int
-    k: int
-    d: int
-    c: int
-    token_types: bool
-    knowledge: tuple[str, ...]
-    dtype: str
-    codec: str = "none"
-    width: str = "all"
-    kept_dims: int = 0
-    slots: int = 0
-    attention_layers: int = 0
-    heads: int = 0
-
-
-def arrays(dims: Dims) -> list[ArraySpec]:
-    """The arrays a cache of these sizes holds (without shard_committed and the tokenizer)."""
-    n, q = dims.n, quantize.STORAGE_DTYPE[dims.dtype]
-    int8 = quantize.needs_scale(dims.dtype)
+    Args:
+        plan: the resolved ``knowledge.plan.Plan``. n: N examples. token_types: whether the
+            tokenizer makes token_type_ids (stored then).
+    """
+    t = plan.max_length
     out = [
-        ArraySpec("input_ids", (n, dims.t), "int32", "zstd"),
-        ArraySpec("lengths", (n,), "int32", "zstd"),
-        ArraySpec("labels", (n,), "int64", "zstd"),
-        ArraySpec("example_ids", (n,), "int64", "zstd"),
+        ArraySpec("input_ids", (n, t), "int32", "zstd", role="example"),
+        ArraySpec("lengths", (n,), "int32", "zstd", role="example"),
+        ArraySpec("labels", (n,), "int64", "zstd", role="example"),
+        ArraySpec("example_ids", (n,), "int64", "zstd", role="example"),
     ]
-    if dims.token_types:
-        out.append(ArraySpec("token_type_ids", (n, dims.t), "int8", "zstd"))
-    if "hidden_states" in dims.knowledge:
-        out.append(ArraySpec("token_index", (n, dims.layers, dims.k), "int16", "zstd"))
-        if dims.width == "magnitude":
-            out.append(ArraySpec("hidden_values", (n, dims.layers, dims.slots), q, dims.codec))
-            out.append(ArraySpec("hidden_mask", (n, dims.layers, dims.k, math.ceil(dims.d / 8)), "uint8", dims.codec))
-            if int8:
-                out.append(ArraySpec("hidden_values_scale", (n, dims.layers), "float32", dims.codec))
-        else:
-            width = dims.kept_dims if dims.width in ("uniform", "random") else dims.d
-            out.append(ArraySpec("hidden_states", (n, dims.layers, dims.k, width), q, dims.codec))
-            if int8:
-                out.append(ArraySpec("hidden_states_scale", (n, dims.layers, dims.k), "float32", dims.codec))
-            if dims.width in ("uniform", "random"):
-                out.append(ArraySpec("dim_index", (width,), "int16", "zstd", per_example=False))
-    if "attention_probs" in dims.knowledge:
-        out.append(ArraySpec("attention_index", (n, dims.attention_layers, dims.k), "int16", "zstd"))
-        out.append(ArraySpec("attention_probs", (n, dims.attention_layers, dims.heads, dims.k, dims.t), q, dims.codec))
-        if int8:
-            out.append(
-                ArraySpec(
-                    "attention_probs_scale", (n, dims.attention_layers, dims.heads, dims.k), "float32", dims.codec
-                )
-            )
-    if "value_relation" in dims.knowledge:
-        out.append(ArraySpec("value_index", (n, dims.k), "int16", "zstd"))
-        out.append(ArraySpec("value_relation", (n, dims.heads, dims.k, dims.t), q, dims.codec))
-        if int8:
-            out.append(ArraySpec("value_relation_scale", (n, dims.heads, dims.k), "float32", dims.codec))
-    if "logits" in dims.knowledge:
-        out.append(ArraySpec("logits", (n, dims.c), "float32", dims.codec))
-    return out
+    if token_types:
+        out.append(ArraySpec("token_type_ids", (n, t), "int8", "zstd", role="example"))
+    return out + plan.arrays(n)
 
 
-def dims_from_manifest(manifest) -> Dims:
-    """The Dims an extraction recorded in its ``store.manifest.Manifest``."""
-    d, spec = manifest.dims, manifest.spec
-    return Dims(
-        n=manifest.num_examples,
-        t=manifest.max_length,
-        layers=len(manifest.layers),
-        k=d.kept_tokens,
-        d=d.hidden_size,
-        c=d.classes,
-        token_types=d.token_types,
-        knowledge=tuple(spec.knowledge),
-        dtype=spec.dtype,
-        codec=spec.codec,
-        width=spec.dims.split(":")[0],
-        kept_dims=d.kept_dims,
-        slots=d.slots,
-        attention_layers=len(manifest.attention_layers),
-        heads=d.heads,
-    )
+def manifest_arrays(manifest) -> list[ArraySpec]:
+    """The arrays a cache's ``store.manifest.Manifest`` says it holds."""
+    return arrays(Plan.of_manifest(manifest), manifest.num_examples, manifest.dims.token_types)
 
 
 def chunking(specs: list[ArraySpec], n: int, shard_examples: int | None = None) -> tuple[dict[str, int], int]:

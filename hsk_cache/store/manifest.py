@@ -9,7 +9,7 @@ attributes (``manifest.data.num_examples``, ``manifest.layers``, …) instead of
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -35,7 +35,12 @@ def _thaw(value):
 
 
 class _Section:
-    """A frozen dataclass parsed from one JSON object; keys it does not know are ignored."""
+    """A frozen dataclass parsed from one JSON object; keys it does not know are ignored. Lists
+    and objects given to the constructor are frozen (tuples, read-only mappings)."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, _freeze(getattr(self, f.name)))
 
     @classmethod
     def parse(cls, raw, where: str):
@@ -74,27 +79,28 @@ class TokenizerInfo(_Section):
     vocab_size: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DataInfo(_Section):
-    """The extracted split: its source and how it was tokenized; ``fingerprint`` identifies the
-    tokenized examples; ``label_names`` in class-id order."""
+    """The extracted split: its source and how it was tokenized (``DataConfig``'s fields first);
+    ``fingerprint`` identifies the tokenized examples; ``label_names`` in class-id order."""
 
     source: str
     split: str
-    num_examples: int
-    label_names: tuple[str, ...]
-    max_length: int
-    fingerprint: str
     text_columns: tuple[str, ...] | None = None
     label_column: str | None = None
+    max_length: int
     limit: int | None = None
     task: str | None = None
+    fingerprint: str
     resolved_source: str | None = None
+    num_examples: int
+    label_names: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SpecInfo(_Section):
-    """The extraction spec in canonical form (``ExtractSpec.describe``)."""
+    """The extraction spec in canonical form (``ExtractSpec.describe``): ``attention_layers`` is
+    stored only with attention knowledge, ``value_relation_layer`` only with value relation."""
 
     layers: str
     tokens: str
@@ -102,10 +108,19 @@ class SpecInfo(_Section):
     knowledge: tuple[str, ...]
     dtype: str
     codec: str
-    seed: int
     importance_layer: int | None = None
+    seed: int
     attention_layers: str | None = None
     value_relation_layer: int | None = None
+
+    def to_dict(self) -> dict:
+        """The JSON form, keys as ``ExtractSpec.describe`` writes them."""
+        out = _thaw(self)
+        if "attention_probs" not in self.knowledge:
+            out.pop("attention_layers")
+        if "value_relation" not in self.knowledge:
+            out.pop("value_relation_layer")
+        return out
 
 
 @dataclass(frozen=True)
@@ -131,16 +146,21 @@ class LayoutInfo(_Section):
     num_shards: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Manifest:
-    """What a cache holds. Layer numbers follow hidden_states numbering (0 = embeddings, 1..L the
-    transformer layers): ``layers`` (L_k) of the stored hidden states, ``attention_layers`` (L_a)
-    of the stored attention probabilities, ``value_relation_layer`` of the value relation.
-    ``knowledge``: the kinds stored, in canonical order. ``complete``: every shard committed.
+    """What a cache holds; built once at extraction and stored as its JSON (``to_dict``, in this
+    field order, is byte for byte what the group attribute holds).
+
+    Layer numbers follow hidden_states numbering (0 = embeddings, 1..L the transformer layers):
+    ``layers`` (L_k) of the stored hidden states, ``attention_layers`` (L_a) of the stored
+    attention probabilities, ``value_relation_layer`` of the value relation. ``knowledge``: the
+    kinds stored, in canonical order. ``complete``: every shard committed.
     """
 
     format: str
     format_version: int
+    hsk_cache_version: str | None = None
+    selection_version: int | None = None
     teacher: TeacherInfo
     tokenizer: TokenizerInfo
     data: DataInfo
@@ -154,19 +174,26 @@ class Manifest:
     layout: LayoutInfo
     counts: Mapping[str, Any]
     complete: bool
-    hsk_cache_version: str | None = None
-    selection_version: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, _Section):
+                object.__setattr__(self, f.name, _freeze(value))
 
     @property
     def knowledge(self) -> tuple[str, ...]:
+        """The kinds stored, canonical order."""
         return self.spec.knowledge
 
     @property
     def num_examples(self) -> int:
+        """N."""
         return self.data.num_examples
 
     @property
     def label_names(self) -> tuple[str, ...]:
+        """Class names in id order."""
         return self.data.label_names
 
     @classmethod
@@ -199,4 +226,15 @@ class Manifest:
 
     def to_dict(self) -> dict:
         """The JSON form (as stored in the cache)."""
-        return {f.name: _thaw(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: _thaw_section(getattr(self, f.name)) for f in fields(self)}
+
+    def with_state(self, **changes) -> Manifest:
+        """A copy with ``complete`` and/or ``counts`` changed (what a writer updates)."""
+        unknown = set(changes) - {"complete", "counts"}
+        if unknown:
+            raise ValueError(f"only complete and counts change after extraction, not {sorted(unknown)}")
+        return replace(self, **{k: _freeze(v) for k, v in changes.items()})
+
+
+def _thaw_section(value):
+    return value.to_dict() if isinstance(value, _Section) else _thaw(value)

@@ -119,8 +119,7 @@ def _compare(found: commits.FileRecord | None, expected: commits.FileRecord) -> 
 
 def _check_globals(group: zarr.Group, manifest: Manifest) -> list[Problem]:
     """Arrays not chunked along N are small: decoding them checks their chunk crc32c."""
-    dims = layout.dims_from_manifest(manifest)
-    names = [spec.name for spec in layout.arrays(dims) if not spec.per_example]
+    names = [spec.name for spec in layout.manifest_arrays(manifest) if not spec.per_example]
     names += (
         [f"{TOKENIZER_GROUP}/{name}" for name in group[TOKENIZER_GROUP].array_keys()]
         if TOKENIZER_GROUP in group

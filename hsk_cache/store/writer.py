@@ -18,10 +18,13 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from hsk_cache import outputs
 from hsk_cache.errors import CacheError
+from hsk_cache.knowledge.kind import ArraySpec
 from hsk_cache.store import commits, layout
 from hsk_cache.store.lease import WriterLease
 from hsk_cache.store.location import Location
+from hsk_cache.store.manifest import Manifest
 from hsk_cache.store.reader import MANIFEST_KEY, TOKENIZER_GROUP, read_manifest
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,10 @@ log = logging.getLogger(__name__)
 class CacheWriter:
     """Owns one cache group while extraction runs."""
 
-    def __init__(self, group: zarr.Group, manifest: dict, resumed: bool = False, lease: WriterLease | None = None):
+    def __init__(
+        self, group: zarr.Group, manifest: Manifest, resumed: bool = False, lease: WriterLease | None = None
+    ) -> None:
+        """``manifest``: the typed manifest the group attribute holds (as ``manifest.to_dict()``)."""
         self.group = group
         self.manifest = manifest
         self.resumed = resumed  # reopened an existing cache of the same identity
@@ -40,7 +46,7 @@ class CacheWriter:
     def join(cls, path: str | Path, storage_options: dict | None = None) -> CacheWriter:
         """Open a cache another process (torchrun's rank 0) created, to write shards of it."""
         location = Location.of(path, storage_options)
-        return cls(location.open_group("r+"), read_manifest(location, check_version=False))
+        return cls(location.open_group("r+"), Manifest.from_dict(read_manifest(location, check_version=False)))
 
     def close(self) -> None:
         """Give the lease back (a no-op for a writer that holds none)."""
@@ -52,8 +58,8 @@ class CacheWriter:
     def open(
         cls,
         path: str | Path,
-        manifest: dict,
-        specs: list[layout.ArraySpec],
+        manifest: Manifest,
+        specs: list[ArraySpec],
         overwrite: bool = False,
         storage_options: dict | None = None,
         lease: bool = True,
@@ -71,10 +77,14 @@ class CacheWriter:
         location = path if isinstance(path, Location) else Location.of(path, storage_options)
         location.sidecar(layout.LEASE_SUFFIX)  # the lease needs a place beside the cache: not a bucket's root
         existing = _existing_manifest(location)
-        if existing is not None and not overwrite:
-            _check_same(location.url, existing, manifest)
-        else:
-            check_replaceable(location, existing, overwrite)
+        outputs.check_output(
+            repr(location.url),
+            CACHE_OUTPUT,
+            identity=layout.identity(manifest),
+            held=None if existing is None else layout.identity(existing),
+            empty=existing is None and location.is_empty(),
+            overwrite=overwrite,
+        )
         held = WriterLease.acquire(location) if lease else None
         try:
             return cls._open(location, existing, manifest, specs, overwrite, held)
@@ -87,19 +97,18 @@ class CacheWriter:
     def _open(cls, location, existing, manifest, specs, overwrite, held) -> CacheWriter:
         if existing is not None and not overwrite:
             group = location.open_group("r+")
-            manifest = {**manifest, "complete": existing.get("complete", False), "counts": existing.get("counts", {})}
+            manifest = manifest.with_state(complete=existing.get("complete", False), counts=existing.get("counts", {}))
             log.info("resuming %s", location.url)
         else:
             location.remove()
             group = location.open_group("w")
-            group.attrs[MANIFEST_KEY] = manifest
+            group.attrs[MANIFEST_KEY] = manifest.to_dict()
         writer = cls(group, manifest, resumed=existing is not None and not overwrite, lease=held)
         writer._ensure_arrays(specs)
         return writer
 
-    def _ensure_arrays(self, specs: list[layout.ArraySpec]) -> None:
-        lay = self.manifest["layout"]
-        chunk, shard = lay["chunk_examples"], lay["shard_examples"]
+    def _ensure_arrays(self, specs: list[ArraySpec]) -> None:
+        chunk, shard = self.manifest.layout.chunk_examples, self.manifest.layout.shard_examples
         present = set(self.group.array_keys())
         for spec in specs:
             if spec.name in present:
@@ -122,7 +131,7 @@ class CacheWriter:
             names = [spec.name for spec in specs if spec.per_example]
             array = self.group.create_array(
                 layout.COMMIT_ARRAY,
-                shape=(lay["num_shards"], len(names), 2),
+                shape=(self.manifest.layout.num_shards, len(names), 2),
                 dtype="uint64",
                 chunks=(1, len(names), 2),
                 compressors=compressors("none"),
@@ -200,19 +209,28 @@ class CacheWriter:
             self._array(layout.COMMIT_ARRAY)[shard] = 0
 
     def set_complete(self, complete: bool) -> None:
-        self.manifest = {**self.manifest, "complete": complete}
-        self.group.attrs[MANIFEST_KEY] = self.manifest
+        """Record ``complete`` in the stored manifest (True only once every shard is committed)."""
+        self.manifest = self.manifest.with_state(complete=complete)
+        self.group.attrs[MANIFEST_KEY] = self.manifest.to_dict()
 
-    def finish(self, counts: dict) -> dict:
-        """Mark the cache complete (last write of an extraction). Returns the final manifest."""
+    def finish(self, counts: dict) -> Manifest:
+        """Mark the cache complete (last write of an extraction). Returns the final manifest.
+
+        Raises: CacheError when a shard is not committed."""
         if not self.committed().all():
             raise CacheError("cannot finish a cache with uncommitted shards")
-        self.manifest = {**self.manifest, "counts": counts}
+        self.manifest = self.manifest.with_state(counts=counts)
         self.set_complete(True)
         return self.manifest
 
 
 ARRAY_CONFIG = {"write_empty_chunks": True}  # every chunk is stored: a missing file is damage, not fill values
+CACHE_OUTPUT = outputs.OutputKind(
+    run="a cache",
+    error=CacheError,
+    foreign="exists and is not an hsk cache: choose another --out or remove it",
+    foreign_overwrite="is not an hsk cache; refusing to delete it with --overwrite: choose another --out",
+)
 
 
 def compressors(codec: str) -> list:
@@ -230,26 +248,3 @@ def _existing_manifest(location: Location) -> dict | None:
         return read_manifest(location, check_version=False)
     except CacheError:
         return None
-
-
-def check_replaceable(location: Location, existing: dict | None, overwrite: bool) -> None:
-    """Raises: CacheError if ``location`` holds something that is not an hsk cache (without
-    ``overwrite``: anything at all; with it: anything but an empty directory)."""
-    if existing is not None or location.is_empty():
-        return
-    if not overwrite:
-        raise CacheError(f"{location.url!r} exists and is not an hsk cache: choose another --out or remove it")
-    raise CacheError(
-        f"{location.url!r} is not an hsk cache; refusing to delete it with --overwrite: choose another --out"
-    )
-
-
-def _check_same(path: str, existing: dict, manifest: dict) -> None:
-    old, new = layout.identity(existing), layout.identity(manifest)
-    differing = [key for key in new if old.get(key) != new[key]]
-    if differing:
-        key = differing[0]
-        raise CacheError(
-            f"{path!r} holds a cache with a different {key} ({old.get(key)!r} vs {new[key]!r}): "
-            "pass --overwrite to replace it, or choose another --out"
-        )

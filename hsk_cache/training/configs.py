@@ -13,10 +13,10 @@ from hsk_cache.config.run import (
     check_device,
     check_precision,
 )
-from hsk_cache.config.specs import ExtractSpec
 from hsk_cache.data.cache import DEFAULT_MEMORY_BUDGET
 from hsk_cache.distill.loss import ATTENTION_LOSSES, WIDTH_TARGETS
 from hsk_cache.errors import ConfigError
+from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models.students import StudentConfig
 
 DEFAULT_STAGES = (

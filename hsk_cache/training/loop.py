@@ -9,11 +9,10 @@ import torch
 
 from hsk_cache import distributed
 from hsk_cache.config.run import StageConfig
-from hsk_cache.knowledge import losses
 from hsk_cache.models.teacher import autocast
-from hsk_cache.training import session as session_module
 from hsk_cache.training.configs import StageResult
 from hsk_cache.training.session import Session, StageContext
+from hsk_cache.training.stop import StopRequest
 
 
 def fit(
@@ -33,7 +32,7 @@ def fit(
     rank: distributed.Rank | None = None,
 ) -> StageResult:
     """Train ``model`` for one stage: AdamW, linear warmup then decay, gradient norm clipped to 1
-    (over the student's and ``extra_params``, e.g. W_h). ``objective(model, batch) -> loss``.
+    (over the student's and ``extra_params``, e.g. W_h). ``objective(model, batch, world_size) -> loss``.
 
     Batches come from ``source.loader(batch_size, seed)`` (a pure function of (seed, epoch)),
     assembled ``num_workers`` steps ahead in a background thread (0: inline); dropout draws from
@@ -44,7 +43,7 @@ def fit(
     Data parallel (``rank`` of a torchrun job): each rank trains on its slice of every global
     batch of ``stage.batch_size``; the model and ``extra_params`` are wrapped together in
     ``DistributedDataParallel`` (gradients all-reduced); means are over the global batch
-    (``losses.global_means``), so the logged loss (averaged over ranks) and the update equal a
+    (``objective(..., world_size)``), so the logged loss (averaged over ranks) and the update equal a
     one-process run's on the same batches, up to float summation order.
     """
     from transformers import get_linear_schedule_with_warmup
@@ -66,7 +65,7 @@ def fit(
     full, rest = divmod(total, steps_per_epoch)
     examples = full * len(source) + min(rest * stage.batch_size, len(source))
     bar = progress(f"train {stage.kind}", examples, min(done * stage.batch_size, examples)) if progress else None
-    step_fn = _DataParallelStep(model, objective, extra_params, rank)
+    step_fn = _DataParallelStep(model, objective, extra_params, rank, session.stop if session is not None else None)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=precision == "fp16")  # fp16: loss scaling
     model.train()
     seen, started = 0, time.perf_counter()
@@ -109,21 +108,22 @@ def fit(
 class _Step(torch.nn.Module):
     """One module holding the student and the extra parameters (W_h): what DDP wraps."""
 
-    def __init__(self, model, objective, extra_params) -> None:
+    def __init__(self, model, objective, extra_params, world_size: int = 1) -> None:
         super().__init__()
-        self.model, self.objective = model, objective
+        self.model, self.objective, self.world_size = model, objective, world_size
         self.extra = torch.nn.ParameterList(list(extra_params))
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.objective(self.model, batch)
+        return self.objective(self.model, batch, self.world_size)
 
 
 class _DataParallelStep:
     """``objective(model, batch)``; under several ranks the model and the extra parameters run
     inside one ``DistributedDataParallel``, so all their gradients are all-reduced."""
 
-    def __init__(self, model, objective, extra_params, rank: distributed.Rank) -> None:
+    def __init__(self, model, objective, extra_params, rank: distributed.Rank, stop: StopRequest | None = None) -> None:
         self.model, self.objective, self.rank = model, objective, rank
+        self.stop = stop if stop is not None else StopRequest()  # the session's (none without one)
         self.engine = None
         if rank.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -132,7 +132,7 @@ class _DataParallelStep:
             # a stage leaves some parameters unused (the classifier in the hidden stage, W_h in
             # the prediction stage): DDP looks for them every step
             self.engine = DistributedDataParallel(
-                _Step(model, objective, extra_params),
+                _Step(model, objective, extra_params, rank.world_size),
                 device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=True,
             )
@@ -140,17 +140,16 @@ class _DataParallelStep:
     def __call__(self, batch: dict) -> torch.Tensor:
         if self.engine is None:
             return self.objective(self.model, batch)
-        with losses.global_means(self.rank.world_size):
-            return self.engine(batch)
+        return self.engine(batch)  # the objective's means are over the global batch (world_size)
 
     def global_loss(self, loss: torch.Tensor) -> float:
         """The step's loss over the global batch (the ranks' mean, one all-reduce); a stop
         request (SIGTERM, Ctrl-C) seen by any rank reaches all of them at this same step."""
         if self.engine is None:
             return float(loss.detach())
-        signum = session_module.stop_signal()
+        signum = self.stop.signal
         both = torch.tensor([float(loss.detach()), float(signum or 0)], dtype=torch.float64)
         both = distributed.all_reduce_sum(both)
         if both[1] > 0 and signum is None:
-            session_module.note_stop(signal.SIGTERM)
+            self.stop.note(signal.SIGTERM)
         return float(both[0]) / self.rank.world_size

@@ -30,6 +30,7 @@ from hsk_cache import outputs
 from hsk_cache.config.run import DEFAULT_SAVE_EVERY, Interval
 from hsk_cache.errors import CheckpointError
 from hsk_cache.training import checkpoint
+from hsk_cache.training.stop import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,13 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "hsk_train.json"
 BEST_DIR = "best"
 _OWN = (RUN_FILE, METRICS_FILE, SUMMARY_FILE, BEST_DIR, checkpoint.CHECKPOINTS)
-_STOP: dict = {"signal": None, "armed": False}  # request_stop (SIGTERM/SIGINT) while training: checkpoint, stop
+RUN_OUTPUT = outputs.OutputKind(
+    run="a run",
+    error=CheckpointError,
+    foreign="exists and holds no hsk train run: choose another --out, or pass --overwrite to write the student there",
+    fix="rerun the original command to resume it, pass --overwrite to start over, or choose another --out",
+    overwrite_replaces_foreign=True,  # a saved model, say (a later issue)
+)
 
 
 class Stopped(KeyboardInterrupt):
@@ -48,26 +55,6 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
-
-
-def request_stop(signum, frame=None) -> None:
-    """Signal handler for ``hsk train``: the first SIGTERM/SIGINT finishes the current step, writes a
-    checkpoint and stops (``Stopped``); a second one stops at once (KeyboardInterrupt)."""
-    if _STOP["signal"] is not None or not _STOP["armed"]:
-        raise KeyboardInterrupt  # a second signal, or before training started: stop now
-    _STOP["signal"] = signum
-
-
-def stop_signal() -> int | None:
-    """The signal that asked training to stop, if any."""
-    return _STOP["signal"]
-
-
-def note_stop(signum: int) -> None:
-    """Ask training to checkpoint and stop after this step, as the first signal would (another
-    rank of a data-parallel job received one)."""
-    if _STOP["signal"] is None:
-        _STOP["signal"] = signum
 
 
 @dataclass
@@ -85,9 +72,16 @@ class Session:
     """Owns ``--out`` while ``hsk train`` runs. Create with ``Session.open``."""
 
     def __init__(
-        self, out: Path, identity: dict, resume_from: Path | None, state: dict | None, writer: bool = True
+        self,
+        out: Path,
+        identity: dict,
+        resume_from: Path | None,
+        state: dict | None,
+        writer: bool = True,
+        stop: StopRequest | None = None,
     ) -> None:
         self.out, self.identity, self.writer = out, identity, writer
+        self.stop = stop if stop is not None else StopRequest()  # armed from start to close
         self.resume_from, self.state = resume_from, state  # the checkpoint resumed from, and its state.json
         self.modules: torch.nn.ModuleDict | None = None
         self.evaluator = None
@@ -110,36 +104,37 @@ class Session:
         overwrite: bool = False,
         require_checkpoint: bool = False,
         writer: bool = True,
+        stop: StopRequest | None = None,
     ) -> Session:
         """Check ``out`` against ``identity`` and find the checkpoint to resume from. Writes nothing.
         ``writer=False`` (ranks > 0 of a data-parallel job): the session resumes from the same
         checkpoint but never writes; rank 0's session writes the log, checkpoints and models.
+        ``stop``: the stop request the caller's signal handlers fill (None: a fresh one).
 
         Raises: CheckpointError when ``out`` holds a run of another config, or something that is
         not a run, and ``overwrite`` is False; or ``require_checkpoint`` and there is none.
         """
         out = Path(out)
         identity = json.loads(json.dumps(identity, default=str))
-        if overwrite or not (out / RUN_FILE).exists():
-            if (
-                not overwrite
-                and out.is_dir()
-                and any(p.name != LOCK_FILE and not p.name.startswith(".tmp-") for p in out.iterdir())
-            ):
-                raise CheckpointError(
-                    f"--out {str(out)!r} exists and holds no hsk train run: choose another --out, "
-                    "or pass --overwrite to write the student there"
-                )
+        state = outputs.check_output_dir(
+            out,
+            RUN_OUTPUT,
+            marker=RUN_FILE,
+            identity=identity,
+            read=lambda path: _read_json(path).get("identity", {}),
+            overwrite=overwrite,
+            ignore=(LOCK_FILE, ".tmp-*"),
+        )
+        if state is not outputs.OutputState.SAME:
             if require_checkpoint:
                 raise CheckpointError(
                     f"--resume: {str(out)!r} holds no checkpoint to resume from: drop --resume to start"
                 )
-            return cls(out, identity, None, None, writer)
-        _check_same(out, _read_json(out / RUN_FILE).get("identity", {}), identity)
+            return cls(out, identity, None, None, writer, stop)
         path = checkpoint.latest(out)
         if path is None and require_checkpoint:
             raise CheckpointError(f"--resume: {str(out)!r} holds no checkpoint yet: drop --resume to start over")
-        return cls(out, identity, path, checkpoint.load_state(path) if path else None, writer)
+        return cls(out, identity, path, checkpoint.load_state(path) if path else None, writer, stop)
 
     @property
     def finished(self) -> bool:
@@ -154,7 +149,7 @@ class Session:
         checkpoint, and load the checkpoint's weights into ``modules``."""
         self.modules, self.evaluator, self.save_every, self.best_stage = modules, evaluator, save_every, best_stage
         if not self.writer:
-            _STOP.update(signal=None, armed=True)
+            self.stop.arm()
             if self.resume_from is not None and not overwrite:
                 self._read_losses(self._kept_lines())
                 checkpoint.load_weights(self.resume_from, modules)
@@ -175,7 +170,7 @@ class Session:
             )
         for stale in self.out.glob(".tmp-*"):  # a write cut short by a kill
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-        _STOP.update(signal=None, armed=True)
+        self.stop.arm()
         if overwrite:
             for own in _OWN:
                 target = self.out / own
@@ -214,9 +209,9 @@ class Session:
         """Log one step; evaluate and checkpoint when due (a stage's last step is ``end_stage``'s)."""
         self.losses.setdefault(ctx.index, []).append(record["loss"])
         self._write({"event": "train", "stage": ctx.kind, "stage_index": ctx.index, "step": step, **record})
-        if _STOP["signal"] is not None and step < total:  # at a stage's end, end_stage checkpoints first
+        if self.stop.signal is not None and step < total:  # at a stage's end, end_stage checkpoints first
             self.save(ctx, step)
-            signum = int(_STOP["signal"])
+            signum = int(self.stop.signal)
             raise Stopped(f"stopped by signal {signum} after step {step} of stage {ctx.index}", signum)
         if step == total:
             return
@@ -231,8 +226,8 @@ class Session:
             self.evaluate(ctx.index, ctx.kind, total)
         self.save(ctx, total, stage_done=True)
         self._last_save = (0, time.perf_counter())
-        if _STOP["signal"] is not None:
-            signum = int(_STOP["signal"])
+        if self.stop.signal is not None:
+            signum = int(self.stop.signal)
             raise Stopped(f"stopped by signal {signum} at the end of stage {ctx.index}", signum)
 
     def save(self, ctx: StageContext, step: int, stage_done: bool = False) -> None:
@@ -303,7 +298,7 @@ class Session:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
-        _STOP.update(signal=None, armed=False)
+        self.stop.disarm()
 
     def _write(self, line: dict) -> None:
         if self._log is None:  # not the writer
@@ -333,25 +328,6 @@ class Session:
         for line in lines:
             if line.get("event") == "train":
                 self.losses.setdefault(line["stage_index"], []).append(line["loss"])
-
-
-def _check_same(out: Path, old: dict, new: dict) -> None:
-    for key, (a, b) in _differences(old, new):
-        raise CheckpointError(
-            f"--out {str(out)!r} holds a run with a different {key} ({a!r} vs {b!r}): rerun the "
-            "original command to resume it, pass --overwrite to start over, or choose another --out"
-        )
-
-
-def _differences(old, new, prefix: str = ""):
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in [*new, *(k for k in old if k not in new)]:
-            yield from _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new)):
-            yield from _differences(a, b, f"{prefix}{i}.")
-    elif old != new:
-        yield prefix.rstrip("."), (old, new)
 
 
 def _read_json(path: Path) -> dict:

@@ -34,16 +34,18 @@ from hsk_cache.training.configs import StageResult, TrainConfig, TrainResult
 from hsk_cache.training.evaluate import Evaluator
 from hsk_cache.training.loop import fit
 from hsk_cache.training.session import Session
+from hsk_cache.training.stop import StopRequest
 
 log = logging.getLogger(__name__)
 
 
-def run(config: TrainConfig, progress=None) -> TrainResult:
+def run(config: TrainConfig, progress=None, stop: StopRequest | None = None) -> TrainResult:
     """Build the source and the student, run the stages with checkpoints (resuming from the
     latest one in ``config.out``), save the student (save_pretrained).
 
     progress: optional factory ``progress(description, total, initial)`` returning a bar with
     ``update(n)``, ``set_postfix(**kw)`` and ``close()`` (a tqdm bar, for instance), in examples.
+    stop: the ``StopRequest`` the caller's signal handlers fill (None: a fresh one, no handlers).
     Raises: CacheError for a missing, incomplete or damaged cache; ConfigError for a bad layer
     map or stage, or knowledge the stages need and the source lacks; CheckpointError when
     ``config.out`` holds another run. All before anything is written.
@@ -66,7 +68,9 @@ def run(config: TrainConfig, progress=None) -> TrainResult:
         )
     else:
         source = OnlineSource(config.online_teacher, config.data, config.spec, config.teacher_precision, device)
-    session = Session.open(config.out, identity(config, source), config.overwrite, config.resume, writer=rank.is_main)
+    session = Session.open(
+        config.out, identity(config, source), config.overwrite, config.resume, writer=rank.is_main, stop=stop
+    )
     if session.finished and not config.overwrite:
         return TrainResult(
             out=config.out,

@@ -1,0 +1,242 @@
+"""What a knowledge kind is: the one interface every kind module implements.
+
+A kind (``hidden_states``, ``attention_probs``, ``value_relation``, ``logits``, …) is one module
+under ``hsk_cache/knowledge/`` holding one ``KnowledgeKind`` subclass, registered in
+``knowledge.registry``. It declares everything about the kind, and no other module knows it:
+
+- the **teacher outputs** it reads (``hidden_layers_read``, ``attention_layers_read``,
+  ``value_layer``) and whether it needs attention probabilities at all (``needs_attention``);
+- how **depth/length/width selection** applies to it (``resolve`` into the ``Plan``, ``select``);
+- its **cache arrays** (``arrays``: names, shapes, dtypes, codecs; chunking is the store's, by
+  row bytes) and **encode/decode** (quantization to the stored dtype and back to float32);
+- its **batch keys** and their collate padding (``batch_keys``, ``index_keys`` padded with −1);
+- its **size estimate** (each ``ArraySpec.role`` says how its bytes scale with kept tokens);
+- its **loss term(s)** with their options (``term``, a ``Term``), used by ``DistillationLoss``.
+
+Shape letters (DESIGN.md): B batch, N examples, T tokens (max length; T_b in a batch), K kept
+tokens, L teacher layers, L_k / L_a stored layers, H heads, D hidden width, D' kept width,
+M magnitude slots, C classes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hsk_cache.errors import ConfigError
+from hsk_cache.knowledge import quantize
+
+ITEMSIZE = {"int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "float16": 2, "int32": 4, "float32": 4, "int64": 8}
+ROLES = ("example", "index", "values", "key_rows")
+WIDTH_TARGETS = ("zero", "ignore")
+ATTENTION_LOSSES = ("kl", "mse")
+HEAD_MAPS = ("strict", "mean", "relation")
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One stored array.
+
+    Attributes:
+        name: the array's name in the Zarr group.
+        shape: its full shape, N first for per-example arrays.
+        dtype: the stored numpy dtype name (``ITEMSIZE``'s keys).
+        codec: ``none``, ``zstd`` or ``blosc``.
+        per_example: chunked along N (False for small global arrays such as dim_index, one chunk).
+        role: how the size estimate treats its bytes: ``example`` (token ids and labels, known
+            before the teacher runs), ``index`` (kept positions, −1 padded), ``values`` (float
+            knowledge at kept tokens) or ``key_rows`` (rows over all T keys: scaled by the mean
+            real length too).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    codec: str
+    per_example: bool = True
+    role: str = "values"
+
+    def row_bytes(self) -> int:
+        """Bytes of one example's row (the shape without N)."""
+        return ITEMSIZE[self.dtype] * math.prod(self.shape[1:])
+
+    def nbytes(self) -> int:
+        """Bytes of the whole array, uncompressed."""
+        return ITEMSIZE[self.dtype] * math.prod(self.shape)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossOptions:
+    """The options of the loss terms (``DistillationLoss``'s keywords; each kind reads its own).
+
+    Attributes:
+        layer_map / attention_map: ``uniform``, ``uniform:L_top`` or ``s:t,…`` pairs (student
+            layer: teacher layer), resolved against the stored layers (``select.depth.layer_map``).
+        keep_top_pairs: keep only the top N student layers of a map (None: all).
+        head_map: ``strict``, ``mean`` or ``relation`` (value relation with the teacher's head count).
+        width_target: ``zero`` (dropped dimensions are targets of 0) or ``ignore``.
+        attention_loss: ``kl`` (MiniLM Eq. 3) or ``mse`` (TinyBERT Eq. 6).
+        temperature: τ > 0 of the logits term. hard_label_weight: ≥ 0, weight of gold labels.
+    """
+
+    layer_map: str = "uniform"
+    attention_map: str = "uniform"
+    keep_top_pairs: int | None = None
+    head_map: str = "strict"
+    width_target: str = "zero"
+    attention_loss: str = "kl"
+    temperature: float = 1.0
+    hard_label_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Raises: ConfigError naming the field and value of an unknown option or a bad number."""
+        for name, allowed in (
+            ("width_target", WIDTH_TARGETS),
+            ("attention_loss", ATTENTION_LOSSES),
+            ("head_map", HEAD_MAPS),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                choices = " or ".join(allowed) if len(allowed) == 2 else "one of " + ", ".join(allowed)
+                raise ConfigError(f"unknown {{{name}}} {value!r}: use {choices}", field=name, value=value)
+        if not self.temperature > 0 or self.hard_label_weight < 0:
+            raise ConfigError(
+                f"{{temperature}} {self.temperature} / {{hard_label_weight}} {self.hard_label_weight}: "
+                "use a temperature > 0 and a weight ≥ 0",
+                field="temperature",
+                value=self.temperature,
+            )
+
+
+class Term:
+    """One kind's loss term against a student, resolved once (layer pairs, heads, W_h).
+
+    ``DistillationLoss`` asks every active term for the student outputs it needs, registers the
+    modules it owns (W_h) so optimizers and checkpoints see them, and sums the returned values.
+    """
+
+    name: str = ""
+    stage: str = "hidden"  # the hsk train stage that trains it: hidden (intermediate) or prediction
+
+    def output_flags(self) -> dict[str, bool]:
+        """The ``output_hidden_states`` / ``output_attentions`` flags this term needs."""
+        return {}
+
+    @property
+    def value_layer(self) -> int | None:
+        """The student layer (1-based) whose value vectors this term reads, or None."""
+        return None
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Trainable modules the term owns, by attribute name (W_h: ``projection``)."""
+        return {}
+
+    def __call__(self, outputs, values, batch: dict, world_size: int = 1) -> dict[str, torch.Tensor]:
+        """{term name: scalar float32 loss} for one batch (``world_size``: the global-batch means
+        of ``losses``)."""
+        raise NotImplementedError
+
+
+class KnowledgeKind:
+    """The interface of one knowledge kind (see the module docstring). Subclasses set ``name``,
+    ``batch_keys`` and ``index_keys`` and override what applies to them."""
+
+    name: str = ""
+    batch_keys: tuple[str, ...] = ()
+    index_keys: tuple[str, ...] = ()  # batch keys padded with −1 when collated (the rest: 0 / False)
+    term_names: tuple[str, ...] = ()  # the loss terms it reports (``logits`` also reports ``labels``)
+    stage: str = "hidden"  # hidden (intermediate layers) or prediction
+
+    def needs_attention(self, spec) -> bool:
+        """Whether extraction of this kind needs the teacher's attention probabilities."""
+        return False
+
+    def resolve(self, spec, config, max_length: int, selected: bool) -> dict:
+        """Fields of the ``Plan`` this kind fixes for a teacher with transformers ``config`` and
+        inputs of ``max_length`` tokens (``selected``: the spec asks for this kind).
+        Raises: ConfigError for layers outside the teacher."""
+        return {}
+
+    def hidden_layers_read(self, plan) -> set[int]:
+        """Hidden-state layers (0 = embeddings) whose [B, T, D] outputs selection reads."""
+        return set()
+
+    def attention_layers_read(self, plan) -> set[int]:
+        """Attention layers (1-based) whose [B, H, T, T] probabilities selection reads."""
+        return set()
+
+    def value_layer(self, plan) -> int | None:
+        """The teacher layer (1-based) whose value projection must be captured, or None."""
+        return None
+
+    def select(self, outputs, batch, plan) -> dict[str, torch.Tensor]:
+        """One batch's teacher outputs (``plan.TeacherOutputs``) → this kind's batch tensors."""
+        raise NotImplementedError
+
+    def arrays(self, plan, n: int) -> list[ArraySpec]:
+        """The cache arrays of this kind for N = ``n`` examples."""
+        raise NotImplementedError
+
+    def encode(self, knowledge: dict, plan) -> dict[str, np.ndarray]:
+        """Batch tensors of this kind → rows of its arrays (token axis padded to K, keys to T)."""
+        raise NotImplementedError
+
+    def decode(self, rows: dict[str, np.ndarray], plan, width: int) -> dict[str, torch.Tensor]:
+        """Rows of its arrays for one batch → batch tensors (float32), keys trimmed to ``width``."""
+        raise NotImplementedError
+
+    def term(self, plan, student_config, options: LossOptions) -> Term:
+        """The loss term of this kind for a student with transformers ``student_config``.
+        Raises: ConfigError when the options cannot serve this student and knowledge."""
+        raise NotImplementedError
+
+
+def pad(x, axis: int, size: int, value) -> np.ndarray:
+    """Pad a tensor or array along ``axis`` to ``size`` with ``value``; returns numpy."""
+    x = x.numpy() if isinstance(x, torch.Tensor) else x
+    if x.shape[axis] == size:
+        return x
+    shape = list(x.shape)
+    shape[axis] = size - x.shape[axis]
+    return np.concatenate([x, np.full(shape, value, dtype=x.dtype)], axis=axis)
+
+
+def quantized(out: dict, name: str, values: np.ndarray, dtype: str) -> None:
+    """``out[name]`` ← values in the stored dtype, and ``out[name + "_scale"]`` for int8."""
+    out[name], scale = quantize.encode(values, dtype)
+    if scale is not None:
+        out[f"{name}_scale"] = scale
+
+
+def dequantized(rows: dict, name: str, dtype: str) -> np.ndarray:
+    """Rows of array ``name`` (and its ``_scale``) back to float32."""
+    return quantize.decode(rows[name], rows.get(f"{name}_scale"), dtype)
+
+
+def value_arrays(name: str, shape: tuple[int, ...], plan, role: str = "values") -> list[ArraySpec]:
+    """A float knowledge array in the plan's stored dtype and codec, with its int8 scale."""
+    dtype, codec = plan.spec.dtype, plan.spec.codec
+    out = [ArraySpec(name, shape, quantize.STORAGE_DTYPE[dtype], codec, role=role)]
+    if quantize.needs_scale(dtype):
+        out.append(ArraySpec(f"{name}_scale", shape[:-1], "float32", codec))
+    return out
+
+
+def index_array(name: str, shape: tuple[int, ...]) -> ArraySpec:
+    """Kept positions, int16 with −1 padding, zstd."""
+    return ArraySpec(name, shape, "int16", "zstd", role="index")
+
+
+def check_layer(layer: int, depth: int, name: str) -> int:
+    """``layer`` when it is an attention layer 1..depth. Raises: ConfigError naming field ``name``."""
+    if not 1 <= layer <= depth:
+        raise ConfigError(f"{{{name}}} {layer}: the teacher has attention layers 1..{depth}", field=name, value=layer)
+    return layer
+
+
+def trim(index: np.ndarray) -> int:
+    """Kept-token width of a batch: −1 entries trail, so the widest valid prefix suffices."""
+    return max(1, int((index >= 0).sum(axis=-1).max()))

@@ -1,0 +1,226 @@
+"""One resolved plan: an ``ExtractSpec`` resolved against one teacher, once.
+
+``Plan.make`` fixes every number later steps read: the stored layers of each kind, K kept
+tokens, D' kept dimensions and the dimension index, M magnitude slots, H heads, C classes, the
+token ids never kept. Extraction, online distillation, the cache layout, encode/decode, the size
+estimate and the loss terms all read this one object (``Plan.of_manifest`` rebuilds it from a
+cache), so nothing re-derives K, D' or M. ``select`` is the single definition of what a spec keeps:
+extraction stores its output and online distillation feeds it straight to the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hsk_cache.knowledge import registry
+from hsk_cache.knowledge.kind import check_layer
+from hsk_cache.knowledge.spec import ExtractSpec
+from hsk_cache.select import length
+
+
+@dataclass
+class TeacherOutputs:
+    """What one teacher forward returns for selection, on the CPU in float32.
+
+    hidden_states: L+1 entries [B, T, D] (0 = embedding output). attentions: L entries
+    [B, H, T, T] (softmax over keys), or None when no attention is needed. Entries selection does
+    not read are None (``Plan.hidden_layers_read`` / ``attention_layers_read``). values: [B, T, D]
+    value projection of ``Plan.value_layer``, or None. logits: [B, C].
+    """
+
+    hidden_states: tuple[torch.Tensor | None, ...]
+    attentions: tuple[torch.Tensor | None, ...] | None
+    values: torch.Tensor | None
+    logits: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A spec resolved against one teacher (or read back from a cache's manifest).
+
+    Attributes:
+        spec: the ``ExtractSpec``. max_length: T. kept_tokens: K, the stored token axis.
+        teacher_layers: L. hidden_size: D. heads: H. classes: C.
+        layers: hidden-state layers stored (L_k; 0 = embeddings). attention_layers: attention
+            layers stored (L_a, 1..L). value_relation_layer: the value-relation layer or None.
+        kept_dims: D' (uniform/random width; D otherwise). slots: M, magnitude values per
+            example-layer (0 without magnitude width). dim_index: [D'] int64 kept dimensions
+            (uniform/random width) or None.
+        excluded_ids: token ids never kept without ``+sep`` (separator and end-of-sequence).
+    """
+
+    spec: ExtractSpec
+    max_length: int
+    kept_tokens: int
+    teacher_layers: int
+    hidden_size: int
+    heads: int
+    classes: int
+    layers: tuple[int, ...] = ()
+    attention_layers: tuple[int, ...] = ()
+    value_relation_layer: int | None = None
+    kept_dims: int = 0
+    slots: int = 0
+    dim_index: np.ndarray | None = None
+    excluded_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def make(cls, spec: ExtractSpec, config, tokenizer, max_length: int) -> Plan:
+        """Resolve ``spec`` against a teacher's transformers ``config`` and its tokenizer.
+
+        Raises: ConfigError for a layer beyond the teacher's depth, or K above ``max_length``.
+        """
+        spec.tokens.check(max_length)
+        if spec.importance_layer is not None:
+            check_layer(spec.importance_layer, config.num_hidden_layers, "importance_layer")
+        fields = {}
+        for kind in registry.KINDS:
+            fields.update(kind.resolve(spec, config, max_length, kind.name in spec.knowledge))
+        return cls(
+            spec=spec,
+            max_length=max_length,
+            kept_tokens=spec.tokens.kept_tokens(max_length),
+            teacher_layers=config.num_hidden_layers,
+            hidden_size=config.hidden_size,
+            heads=config.num_attention_heads,
+            classes=config.num_labels,
+            excluded_ids=excluded_token_ids(tokenizer),
+            **fields,
+        )
+
+    @classmethod
+    def of_manifest(cls, manifest, dim_index: np.ndarray | None = None) -> Plan:
+        """The plan a cache was extracted with, from its ``store.manifest.Manifest`` (and its
+        stored ``dim_index`` [D'] int, when it has one)."""
+        s, d = manifest.spec, manifest.dims
+        spec = ExtractSpec.parse(
+            layers=s.layers,
+            tokens=s.tokens,
+            dims=s.dims,
+            knowledge=s.knowledge,
+            dtype=s.dtype,
+            codec=s.codec,
+            attention_layers=s.attention_layers or "last",
+            value_relation_layer=s.value_relation_layer,
+            importance_layer=s.importance_layer,
+            seed=s.seed,
+        )
+        return cls(
+            spec=spec,
+            max_length=manifest.max_length,
+            kept_tokens=d.kept_tokens,
+            teacher_layers=manifest.teacher.num_layers,
+            hidden_size=d.hidden_size,
+            heads=d.heads,
+            classes=d.classes,
+            layers=tuple(manifest.layers),
+            attention_layers=tuple(manifest.attention_layers),
+            value_relation_layer=manifest.value_relation_layer,
+            kept_dims=d.kept_dims,
+            slots=d.slots,
+            dim_index=None if dim_index is None else np.asarray(dim_index, dtype=np.int64),
+        )
+
+    @property
+    def knowledge(self) -> tuple[str, ...]:
+        """The kinds stored, in the registry's canonical order."""
+        return self.spec.knowledge
+
+    @property
+    def kinds(self) -> tuple:
+        """The ``KnowledgeKind`` objects of ``knowledge``."""
+        return registry.kinds(self.knowledge)
+
+    @property
+    def teacher_hidden_size(self) -> int:
+        """D (the name ``DistillationLoss`` reads for W_h's output width)."""
+        return self.hidden_size
+
+    @property
+    def teacher_heads(self) -> int:
+        """H."""
+        return self.heads
+
+    @property
+    def value_layer(self) -> int | None:
+        """The teacher layer whose value projection a teacher forward must capture, or None."""
+        layers = {kind.value_layer(self) for kind in self.kinds} - {None}
+        return max(layers) if layers else None
+
+    def hidden_layers_read(self) -> set[int]:
+        """Hidden-state layers whose [B, T, D] outputs selection reads."""
+        return set().union(*(kind.hidden_layers_read(self) for kind in self.kinds))
+
+    def attention_layers_read(self) -> set[int]:
+        """Attention layers (1-based) whose probabilities selection reads: rank sources and stored rows."""
+        return set().union(*(kind.attention_layers_read(self) for kind in self.kinds))
+
+    def ranking_layer(self, layer: int) -> int:
+        """The attention layer whose [CLS] row ranks tokens for knowledge of ``layer`` (1-based):
+        the spec's importance layer, else ``layer`` itself."""
+        return self.spec.importance_layer or layer
+
+    def select_tokens(self, outputs: TeacherOutputs, batch, layer: int) -> torch.Tensor:
+        """token_index [B, K] int64 (−1 = none) for the spec's length strategy; top-k ranks by the
+        [CLS] attention of attention layer ``self.ranking_layer(layer)``.
+
+        Source: Liu et al. 2021, §4.2 (left, random and attention-based length selection; the
+        ``+sep`` suffix keeps [SEP] eligible, "attention w/o [SEP]" otherwise).
+        """
+        tokens = self.spec.tokens
+        mask = batch.attention_mask.bool()
+        lengths = mask.sum(dim=1)
+        k = tokens.kept_tokens(mask.shape[1])
+        if tokens.kind == "all":
+            return length.all_tokens(lengths, k)
+        if tokens.kind == "cls":
+            return length.cls_token(lengths)
+        eligible = mask
+        if not tokens.with_sep:
+            excluded = torch.tensor(self.excluded_ids, dtype=batch.input_ids.dtype)
+            eligible = mask & ~torch.isin(batch.input_ids, excluded)
+        if tokens.kind == "left":
+            scores = length.left_scores(eligible)
+        elif tokens.kind == "random":
+            scores = length.random_scores(eligible, batch.example_ids, self.spec.seed)
+        else:
+            scores = length.cls_importance(outputs.attentions[self.ranking_layer(layer) - 1])
+        return length.topk_tokens(scores, eligible, length.tokens_per_example(tokens, lengths), k)
+
+    def select(self, outputs: TeacherOutputs, batch) -> dict[str, torch.Tensor]:
+        """Apply the spec's depth, length and width selection to one batch of teacher outputs:
+        every kind's batch tensors (the ``knowledge.batch`` format)."""
+        out = {}
+        for kind in self.kinds:
+            out.update(kind.select(outputs, batch, self))
+        return out
+
+    def encode(self, knowledge: dict) -> dict[str, np.ndarray]:
+        """One batch's selected tensors → rows of every knowledge array (``KnowledgeKind.encode``)."""
+        out = {}
+        for kind in self.kinds:
+            out.update(kind.encode(knowledge, self))
+        return out
+
+    def decode(self, rows: dict[str, np.ndarray], width: int) -> dict[str, torch.Tensor]:
+        """Rows of the knowledge arrays for one batch → batch tensors, keys trimmed to ``width`` (T_b)."""
+        out = {}
+        for kind in self.kinds:
+            out.update(kind.decode(rows, self, width))
+        return out
+
+    def arrays(self, n: int) -> list:
+        """The knowledge arrays (``kind.ArraySpec``) of a cache of ``n`` examples, in kind order."""
+        return [spec for kind in self.kinds for spec in kind.arrays(self, n)]
+
+
+StoredKnowledge = Plan  # the public name of what a knowledge source provides (``hsk_cache.StoredKnowledge``)
+
+
+def excluded_token_ids(tokenizer) -> tuple[int, ...]:
+    """Ids never kept unless the ``+sep`` variant: the separator (and end-of-sequence) tokens."""
+    ids = {tokenizer.sep_token_id, tokenizer.eos_token_id} - {None, tokenizer.cls_token_id}
+    return tuple(sorted(ids))

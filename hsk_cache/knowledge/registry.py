@@ -1,0 +1,55 @@
+"""The registered knowledge kinds, in canonical order: the one list of what a kind is.
+
+The order is the order of ``ExtractSpec.knowledge``, of the manifest's ``spec.knowledge``, of a
+cache's arrays and of a batch's keys. Adding a kind: write its module (a ``KnowledgeKind``
+subclass, see ``knowledge.kind``) and add an instance here; docs/architecture.md lists the steps.
+"""
+
+from __future__ import annotations
+
+from hsk_cache.errors import ConfigError
+from hsk_cache.knowledge.attention_probs import AttentionProbs
+from hsk_cache.knowledge.hidden_states import HiddenStates
+from hsk_cache.knowledge.kind import KnowledgeKind
+from hsk_cache.knowledge.logits import Logits
+from hsk_cache.knowledge.value_relation import ValueRelation
+
+KINDS: tuple[KnowledgeKind, ...] = (HiddenStates(), AttentionProbs(), ValueRelation(), Logits())
+_BY_NAME = {kind.name: kind for kind in KINDS}
+
+
+def names() -> tuple[str, ...]:
+    """The kinds' names, canonical order."""
+    return tuple(_BY_NAME)
+
+
+def kind(name: str) -> KnowledgeKind:
+    """The kind called ``name``. Raises: ConfigError (field ``knowledge``) for an unknown one."""
+    if name not in _BY_NAME:
+        raise ConfigError(f"unknown knowledge kind {name!r}: use one of {', '.join(_BY_NAME)}", field="knowledge")
+    return _BY_NAME[name]
+
+
+def kinds(selected) -> tuple[KnowledgeKind, ...]:
+    """The kinds named in ``selected``, canonical order."""
+    return tuple(k for k in KINDS if k.name in selected)
+
+
+def batch_keys() -> tuple[str, ...]:
+    """Every knowledge key a batch may hold, canonical order."""
+    return tuple(key for k in KINDS for key in k.batch_keys)
+
+
+def pad_values() -> dict[str, int]:
+    """Collate padding of the knowledge keys that are not 0 / False: −1 for kept-position indexes."""
+    return {key: -1 for k in KINDS for key in k.index_keys}
+
+
+def term_names() -> tuple[str, ...]:
+    """The loss terms the kinds define (``DistillationLoss`` terms), canonical order."""
+    return tuple(k.name for k in KINDS)
+
+
+def intermediate_terms() -> tuple[str, ...]:
+    """The terms of ``hsk train``'s hidden (intermediate-layer) stage."""
+    return tuple(k.name for k in KINDS if k.stage == "hidden")

@@ -1,0 +1,127 @@
+"""``ExtractSpec``: what knowledge to take from the teacher and how to store it.
+
+The kinds it may name, and their canonical order, are the registry's (``knowledge.registry``);
+depth, length and width strategies parse with ``config.specs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hsk_cache.config.specs import CODECS, DTYPES, DimSpec, LayerSpec, TokenSpec
+from hsk_cache.errors import ConfigError
+from hsk_cache.knowledge import registry
+
+
+@dataclass(frozen=True)
+class ExtractSpec:
+    """What knowledge to take from the teacher and how to store it.
+
+    Attributes:
+        layers: depth of the hidden states (``LayerSpec``). tokens: length (``TokenSpec``).
+        dims: width (``DimSpec``). knowledge: the kinds, canonical (registry) order.
+        dtype: stored precision (``config.specs.DTYPES``). codec: ``none``, ``zstd`` or ``blosc``.
+        attention_layers: teacher layers (1..L) whose attention probabilities are stored, for the
+            kept query tokens over all keys.
+        value_relation_layer: the layer (1..L, None = last) whose value relation
+            softmax(V·Vᵀ/√d_head) is stored (MiniLM).
+        importance_layer: the layer whose [CLS] attention ranks tokens for top-k (None = the
+            stored layer itself).
+        seed: random token and dimension choices.
+    Raises: ConfigError (field ``dtype``, ``codec`` or ``knowledge``) for an unknown value.
+    """
+
+    layers: LayerSpec = field(default_factory=LayerSpec)
+    tokens: TokenSpec = field(default_factory=TokenSpec)
+    dims: DimSpec = field(default_factory=DimSpec)
+    knowledge: tuple[str, ...] = ("hidden_states", "logits")
+    dtype: str = "float16"
+    codec: str = "none"
+    attention_layers: LayerSpec = field(default_factory=LayerSpec)
+    value_relation_layer: int | None = None
+    importance_layer: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown {{dtype}} {self.dtype!r}: use one of {', '.join(DTYPES)}", field="dtype")
+        if self.codec not in CODECS:
+            raise ConfigError(f"unknown {{codec}} {self.codec!r}: use one of {', '.join(CODECS)}", field="codec")
+        names = registry.names()
+        unknown = set(self.knowledge) - set(names)
+        if unknown or not self.knowledge:
+            raise ConfigError(
+                f"unknown knowledge kind(s) {sorted(unknown)}: use a comma list of {', '.join(names)}",
+                field="knowledge",
+            )
+        # canonical: deduplicated, in registry order, so describe() ignores the order given
+        object.__setattr__(self, "knowledge", tuple(k for k in names if k in self.knowledge))
+
+    @property
+    def needs_attention(self) -> bool:
+        """The teacher must return attention probabilities (eager attention): some kind asks."""
+        return any(kind.needs_attention(self) for kind in registry.kinds(self.knowledge))
+
+    def describe(self) -> dict:
+        """The canonical JSON form stored in the manifest and compared on resume."""
+        out = {
+            "layers": self.layers.describe(),
+            "tokens": self.tokens.describe(),
+            "dims": self.dims.describe(),
+            "knowledge": list(self.knowledge),
+            "dtype": self.dtype,
+            "codec": self.codec,
+            "importance_layer": self.importance_layer,
+            "seed": self.seed,
+        }
+        if "attention_probs" in self.knowledge:
+            out["attention_layers"] = self.attention_layers.describe()
+        if "value_relation" in self.knowledge:
+            out["value_relation_layer"] = self.value_relation_layer
+        return out
+
+    @classmethod
+    def parse(
+        cls,
+        layers="last",
+        tokens="all",
+        dims="all",
+        knowledge="hidden_states,logits",
+        dtype="float16",
+        codec="none",
+        attention_layers="last",
+        value_relation_layer=None,
+        importance_layer=None,
+        seed=0,
+    ) -> ExtractSpec:
+        """A spec from its strings (as ``hsk extract`` takes them; ``knowledge`` a comma list or
+        a sequence). Raises: ConfigError naming the field and the value."""
+        kinds = (
+            tuple(k.strip() for k in knowledge.split(",") if k.strip())
+            if isinstance(knowledge, str)
+            else tuple(knowledge)
+        )
+        return cls(
+            LayerSpec.parse(layers),
+            TokenSpec.parse(tokens),
+            DimSpec.parse(dims),
+            kinds,
+            dtype,
+            codec,
+            LayerSpec.parse(attention_layers, "attention_layers"),
+            _layer_number(value_relation_layer, "value_relation_layer"),
+            _layer_number(importance_layer, "importance_layer"),
+            seed,
+        )
+
+
+def _layer_number(value, name: str) -> int | None:
+    if value is None or value == "last" or value == "same":
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{{{name}}} {value!r}: use a layer number ≥ 1 or last", field=name) from None
+    if number < 1:
+        raise ConfigError(f"{{{name}}} {value!r}: attention layers count from 1", field=name)
+    return number
