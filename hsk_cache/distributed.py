@@ -88,6 +88,7 @@ def shutdown() -> None:
 
 
 def barrier() -> None:
+    """Wait until every rank gets here (nothing to wait for in a single process)."""
     if current().enabled:
         dist.barrier()
 

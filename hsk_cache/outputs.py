@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hsk_cache.errors import HskError
+
 
 class OutputState(enum.Enum):
     """What a new run does with its output, as ``check_output`` decides."""
@@ -26,17 +28,18 @@ class OutputKind:
 
     Attributes:
         run: the kind's run, as in "holds {run} with a different seed": "a cache", "a run".
-        error: the error class every refusal raises.
+        error: the error class every refusal raises (with ``field="out"``).
         foreign: the refusal of an output that holds something else, after its name.
         fix: what to do about a run of other settings, after the difference.
+        Messages name settings by ``{field}`` placeholders (``{out}``, ``{overwrite}``).
         foreign_overwrite: the refusal of something else under ``overwrite`` ("": ``foreign``).
         overwrite_replaces_foreign: ``overwrite`` replaces anything at all instead of refusing it.
     """
 
     run: str
-    error: type[Exception]
+    error: type[HskError]
     foreign: str
-    fix: str = "pass --overwrite to replace it, or choose another --out"
+    fix: str = "pass {overwrite} to replace it, or choose another {out}"
     foreign_overwrite: str = ""
     overwrite_replaces_foreign: bool = False
 
@@ -54,7 +57,7 @@ def check_output(
     directory: ``check_output_dir``; a cache at a URL: its manifest and listing).
 
     Args:
-        where: the output as messages name it, e.g. ``"--out '/runs/a'"`` or ``"'s3://b/cache'"``.
+        where: the output as messages name it, e.g. ``"{out} '/runs/a'"`` or ``"'s3://b/cache'"``.
         kind: the kind of run the output is for.
         identity: this run's identity (JSON form): the settings a resumed run must match.
         held: None when the output holds no run of this kind; else the identity of the run it
@@ -74,11 +77,13 @@ def check_output(
             return OutputState.FREE
         if overwrite and kind.overwrite_replaces_foreign:
             return OutputState.REPLACE
-        raise kind.error(f"{where} {(kind.foreign_overwrite if overwrite else '') or kind.foreign}")
+        raise kind.error(f"{where} {(kind.foreign_overwrite if overwrite else '') or kind.foreign}", field="out")
     if overwrite:
         return OutputState.REPLACE
     for key, (old, new) in _differences(held() if callable(held) else held, identity):
-        raise kind.error(f"{where} holds {kind.run} with a different {key} ({old!r} vs {new!r}): {kind.fix}")
+        raise kind.error(
+            f"{where} holds {kind.run} with a different {key} ({old!r} vs {new!r}): {kind.fix}", field="out"
+        )
     return OutputState.SAME
 
 
@@ -92,7 +97,7 @@ def check_output_dir(
     overwrite: bool,
     ignore: tuple[str, ...] = (),
 ) -> OutputState:
-    """``check_output`` for a local directory, named ``--out PATH`` in messages.
+    """``check_output`` for a local directory, named ``{out} PATH`` in messages.
 
     Args:
         path: the output directory (it need not exist).
@@ -110,9 +115,9 @@ def check_output_dir(
         kind.error: ``path`` is a file, or as ``check_output``; ``read``'s errors.
     """
     path = Path(path)
-    where = f"--out {str(path)!r}"
+    where = f"{{out}} {str(path)!r}"
     if path.exists() and not path.is_dir():
-        raise kind.error(f"{where} is a file: give a directory for {kind.run}")
+        raise kind.error(f"{where} is a file: give a directory for {kind.run}", field="out", value=str(path))
     mark = path / marker
     if mark.is_file():
         return check_output(where, kind, identity=identity, held=lambda: read(mark), empty=False, overwrite=overwrite)

@@ -103,7 +103,7 @@ def test_max_positions_subtracts_the_padding_offset_of_roberta_families():
     assert families.max_positions(XLMRobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
     assert families.max_positions({"model_type": "camembert", "max_position_embeddings": 514, "pad_token_id": 1}) == 512
     models.check_max_length(RobertaConfig(max_position_embeddings=514, pad_token_id=1), 512)
-    with pytest.raises(ConfigError, match="--max-length 513 exceeds the teacher's 512 position embeddings"):
+    with pytest.raises(ConfigError, match="max_length 513 exceeds the teacher's 512 position embeddings"):
         models.check_max_length(RobertaConfig(max_position_embeddings=514, pad_token_id=1), 513)
 
 

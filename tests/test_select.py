@@ -89,7 +89,7 @@ def test_token_spec_rejects_bad_values(bad):
 
 
 def test_token_spec_rejects_k_beyond_max_length():
-    with pytest.raises(ConfigError, match="max-length 16"):
+    with pytest.raises(ConfigError, match="max_length 16"):
         TokenSpec.parse("topk:17").check(16)
     with pytest.raises(ConfigError, match="outside the teacher's 0..6"):
         LayerSpec.parse("7").resolve(6)

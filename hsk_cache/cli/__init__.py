@@ -22,6 +22,8 @@ FLAGS = {
     "memory_budget_bytes": "--memory-budget-gb",
     "student.family": "--student-family",
     "student.init_layers": "--init-layers",
+    "stages.hidden.epochs": "--hidden-epochs",
+    "stages.prediction.epochs": "--pred-epochs",
 }
 
 

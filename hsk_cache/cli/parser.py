@@ -10,6 +10,8 @@ from hsk_cache.models.families import FAMILIES
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``hsk`` argument parser: ``-v/--verbose`` and one subcommand (finetune, extract, train,
+    eval, info, verify, augment), its name in ``args.command``."""
     parser = argparse.ArgumentParser(
         prog="hsk",
         description="Extract a teacher's knowledge once into a Zarr cache; train students from it without the teacher.",

@@ -39,13 +39,24 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.max_length < 2:
-            raise ConfigError(f"--max-length {self.max_length} is too small: use at least 2 ([CLS] and [SEP])")
+            raise ConfigError(
+                f"{{max_length}} {self.max_length} is too small: use at least 2 ([CLS] and [SEP])",
+                field="max_length",
+                value=self.max_length,
+            )
         if self.text_columns is not None and not 1 <= len(self.text_columns) <= 2:
-            raise ConfigError(f"--text-columns {self.text_columns}: give one column, or two for sentence pairs")
+            raise ConfigError(
+                f"{{text_columns}} {self.text_columns}: give one column, or two for sentence pairs",
+                field="text_columns",
+                value=self.text_columns,
+            )
         if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit {self.limit}: use a positive number of examples")
+            raise ConfigError(
+                f"{{limit}} {self.limit}: use a positive number of examples", field="limit", value=self.limit
+            )
 
     def describe(self) -> dict:
+        """The fields as a JSON-ready dict (stored in a cache's manifest ``data`` section)."""
         return asdict(self)
 
 
@@ -74,18 +85,28 @@ def check_device(device: str) -> str:
     import torch
 
     if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ConfigError(f"unknown --device {device!r}: use cpu, cuda or cuda:N")
+        raise ConfigError(f"unknown {{device}} {device!r}: use cpu, cuda or cuda:N", field="device", value=device)
     if device != "cpu" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+        raise ConfigError(
+            f"{{device}} {device}: no CUDA GPU is available here; use {{device}} cpu", field="device", value=device
+        )
     return device
 
 
-def check_precision(precision: str, device: str = "cpu", option: str = "--precision") -> str:
-    """Raises ConfigError for an unknown precision, or fp16 off the GPU (bf16 is the CPU's)."""
+def check_precision(precision: str, device: str = "cpu", field: str = "precision") -> str:
+    """``precision`` when it is fp32, bf16 or fp16 (fp16 on CUDA only: bf16 is the CPU's).
+
+    Args: precision; device: where it runs; field: the setting named in errors (``precision``,
+        ``teacher_precision``).
+    Raises: ConfigError naming ``field`` and the value.
+    """
+    field = field[2:].replace("-", "_") if field.startswith("--") else field  # a flag given: its field
     if precision not in PRECISIONS:
-        raise ConfigError(f"unknown {option} {precision!r}: use one of {', '.join(PRECISIONS)}")
+        raise ConfigError(
+            f"unknown {{{field}}} {precision!r}: use one of {', '.join(PRECISIONS)}", field=field, value=precision
+        )
     if precision == "fp16" and not device.startswith("cuda"):
-        raise ConfigError(f"{option} fp16 needs --device cuda: use bf16 on the CPU")
+        raise ConfigError(f"{{{field}}} fp16 needs {{device}} cuda: use bf16 on the CPU", field=field, value=precision)
     return precision
 
 
@@ -107,36 +128,49 @@ class Interval:
         match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?", text)
         if match is None:
             raise ConfigError(
-                f"--save-every {text!r}: use a step count like 500, a duration like 90s, 5min or 2h, or 0"
+                f"{{save_every}} {text!r}: use a step count like 500, a duration like 90s, 5min or 2h, or 0",
+                field="save_every",
+                value=text,
             )
         value, unit = float(match.group(1)), match.group(2)
         if value == 0:
             return cls()
         if unit is None:
             if value != int(value):
-                raise ConfigError(f"--save-every {text!r}: a step count must be a whole number")
+                raise ConfigError(
+                    f"{{save_every}} {text!r}: a step count must be a whole number", field="save_every", value=text
+                )
             return cls(steps=int(value))
         return cls(seconds=value * _UNITS[unit])
 
     def due(self, steps_since: int, seconds_since: float) -> bool:
+        """Whether a checkpoint is due ``steps_since`` steps and ``seconds_since`` seconds after the last."""
         if self.steps is not None:
             return steps_since >= self.steps
         return self.seconds is not None and seconds_since >= self.seconds
 
     def describe(self) -> str:
+        """``every N steps``, ``every S s`` or ``at stage ends``."""
         if self.steps is not None:
             return f"every {self.steps} steps"
         return f"every {self.seconds:g} s" if self.seconds is not None else "at stage ends"
 
 
 def parse_storage_options(text: str | None) -> dict:
-    """``--storage-options`` JSON → dict. Raises: ConfigError naming the text when it is not a JSON object."""
+    """Storage options as JSON text → dict. Raises: ConfigError (field ``storage_options``) when the
+    text is not a JSON object."""
     if not text:
         return {}
     try:
         options = json.loads(text)
     except ValueError as err:
-        raise ConfigError(f"--storage-options {text!r} is not JSON ({err}): pass a JSON object") from None
+        raise ConfigError(
+            f"{{storage_options}} {text!r} is not JSON ({err}): pass a JSON object", field="storage_options", value=text
+        ) from None
     if not isinstance(options, dict):
-        raise ConfigError(f"--storage-options {text!r}: pass a JSON object such as '{{\"anon\": false}}'")
+        raise ConfigError(
+            f"{{storage_options}} {text!r}: pass a JSON object such as '{{\"anon\": false}}'",
+            field="storage_options",
+            value=text,
+        )
     return options

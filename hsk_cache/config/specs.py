@@ -1,8 +1,9 @@
-"""Frozen, validated configuration: parsed once at the boundary, trusted everywhere after.
+"""Selection specs: frozen, validated, parsed once at the boundary, trusted everywhere after.
 
-Strategy strings (``--layers``, ``--tokens``, ``--dims``) parse into small frozen dataclasses whose
-``describe()`` gives the canonical string stored in the cache manifest, so two specs are equal iff
-their manifests say the same thing.
+Strategy strings (the ``layers``, ``tokens`` and ``dims`` of an ``ExtractSpec``) parse into small
+frozen dataclasses whose ``describe()`` gives the canonical string stored in the cache manifest,
+so two specs are equal iff their manifests say the same thing. Storage choices (``DTYPES``,
+``CODECS``) are listed here too.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ TOKEN_STRATEGIES = ("all", "cls", "left", "random", "topk")
 DIM_STRATEGIES = ("all", "uniform", "random", "magnitude")
 
 
-def _count(text: str, option: str, value: str) -> int:
+def _count(text: str, field: str, value: str) -> int:
     try:
         k = int(value)
     except ValueError:
-        raise ConfigError(f"{option} {text!r}: K must be an integer, e.g. {option} top:2") from None
+        raise ConfigError(
+            f"{{{field}}} {text!r}: K must be an integer, e.g. {{{field}}} top:2", field=field, value=text
+        ) from None
     if k <= 0:
-        raise ConfigError(f"{option} {text!r}: K must be at least 1")
+        raise ConfigError(f"{{{field}}} {text!r}: K must be at least 1", field=field, value=text)
     return k
 
 
@@ -42,24 +45,36 @@ class LayerSpec:
     k: int | None = None
 
     @classmethod
-    def parse(cls, text: str, option: str = "--layers") -> LayerSpec:
+    def parse(cls, text: str, field: str = "layers") -> LayerSpec:
+        """``last``, ``all``, ``uniform:K``, ``top:K``, ``bottom:K`` or a comma list of layers.
+
+        Raises: ConfigError naming ``field`` and the text.
+        """
         text = text.strip().lower()
         if text in ("last", "all"):
             return cls(text)
         name, sep, arg = text.partition(":")
         if sep and name in ("uniform", "top", "bottom"):
-            return cls(name, k=_count(text, option, arg))
+            return cls(name, k=_count(text, field, arg))
         try:
             layers = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
         except ValueError:
             raise ConfigError(
-                f"unknown {option} value {text!r}: use last, all, uniform:K, top:K, bottom:K, "
-                "or a comma list like 2,4,6"
+                f"unknown {{{field}}} value {text!r}: use last, all, uniform:K, top:K, bottom:K, "
+                "or a comma list like 2,4,6",
+                field=field,
+                value=text,
             ) from None
         if not layers:
-            raise ConfigError(f"{option} is empty: use last, all, or a comma list like 2,4,6")
+            raise ConfigError(
+                f"{{{field}}} is empty: use last, all, or a comma list like 2,4,6", field=field, value=text
+            )
         if layers[0] < 0:
-            raise ConfigError(f"{option} {text!r} has a negative layer: layers count from 0 (embedding output)")
+            raise ConfigError(
+                f"{{{field}}} {text!r} has a negative layer: layers count from 0 (embedding output)",
+                field=field,
+                value=text,
+            )
         return cls("list", layers)
 
     def resolve(self, num_layers: int, first: int = 0) -> tuple[int, ...]:
@@ -90,6 +105,7 @@ class LayerSpec:
         return tuple(sorted({math.floor(l * num_layers / self.k + 0.5) for l in range(1, self.k + 1)}))
 
     def describe(self) -> str:
+        """The canonical string (``2,4,6``, ``top:2``, ``last``) that ``parse`` reads back."""
         if self.kind == "list":
             return ",".join(map(str, self.layers))
         return f"{self.kind}:{self.k}" if self.k is not None else self.kind
@@ -112,6 +128,10 @@ class TokenSpec:
 
     @classmethod
     def parse(cls, text: str) -> TokenSpec:
+        """``all``, ``cls``, or ``left|random|topk[+sep]:K`` with K a count or ``P%``.
+
+        Raises: ConfigError (field ``tokens``) naming the text.
+        """
         text = text.strip().lower()
         if text in ("all", "cls"):
             return cls(text)
@@ -120,27 +140,39 @@ class TokenSpec:
         name = name.removesuffix("+sep")
         if name not in ("left", "random", "topk") or not arg:
             raise ConfigError(
-                f"unknown --tokens value {text!r}: use all, cls, or left|random|topk[+sep]:K (K a count or P%)"
+                f"unknown {{tokens}} value {text!r}: use all, cls, or left|random|topk[+sep]:K (K a count or P%)",
+                field="tokens",
+                value=text,
             )
         try:
             value = float(arg[:-1]) if arg.endswith("%") else int(arg)
         except ValueError:
-            raise ConfigError(f"--tokens {text!r}: K must be an integer count or a percentage like topk:10%") from None
+            raise ConfigError(
+                f"{{tokens}} {text!r}: K must be an integer count or a percentage like topk:10%",
+                field="tokens",
+                value=text,
+            ) from None
         if arg.endswith("%"):
             if not 0 < value <= 100 or not math.isfinite(value):
-                raise ConfigError(f"--tokens {text!r}: the percentage must be in (0, 100], e.g. topk:10%")
+                raise ConfigError(
+                    f"{{tokens}} {text!r}: the percentage must be in (0, 100], e.g. topk:10%",
+                    field="tokens",
+                    value=text,
+                )
             return cls(name, percent=value, with_sep=with_sep)
         k = value
         if k <= 0:
-            raise ConfigError(f"--tokens {text!r}: K must be at least 1, e.g. topk:10")
+            raise ConfigError(f"{{tokens}} {text!r}: K must be at least 1, e.g. topk:10", field="tokens", value=text)
         return cls(name, k=k, with_sep=with_sep)
 
     def check(self, max_length: int) -> None:
         """Raises ConfigError if a count K exceeds the max length."""
         if self.k is not None and self.k > max_length:
             raise ConfigError(
-                f"--tokens {self.describe()} keeps more tokens than --max-length {max_length}: "
-                f"use K ≤ {max_length} or raise --max-length"
+                f"{{tokens}} {self.describe()} keeps more tokens than {{max_length}} {max_length}: "
+                f"use K ≤ {max_length} or raise {{max_length}}",
+                field="tokens",
+                value=self.describe(),
             )
 
     def kept_tokens(self, max_length: int) -> int:
@@ -154,6 +186,7 @@ class TokenSpec:
         return max(1, math.ceil(self.percent / 100 * max_length))
 
     def describe(self) -> str:
+        """The canonical string (``topk+sep:10``, ``left:25%``, ``all``) that ``parse`` reads back."""
         if self.kind in ("all", "cls"):
             return self.kind
         name = self.kind + ("+sep" if self.with_sep else "")
@@ -174,20 +207,28 @@ class DimSpec:
 
     @classmethod
     def parse(cls, text: str) -> DimSpec:
+        """``all``, or ``uniform|random|magnitude:P`` with P in (0, 1].
+
+        Raises: ConfigError (field ``dims``) naming the text.
+        """
         text = text.strip().lower()
         if text == "all":
             return cls("all")
         name, sep, arg = text.partition(":")
         if name not in DIM_STRATEGIES[1:] or not sep:
             raise ConfigError(
-                f"unknown --dims value {text!r}: use all, uniform:P, random:P or magnitude:P (P in (0, 1])"
+                f"unknown {{dims}} value {text!r}: use all, uniform:P, random:P or magnitude:P (P in (0, 1])",
+                field="dims",
+                value=text,
             )
         try:
             fraction = float(arg)
         except ValueError:
-            raise ConfigError(f"--dims {text!r}: P must be a number in (0, 1], e.g. magnitude:0.1") from None
+            raise ConfigError(
+                f"{{dims}} {text!r}: P must be a number in (0, 1], e.g. magnitude:0.1", field="dims", value=text
+            ) from None
         if not 0 < fraction <= 1:
-            raise ConfigError(f"--dims {text!r}: P must be in (0, 1], e.g. magnitude:0.1")
+            raise ConfigError(f"{{dims}} {text!r}: P must be in (0, 1], e.g. magnitude:0.1", field="dims", value=text)
         return cls(name, fraction)
 
     def kept_dims(self, hidden_size: int) -> int:
@@ -197,4 +238,5 @@ class DimSpec:
         return hidden_size
 
     def describe(self) -> str:
+        """The canonical string (``magnitude:0.1``, ``all``) that ``parse`` reads back."""
         return self.kind if self.kind == "all" else f"{self.kind}:{self.fraction:g}"

@@ -79,18 +79,26 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         check_device(self.device)
         check_precision(self.precision, self.device)
-        for option, value, low in (
-            ("--copies", self.copies, 1),
-            ("--candidates", self.candidates, 1),
-            ("--shard-examples", self.shard_examples, 1),
-            ("--batch-size", self.batch_size, 1),
+        for name, value, low in (
+            ("copies", self.copies, 1),
+            ("candidates", self.candidates, 1),
+            ("shard_examples", self.shard_examples, 1),
+            ("batch_size", self.batch_size, 1),
         ):
             if value < low:
-                raise ConfigError(f"{option} {value}: use a positive number")
+                raise ConfigError(f"{{{name}}} {value}: use a positive number", field=name, value=value)
         if not 0.0 < self.p <= 1.0:
-            raise ConfigError(f"--p {self.p}: use a replacement probability in (0, 1], e.g. 0.4 (TinyBERT's)")
+            raise ConfigError(
+                f"{{p}} {self.p}: use a replacement probability in (0, 1], e.g. 0.4 (TinyBERT's)",
+                field="p",
+                value=self.p,
+            )
         if self.pair_side not in PAIR_SIDES:
-            raise ConfigError(f"--pair-side {self.pair_side!r}: use one of {', '.join(PAIR_SIDES)}")
+            raise ConfigError(
+                f"{{pair_side}} {self.pair_side!r}: use one of {', '.join(PAIR_SIDES)}",
+                field="pair_side",
+                value=self.pair_side,
+            )
 
     def identity(self) -> dict:
         """The settings that decide the rows (a resumed run must match them)."""
@@ -103,12 +111,29 @@ class AugmentConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class AugmentResult:
+    """What ``run`` wrote.
+
+    Attributes:
+        out: the output directory.
+        examples: source examples augmented.
+        rows: rows in the output split in all, originals included (from every shard, also those
+            written by an earlier run).
+        shards_written: shards this run wrote.
+        shards_skipped: shards already there and readable (a resumed run), not written again.
+        word_paths: replaceable words counted by where their candidates came from, over all shards:
+            ``mlm`` (the masked LM), ``neighbours`` (nearest neighbours in the embedding space),
+            ``none`` (no candidate found; the word is kept).
+        elapsed_s: wall-clock seconds of this run.
+        neighbours_from: where the neighbour space came from: ``"vectors file PATH"`` or
+            ``"input embeddings of PATH"`` (the teacher).
+    """
+
     out: str
-    examples: int  # source examples
-    rows: int  # rows written in all, originals included
+    examples: int
+    rows: int
     shards_written: int
-    shards_skipped: int  # already there (resume)
-    word_paths: dict = field(default_factory=dict)  # mlm / neighbours / none: replaceable words by candidate source
+    shards_skipped: int
+    word_paths: dict = field(default_factory=dict)
     elapsed_s: float = 0.0
     neighbours_from: str = ""
 
@@ -126,7 +151,11 @@ def run(config: AugmentConfig, progress=None) -> AugmentResult:
     split = data.load_split(config.data)
     pair = "text_pair" in split.dataset.column_names
     if config.pair_side != "both" and not pair:
-        raise ConfigError(f"--pair-side {config.pair_side}: {config.data.source!r} has one text per example; drop it")
+        raise ConfigError(
+            f"{{pair_side}} {config.pair_side}: {config.data.source!r} has one text per example; drop it",
+            field="pair_side",
+            value=config.pair_side,
+        )
     manifest = _manifest(config, split, pair)
     words, mlm, neighbours = _candidate_sources(config)  # before writing anything: bad models or vectors fail here
     out = Path(config.out)
@@ -314,7 +343,9 @@ def _held(path: Path) -> dict:  # the identity of the augmentation that manifest
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise DataError(f"{str(path)!r} is damaged ({err}): pass --overwrite to augment again") from None
+        raise DataError(
+            f"{str(path)!r} is damaged ({err}): pass {{overwrite}} to augment again", field="overwrite"
+        ) from None
     return {key: old.get(key) for key in _IDENTITY}
 
 

@@ -251,6 +251,7 @@ class EpochSampler(torch.utils.data.Sampler):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter`` serve epoch ``epoch`` (as ``DistributedSampler.set_epoch``)."""
         self.epoch = epoch
 
     def __len__(self) -> int:

@@ -97,7 +97,11 @@ class MaskedLM:
         self.path, self.k, self.batch_size, self.precision, self.device = path, k, batch_size, precision, device
         self.tokenizer = models.load_tokenizer(path)
         if self.tokenizer.mask_token_id is None:
-            raise ConfigError(f"--mlm {path!r}: its tokenizer has no mask token; give a masked language model")
+            raise ConfigError(
+                f"{{mlm}} {path!r}: its tokenizer has no mask token; give a masked language model",
+                field="mlm",
+                value=path,
+            )
         try:
             self.model = AutoModelForMaskedLM.from_pretrained(models.resolve(path)).eval().to(device)
         except Exception as err:
@@ -209,8 +213,10 @@ class Neighbours:
         file = Path(path).expanduser()
         if not file.is_file():
             raise DataNotFoundError(
-                f"--vectors {path!r} does not exist: give a GloVe or word2vec text file, "
-                "or leave --vectors out to use the model's input embeddings"
+                f"{{vectors}} {path!r} does not exist: give a GloVe or word2vec text file, "
+                "or leave {vectors} out to use the model's input embeddings",
+                field="vectors",
+                value=path,
             )
         words, rows, dim = [], [], None
         with open(file, encoding="utf-8", errors="replace") as handle:

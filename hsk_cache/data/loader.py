@@ -64,6 +64,15 @@ def window_order(
 
 
 def batches_of(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Cut ``order`` into consecutive batches.
+
+    Args:
+        order: [N] example ids in epoch order.
+        batch_size: ids per batch, ≥ 1.
+    Returns:
+        [B] id arrays of ``batch_size`` ids each, in order; the last one holds the rest (it may be
+        smaller).
+    """
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
@@ -110,9 +119,16 @@ class Sampler:
 
     @property
     def windowed(self) -> bool:
+        """True when epochs are shard-window shuffles (``window`` set), False for full permutations
+        of an in-memory source."""
         return self.window is not None
 
     def steps_per_epoch(self) -> int:
+        """Steps this rank takes in an epoch (the same count on every rank), from epoch 0's order.
+
+        In memory: the global batches of at least ``world_size`` examples. With shard windows and
+        several ranks: the busiest rank's batch count (the others repeat batches to match it).
+        """
         return len(self.plan(0)) if self.windowed and self.world_size > 1 else self._steps(0)
 
     def _steps(self, epoch: int) -> int:

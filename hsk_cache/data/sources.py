@@ -47,6 +47,14 @@ class DatasetSource:
     def loader(
         self, batch_size: int, seed: int = 0, *, prefetch: int = 1, rank: int = 0, world_size: int = 1
     ) -> Loader:
+        """Batches in the full-permutation epoch order of ``sampler``, assembled ``prefetch``
+        batches ahead in a background thread (0: inline).
+
+        Args:
+            batch_size: the global batch over all ``world_size`` ranks; a multiple of it.
+            seed: seeds the epoch order.
+            rank, world_size: this process's data-parallel rank and the rank count.
+        """
         return Loader(self.fetch, self.sampler(batch_size, seed, rank, world_size), prefetch)
 
     def fetch(self, step: Step) -> dict:
@@ -54,6 +62,9 @@ class DatasetSource:
         return self.batch(step.ids)
 
     def batch(self, index: np.ndarray) -> dict:
+        """Examples ``index`` ([B] int) as a batch dict: input_ids, attention_mask (and
+        token_type_ids when the tokenizer makes them) [B, T] int64 trimmed to the longest example,
+        labels [B] and example_ids [B]."""
         return collate(self.examples, index).as_dict()
 
 
@@ -79,6 +90,9 @@ class OnlineSource(DatasetSource):
         self.knowledge = spec.knowledge
 
     def batch(self, index: np.ndarray) -> dict:
+        """Examples ``index`` ([B] int) as a batch dict (see ``DatasetSource.batch``) with the
+        teacher's knowledge, run now in ``precision`` and selected as extraction would
+        (``Plan.select``)."""
         batch = collate(self.examples, index)
         outputs = run_teacher(self.teacher, batch, self.plan, self.precision)
         return {**batch.as_dict(), **self.plan.select(outputs, batch)}

@@ -39,6 +39,18 @@ AUGMENT_MANIFEST = "hsk_augment.json"  # marks a directory written by hsk augmen
 
 @dataclass(frozen=True)
 class GlueTask:
+    """How to read one GLUE task's directory (train.tsv and a dev file).
+
+    Attributes:
+        text_columns: the column(s) holding the text, one or two (a sentence pair).
+        label_column: the column holding the label.
+        label_names: the label names in id order, or None to take them from the labels found
+            (ids ``0..max``, or the sorted distinct strings).
+        header: whether the TSV files start with a header row; CoLA's do not and are read with
+            ``COLA_COLUMNS``.
+        dev_file: the file of the dev split (MNLI: ``dev_matched.tsv``).
+    """
+
     text_columns: tuple[str, ...]
     label_column: str
     label_names: tuple[str, ...] | None = None
@@ -127,7 +139,11 @@ def _load_bbc(split: str):
         return parts["train"]
     if split in DEV_SPLIT_NAMES:
         return parts["test"]
-    raise DataError(f"bbc-news has splits train and dev, not {split!r}: use --split train or --split dev")
+    raise DataError(
+        f"bbc-news has splits train and dev, not {split!r}: use {{split}} train or {{split}} dev",
+        field="split",
+        value=split,
+    )
 
 
 def _load_local(path: Path, config: DataConfig):
@@ -166,7 +182,11 @@ def _load_augmented(path: Path, split: str):
     if split in DEV_SPLIT_NAMES and (path / "dev.parquet").is_file():
         return _read_file(path / "dev.parquet"), columns, "label", names, source.get("task")
     dev = " and dev" if (path / "dev.parquet").is_file() else ""
-    raise DataError(f"{str(path)!r} holds augmented {augmented}{dev} data, not {split!r}: use --split {augmented}")
+    raise DataError(
+        f"{str(path)!r} holds augmented {augmented}{dev} data, not {split!r}: use {{split}} {augmented}",
+        field="split",
+        value=split,
+    )
 
 
 def _glue_task(path: Path) -> GlueTask | None:
@@ -183,11 +203,17 @@ def _load_glue(path: Path, split: str, task: GlueTask):
         file = path / task.dev_file
     elif split == "test" and any(path.glob("test*.tsv")):  # MNLI: test_matched.tsv
         name = min(p.name for p in path.glob("test*.tsv"))
-        raise DataError(f"GLUE's {name} has no labels ({str(path)!r}): use --split dev")
+        raise DataError(f"GLUE's {name} has no labels ({str(path)!r}): use {{split}} dev", field="split", value=split)
     elif split == "test":
-        raise DataError(f"no test split in {str(path)!r}: it has train and dev; use --split dev")
+        raise DataError(
+            f"no test split in {str(path)!r}: it has train and dev; use {{split}} dev", field="split", value=split
+        )
     else:
-        raise DataError(f"GLUE directory {str(path)!r} has splits train and dev, not {split!r}: use --split dev")
+        raise DataError(
+            f"GLUE directory {str(path)!r} has splits train and dev, not {split!r}: use {{split}} dev",
+            field="split",
+            value=split,
+        )
     names = COLA_COLUMNS if not task.header else None
     return _read_file(file, column_names=names), task.text_columns, task.label_column, task.label_names, path.name
 
@@ -219,7 +245,7 @@ def _read_file(file: Path | list[Path], column_names: list[str] | None = None):
     if not os.access(file, os.R_OK):
         raise DataError(f"data file {str(file)!r} is not readable: check its permissions")
     if _has_no_rows(file, header=column_names is None):
-        raise DataError(f"{str(file)!r} has no examples: check the file or --split")
+        raise DataError(f"{str(file)!r} has no examples: check the file or {{split}}", field="split")
     kwargs = {}
     if file.suffix.lower() == ".tsv":
         kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
@@ -274,10 +300,11 @@ def _normalize(split, text_columns, label_column, label_names, source):
     if missing:
         raise DataError(
             f"{source!r} has no column(s) {missing} (columns: {split.column_names}): "
-            "name them with --text-columns and --label-column"
+            "name them with {text_columns} and {label_column}",
+            field="label_column" if label_column in missing else "text_columns",
         )
     if len(split) == 0:
-        raise DataError(f"{source!r} has no examples in this split: check the file or --split")
+        raise DataError(f"{source!r} has no examples in this split: check the file or {{split}}", field="split")
     keep = {text_columns[0]: "text", label_column: "label"}
     if len(text_columns) == 2:
         keep[text_columns[1]] = "text_pair"

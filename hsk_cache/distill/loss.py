@@ -24,13 +24,9 @@ import torch
 
 from hsk_cache.errors import ConfigError
 from hsk_cache.knowledge import registry
-from hsk_cache.knowledge.kind import ATTENTION_LOSSES, HEAD_MAPS, WIDTH_TARGETS, LossOptions
+from hsk_cache.knowledge.kind import LossOptions
 from hsk_cache.knowledge.plan import Plan
 from hsk_cache.models import hooks
-
-TERMS = registry.term_names()
-INTERMEDIATE_TERMS = registry.intermediate_terms()
-__all__ = ["ATTENTION_LOSSES", "HEAD_MAPS", "TERMS", "WIDTH_TARGETS", "DistillationLoss", "DistillationOutput"]
 
 
 class DistillationOutput(NamedTuple):
@@ -115,8 +111,9 @@ class DistillationLoss(torch.nn.Module):
             temperature=temperature,
             hard_label_weight=hard_label_weight,
         )
-        available = tuple(t for t in TERMS if t in plan.knowledge)
-        self.terms = available if terms is None else tuple(t for t in TERMS if t in terms)
+        every = registry.term_names()
+        available = tuple(t for t in every if t in plan.knowledge)
+        self.terms = available if terms is None else tuple(t for t in every if t in terms)
         self._check_terms(terms, available)
         self._term = {name: registry.kind(name).term(plan, config, self.options) for name in self.terms}
         self.projection = None
@@ -145,9 +142,10 @@ class DistillationLoss(torch.nn.Module):
         return (term.student_layer, term.teacher_layer) if term is not None else None
 
     def _check_terms(self, asked, available) -> None:
-        unknown = set(asked or ()) - set(TERMS)
+        every = registry.term_names()
+        unknown = set(asked or ()) - set(every)
         if unknown:
-            raise ConfigError(f"unknown distillation term(s) {sorted(unknown)}: use {', '.join(TERMS)}", field="terms")
+            raise ConfigError(f"unknown distillation term(s) {sorted(unknown)}: use {', '.join(every)}", field="terms")
         missing = [t for t in self.terms if t not in available]
         if missing:
             raise ConfigError(
@@ -156,7 +154,7 @@ class DistillationLoss(torch.nn.Module):
                 field="knowledge",
             )
         if not self.terms:
-            raise ConfigError("no distillation term: the knowledge holds none of " + ", ".join(TERMS), field="terms")
+            raise ConfigError("no distillation term: the knowledge holds none of " + ", ".join(every), field="terms")
 
     def _active(self, terms) -> tuple[str, ...]:
         if terms is None:

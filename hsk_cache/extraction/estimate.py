@@ -29,12 +29,16 @@ FLOAT_RATIO = 1.08
 
 @dataclass(frozen=True)
 class Estimate:
-    arrays: dict[str, int]  # predicted bytes on disk per array
+    """A predicted cache size. Attributes: arrays: bytes on disk per array name; total_bytes:
+    all of them with metadata and commit rows; examples: N."""
+
+    arrays: dict[str, int]
     total_bytes: int
     examples: int
 
     @property
     def bytes_per_example(self) -> float:
+        """total_bytes / N."""
         return self.total_bytes / max(self.examples, 1)
 
 

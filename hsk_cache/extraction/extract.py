@@ -32,6 +32,21 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class ExtractConfig:
+    """Everything ``hsk extract`` does (``extract(config)``).
+
+    Attributes:
+        teacher: a saved model directory, a hub name, or ``minilm-l6`` (the bundled teacher).
+        data: the split to extract (``DataConfig``). out: the cache's path or fsspec URL.
+        spec: what to keep and how to store it (``ExtractSpec``).
+        batch_size: examples per teacher forward (≥ 1).
+        precision: teacher autocast, ``fp32`` (the reference), ``bf16`` or ``fp16`` (CUDA).
+        overwrite: replace a cache of another identity at ``out`` (never something that is not a cache).
+        shard_examples: examples per shard, a power of two; None sizes shards to about 32 MiB.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        storage_options: fsspec options of an ``out`` URL (endpoint, credentials); never stored.
+    Raises: ConfigError naming the field and value, at construction.
+    """
+
     teacher: str
     data: DataConfig
     out: str
@@ -39,25 +54,37 @@ class ExtractConfig:
     batch_size: int = 32
     precision: str = "fp32"
     overwrite: bool = False
-    shard_examples: int | None = None  # power of two; None sizes shards to ~32 MiB
+    shard_examples: int | None = None
     device: str = "cpu"
-    storage_options: dict = field(default_factory=dict)  # fsspec options of an --out URL (endpoint, credentials)
+    storage_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_device(self.device)
         check_precision(self.precision, self.device)
         self.spec.tokens.check(self.data.max_length)
         if self.batch_size < 1:
-            raise ConfigError(f"--batch-size {self.batch_size}: use at least 1")
+            raise ConfigError(
+                f"{{batch_size}} {self.batch_size}: use at least 1", field="batch_size", value=self.batch_size
+            )
         s = self.shard_examples
         if s is not None and (s < 1 or s & (s - 1)):
-            raise ConfigError(f"--shard-examples {s}: use a power of two such as 256")
+            raise ConfigError(
+                f"{{shard_examples}} {s}: use a power of two such as 256", field="shard_examples", value=s
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
 class ExtractResult:
-    manifest: Manifest  # the finished cache's
-    shards_written: int  # including repaired ones
+    """What an extraction did.
+
+    Attributes:
+        manifest: the finished cache's ``Manifest``. shards_written: shards this run wrote
+            (repaired ones included). shards_skipped: shards already committed (resumed).
+        elapsed_s: wall-clock seconds. shards_repaired: damaged shards found and rewritten.
+    """
+
+    manifest: Manifest
+    shards_written: int
     shards_skipped: int
     elapsed_s: float
     shards_repaired: int = 0
@@ -227,7 +254,7 @@ DRY_RUN_SAMPLE = 64
 
 def dry_run(config: ExtractConfig) -> estimate.Estimate:
     """Predict the stored bytes of ``config`` without writing anything. Uncompressed specs need
-    only the teacher's config; with a compressing --codec the teacher runs on the first
+    only the teacher's config; with a compressing codec the teacher runs on the first
     ``DRY_RUN_SAMPLE`` examples to measure how its knowledge compresses."""
     sample_needed = config.spec.codec != "none"
     p = prepare(config, load_weights=sample_needed)
@@ -318,4 +345,5 @@ def _manifest(config: ExtractConfig, p: Prepared) -> Manifest:
         layout=LayoutInfo(chunk_examples=p.chunk, shard_examples=p.shard, num_shards=layout.num_shards(n, p.shard)),
         counts={},
         complete=False,
+        kinds=plan.manifest_kinds(),
     )

@@ -81,6 +81,7 @@ class Batch:
     example_ids: torch.Tensor
 
     def model_inputs(self) -> dict:
+        """input_ids, attention_mask and (when present) token_type_ids, [B, T_b] int64."""
         inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
         if self.token_type_ids is not None:
             inputs["token_type_ids"] = self.token_type_ids
@@ -92,6 +93,7 @@ class Batch:
         return out
 
     def to(self, device) -> Batch:
+        """A copy with every tensor on ``device``."""
         move = lambda t: None if t is None else t.to(device)
         return Batch(
             *(

@@ -160,6 +160,15 @@ class KnowledgeKind:
         Raises: ConfigError for layers outside the teacher."""
         return {}
 
+    def manifest_fields(self, plan) -> dict:
+        """This kind's resolved fields for the manifest's ``kinds`` section (JSON values), when
+        they are not among the ``Plan``'s named fields (those have their own manifest keys)."""
+        return {}
+
+    def from_manifest(self, stored) -> dict:
+        """``Plan.extra`` fields from this kind's ``kinds`` section of a manifest (``manifest_fields``' output)."""
+        return {}
+
     def hidden_layers_read(self, plan) -> set[int]:
         """Hidden-state layers (0 = embeddings) whose [B, T, D] outputs selection reads."""
         return set()

@@ -10,7 +10,9 @@ extraction stores its output and online distillation feeds it straight to the lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -37,7 +39,7 @@ class TeacherOutputs:
     logits: torch.Tensor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # dim_index is an array: plans compare by identity
 class Plan:
     """A spec resolved against one teacher (or read back from a cache's manifest).
 
@@ -50,6 +52,9 @@ class Plan:
             example-layer (0 without magnitude width). dim_index: [D'] int64 kept dimensions
             (uniform/random width) or None.
         excluded_ids: token ids never kept without ``+sep`` (separator and end-of-sequence).
+        extra: resolved fields of kinds beyond the ones above, by name (a new kind's own layers
+            or sizes: ``KnowledgeKind.resolve`` returns them, the manifest stores them under
+            ``kinds``, ``KnowledgeKind.from_manifest`` reads them back).
     """
 
     spec: ExtractSpec
@@ -66,6 +71,7 @@ class Plan:
     slots: int = 0
     dim_index: np.ndarray | None = None
     excluded_ids: tuple[int, ...] = ()
+    extra: Mapping = field(default_factory=dict)
 
     @classmethod
     def make(cls, spec: ExtractSpec, config, tokenizer, max_length: int) -> Plan:
@@ -76,9 +82,11 @@ class Plan:
         spec.tokens.check(max_length)
         if spec.importance_layer is not None:
             check_layer(spec.importance_layer, config.num_hidden_layers, "importance_layer")
-        fields = {}
+        resolved = {}
         for kind in registry.KINDS:
-            fields.update(kind.resolve(spec, config, max_length, kind.name in spec.knowledge))
+            resolved.update(kind.resolve(spec, config, max_length, kind.name in spec.knowledge))
+        named = {f.name for f in fields(cls)}
+        extra = MappingProxyType({k: v for k, v in resolved.items() if k not in named})
         return cls(
             spec=spec,
             max_length=max_length,
@@ -88,7 +96,8 @@ class Plan:
             heads=config.num_attention_heads,
             classes=config.num_labels,
             excluded_ids=excluded_token_ids(tokenizer),
-            **fields,
+            extra=extra,
+            **{k: v for k, v in resolved.items() if k in named},
         )
 
     @classmethod
@@ -96,6 +105,9 @@ class Plan:
         """The plan a cache was extracted with, from its ``store.manifest.Manifest`` (and its
         stored ``dim_index`` [D'] int, when it has one)."""
         s, d = manifest.spec, manifest.dims
+        extra = {}
+        for kind in registry.kinds(s.knowledge):
+            extra.update(kind.from_manifest((manifest.kinds or {}).get(kind.name, {})))
         spec = ExtractSpec.parse(
             layers=s.layers,
             tokens=s.tokens,
@@ -122,6 +134,7 @@ class Plan:
             kept_dims=d.kept_dims,
             slots=d.slots,
             dim_index=None if dim_index is None else np.asarray(dim_index, dtype=np.int64),
+            extra=MappingProxyType(extra),
         )
 
     @property
@@ -211,6 +224,13 @@ class Plan:
         for kind in self.kinds:
             out.update(kind.decode(rows, self, width))
         return out
+
+    def manifest_kinds(self) -> dict | None:
+        """The manifest's ``kinds`` section: each kind's ``manifest_fields`` (None when no kind has
+        any: the four kinds of format version 2 store theirs at the top level)."""
+        out = {kind.name: kind.manifest_fields(self) for kind in self.kinds}
+        out = {name: values for name, values in out.items() if values}
+        return out or None
 
     def arrays(self, n: int) -> list:
         """The knowledge arrays (``kind.ArraySpec``) of a cache of ``n`` examples, in kind order."""

@@ -15,6 +15,7 @@ INT8_MAX = 127.0
 
 
 def needs_scale(dtype: str) -> bool:
+    """Whether ``dtype`` stores a float32 scale per row beside the values (int8)."""
     return dtype == "int8"
 
 

@@ -15,19 +15,19 @@ from hsk_cache.knowledge.logits import Logits
 from hsk_cache.knowledge.value_relation import ValueRelation
 
 KINDS: tuple[KnowledgeKind, ...] = (HiddenStates(), AttentionProbs(), ValueRelation(), Logits())
-_BY_NAME = {kind.name: kind for kind in KINDS}
 
 
 def names() -> tuple[str, ...]:
     """The kinds' names, canonical order."""
-    return tuple(_BY_NAME)
+    return tuple(k.name for k in KINDS)
 
 
 def kind(name: str) -> KnowledgeKind:
     """The kind called ``name``. Raises: ConfigError (field ``knowledge``) for an unknown one."""
-    if name not in _BY_NAME:
-        raise ConfigError(f"unknown knowledge kind {name!r}: use one of {', '.join(_BY_NAME)}", field="knowledge")
-    return _BY_NAME[name]
+    for k in KINDS:
+        if k.name == name:
+            return k
+    raise ConfigError(f"unknown knowledge kind {name!r}: use one of {', '.join(names())}", field="knowledge")
 
 
 def kinds(selected) -> tuple[KnowledgeKind, ...]:
@@ -47,9 +47,9 @@ def pad_values() -> dict[str, int]:
 
 def term_names() -> tuple[str, ...]:
     """The loss terms the kinds define (``DistillationLoss`` terms), canonical order."""
-    return tuple(k.name for k in KINDS)
+    return names()
 
 
-def intermediate_terms() -> tuple[str, ...]:
-    """The terms of ``hsk train``'s hidden (intermediate-layer) stage."""
-    return tuple(k.name for k in KINDS if k.stage == "hidden")
+def stage_terms(stage: str) -> tuple[str, ...]:
+    """The terms ``hsk train``'s ``stage`` trains: ``hidden`` (intermediate layers) or ``prediction``."""
+    return tuple(k.name for k in KINDS if k.stage == stage)

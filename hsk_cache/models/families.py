@@ -128,6 +128,8 @@ def value_module(model, layer: int):
 
 
 def attention_dropout_key(config) -> str:
+    """The name of the config field holding the attention-probability dropout of ``config``'s
+    family: ``attention_dropout`` for DistilBERT, ``attention_probs_dropout_prob`` otherwise."""
     return _ATTENTION_DROPOUT.get(family(config), "attention_probs_dropout_prob")
 
 
@@ -175,7 +177,11 @@ def student_config(family_name: str, teacher_config: dict, layers: int, hidden: 
     from transformers import AutoConfig
 
     if family_name not in VALUE_PROJECTIONS:
-        raise ConfigError(f"--student-family {family_name!r}: use one of {', '.join(FAMILIES)}")
+        raise ConfigError(
+            f"{{student.family}} {family_name!r}: use one of {', '.join(FAMILIES)}",
+            field="student.family",
+            value=family_name,
+        )
     pad = teacher_config.get("pad_token_id") or 0
     positions = max_positions(teacher_config)
     if family_name in PADDING_OFFSET_FAMILIES:

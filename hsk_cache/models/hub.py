@@ -58,20 +58,31 @@ def load_error(path: str, err: Exception, what: str) -> ModelError:
     return ModelError(f"cannot load a {what} from {path!r}: {first_line(err)}")
 
 
-def check_max_length(config, max_length: int, option: str = "--max-length") -> None:
+def check_max_length(config, max_length: int, field: str = "max_length") -> None:
     """Raises ConfigError when ``max_length`` exceeds ``max_positions(config)``; a config without
-    max_position_embeddings (e.g. rotary positions only) is not checked."""
+    max_position_embeddings (e.g. rotary positions only) is not checked. ``field`` is the setting
+    the error names."""
     get = _getter(config)
     if get("max_position_embeddings") is None:
         return
     limit = max_positions(config)
     if max_length > limit:
         raise ConfigError(
-            f"{option} {max_length} exceeds the teacher's {limit} position embeddings: use {option} {limit} or less"
+            f"{{{field}}} {max_length} exceeds the teacher's {limit} position embeddings: "
+            f"use {{{field}}} {limit} or less",
+            field=field,
+            value=max_length,
         )
 
 
 def load_tokenizer(path: str):
+    """Load a model's tokenizer with ``AutoTokenizer``.
+
+    Args:
+        path: a local directory (it must hold tokenizer_config.json), the alias ``minilm-l6``, or a
+            hub name.
+    Raises: ModelError when the path holds no loadable tokenizer.
+    """
     from transformers import AutoTokenizer
 
     path = resolve(path)
@@ -117,6 +128,8 @@ def task_label_names(model) -> tuple[str, ...] | None:
 
 
 def task_label_names_of_config(config) -> tuple[str, ...] | None:
+    """``task_label_names`` from a transformers config: its ``id2label`` names in id order, or
+    None when they are all the placeholders LABEL_i."""
     names = tuple(config.id2label[i] for i in range(config.num_labels))
     return None if all(name == f"LABEL_{i}" for i, name in enumerate(names)) else names
 

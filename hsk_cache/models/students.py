@@ -42,15 +42,21 @@ class StudentConfig:
 
     def __post_init__(self) -> None:
         if self.family is not None and self.family not in families.FAMILIES:
-            raise ConfigError(f"--student-family {self.family!r}: use one of {', '.join(families.FAMILIES)}")
+            raise ConfigError(
+                f"{{student.family}} {self.family!r}: use one of {', '.join(families.FAMILIES)}",
+                field="student.family",
+                value=self.family,
+            )
         if self.family is not None and self.kind != "config":
             raise ConfigError(
-                "--student-family applies to students built from a config, not --student-from/--student-pretrained"
+                f"{{student.family}} applies to students built from a config, not to a {self.kind} student: drop it",
+                field="student.family",
+                value=self.family,
             )
         if self.kind not in STUDENT_KINDS:
             raise ConfigError(f"unknown student kind {self.kind!r}: use one of {', '.join(STUDENT_KINDS)}")
         if self.kind != "config" and not self.path:
-            raise ConfigError(f"a {self.kind} student needs a model directory (--student-from / --student-pretrained)")
+            raise ConfigError(f"a {self.kind} student needs a model directory: set its path", field="student.path")
 
 
 def build_student(
@@ -155,7 +161,11 @@ def student_from_teacher_layers(teacher_path: str, layers: tuple[int, ...], atte
     config = AutoConfig.from_pretrained(root)
     depth = config.num_hidden_layers
     if not layers or min(layers) < 1 or max(layers) > depth:
-        raise ConfigError(f"--init-layers {list(layers)}: teacher layers run from 1 to {depth}")
+        raise ConfigError(
+            f"{{student.init_layers}} {list(layers)}: teacher layers run from 1 to {depth}",
+            field="student.init_layers",
+            value=list(layers),
+        )
     config.num_hidden_layers = len(layers)
     student = AutoModelForSequenceClassification.from_config(config, **_attention_kwargs(attention))
     state = _with_prefix(_read_weights(root), student)

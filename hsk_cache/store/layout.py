@@ -96,11 +96,14 @@ def chunking(specs: list[ArraySpec], n: int, shard_examples: int | None = None) 
 
 
 def shard_range(shard: int, n: int, shard_examples: int) -> tuple[int, int]:
+    """The examples of shard ``shard`` of a cache of ``n`` examples: ``(start, stop)``, stop
+    exclusive; the last shard may be shorter than ``shard_examples``."""
     start = shard * shard_examples
     return start, min(n, start + shard_examples)
 
 
 def num_shards(n: int, shard_examples: int) -> int:
+    """Shards of ``shard_examples`` examples needed for ``n`` examples (the last one partial)."""
     return math.ceil(n / shard_examples)
 
 

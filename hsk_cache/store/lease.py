@@ -145,6 +145,8 @@ def alive(record: dict) -> bool:
 
 
 def busy(location: Location, held: dict) -> CacheError:
+    """The CacheError refusing a second writer of ``location``, naming the holder of lease
+    record ``held`` (host, pid) and the seconds until its lease expires."""
     wait = max(0, round(float(held.get("expires", 0)) - time.time()))
     return CacheError(
         f"another hsk extract (host {held.get('host')}, pid {held.get('pid')}) is writing {location.url!r}: "

@@ -53,14 +53,18 @@ class Location:
         try:
             fs, root = fsspec.core.url_to_fs(text, **options)
         except (ImportError, ValueError, TypeError) as err:
-            raise ConfigError(f"cannot open {text!r} ({err}): check the URL and --storage-options") from None
+            raise ConfigError(
+                f"cannot open {text!r} ({err}): check the URL and {{storage_options}}", field="storage_options"
+            ) from None
         return cls(text, fs, root.rstrip("/") or root, options)
 
     @property
     def local(self) -> bool:
+        """On the local filesystem (a plain path or ``file://``)."""
         return isinstance(self.fs, LocalFileSystem)
 
     def key(self, name: str) -> str:
+        """The fsspec path of ``name`` (a key such as ``zarr.json``) under the cache."""
         return f"{self.root}/{name}"
 
     def store(self, read_only: bool = False):
@@ -70,9 +74,12 @@ class Location:
         return zarr.storage.FsspecStore.from_url(self.url, storage_options=self.storage_options, read_only=read_only)
 
     def open_group(self, mode: str) -> zarr.Group:
+        """The cache's root Zarr group, opened with zarr's ``mode`` (``r`` read-only, ``r+``, ``a``,
+        ``w``...)."""
         return zarr.open_group(store=self.store(read_only=mode == "r"), mode=mode)
 
     def exists(self) -> bool:
+        """Something is at the cache's root (a file, a directory or a prefix)."""
         return bool(self.fs.exists(self.root))
 
     def is_empty(self) -> bool:

@@ -174,6 +174,7 @@ class Manifest:
     layout: LayoutInfo
     counts: Mapping[str, Any]
     complete: bool
+    kinds: Mapping[str, Any] | None = None  # resolved fields of kinds added after format version 2
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -226,7 +227,10 @@ class Manifest:
 
     def to_dict(self) -> dict:
         """The JSON form (as stored in the cache)."""
-        return {f.name: _thaw_section(getattr(self, f.name)) for f in fields(self)}
+        out = {f.name: _thaw_section(getattr(self, f.name)) for f in fields(self)}
+        if out["kinds"] is None:  # caches of the four original kinds have no such section
+            del out["kinds"]
+        return out
 
     def with_state(self, **changes) -> Manifest:
         """A copy with ``complete`` and/or ``counts`` changed (what a writer updates)."""

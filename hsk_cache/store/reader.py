@@ -65,9 +65,12 @@ class CacheReader:
 
     @property
     def complete(self) -> bool:
+        """Extraction finished: the manifest's ``complete`` flag (written last)."""
         return bool(self.manifest.complete)
 
     def committed_shards(self) -> int:
+        """The number of shards whose commit row records every array (0 before any commit); a
+        shard whose commit row is unreadable counts as uncommitted."""
         if layout.COMMIT_ARRAY not in self.group:
             return 0
         rows, _ = commits.read_commits(self.group)
@@ -118,6 +121,7 @@ class CacheReader:
             )
 
     def has(self, name: str) -> bool:
+        """The cache holds an array (or group) named ``name``."""
         return name in self.group
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:

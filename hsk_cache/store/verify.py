@@ -41,6 +41,20 @@ class Problem:
 
 @dataclass
 class VerifyReport:
+    """What ``verify`` found in one cache.
+
+    Attributes:
+        path: the cache's path or URL.
+        num_shards: shards in the cache's layout.
+        committed: shards with a complete commit record (the ones checked).
+        complete: the manifest says extraction finished.
+        problems: every damaged file found (missing, resized, another crc32c, an unreadable
+            commit record, a corrupt global array); empty when all is well.
+        checked_bytes: bytes of the committed shard files read and checked (global arrays not
+            counted).
+        elapsed_s: wall-clock seconds the check took.
+    """
+
     path: str
     num_shards: int
     committed: int
@@ -51,6 +65,7 @@ class VerifyReport:
 
     @property
     def bad_shards(self) -> list[int]:
+        """The shards with at least one problem, ascending (the ones ``hsk extract`` re-extracts)."""
         return sorted({p.shard for p in self.problems if p.shard is not None})
 
     @property

@@ -228,8 +228,8 @@ ARRAY_CONFIG = {"write_empty_chunks": True}  # every chunk is stored: a missing 
 CACHE_OUTPUT = outputs.OutputKind(
     run="a cache",
     error=CacheError,
-    foreign="exists and is not an hsk cache: choose another --out or remove it",
-    foreign_overwrite="is not an hsk cache; refusing to delete it with --overwrite: choose another --out",
+    foreign="exists and is not an hsk cache: choose another {out} or remove it",
+    foreign_overwrite="is not an hsk cache; refusing to delete it with {overwrite}: choose another {out}",
 )
 
 

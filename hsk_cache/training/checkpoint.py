@@ -69,6 +69,8 @@ def unflatten(tree, tensors: dict[str, torch.Tensor]):
 
 
 def name(stage: int, step: int) -> str:
+    """The directory name of the checkpoint at optimizer step ``step`` of stage index ``stage``:
+    ``stage<stage>-step<step>``, the step zero-padded to 9 digits (``stage1-step000000500``)."""
     return f"stage{stage}-step{step:09d}"
 
 
@@ -122,7 +124,8 @@ def load_state(path: Path) -> dict:
     except (OSError, ValueError) as err:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is unreadable ({err}): remove it to resume from an earlier "
-            "one, or pass --overwrite to start over"
+            "one, or pass {overwrite} to start over",
+            field="overwrite",
         ) from None
 
 
@@ -141,7 +144,8 @@ def load_weights(path: Path, modules: torch.nn.ModuleDict) -> None:
         raise CheckpointError(
             f"checkpoint {str(path)!r} holds another model ({len(missing)} keys missing, "
             f"{len(unexpected)} unexpected, e.g. {(list(missing) + list(unexpected))[0]!r}): "
-            "pass --overwrite to start over"
+            "pass {overwrite} to start over",
+            field="overwrite",
         )
 
 

@@ -14,8 +14,8 @@ from hsk_cache.config.run import (
     check_precision,
 )
 from hsk_cache.data.cache import DEFAULT_MEMORY_BUDGET
-from hsk_cache.distill.loss import ATTENTION_LOSSES, WIDTH_TARGETS
 from hsk_cache.errors import ConfigError
+from hsk_cache.knowledge.kind import LossOptions
 from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models.students import StudentConfig
 
@@ -41,10 +41,22 @@ class EvalConfig:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        if self.every < 0 or self.batch_size < 1:
-            raise ConfigError(f"--eval-every {self.every}: use 0 (stage ends only) or a positive step count")
+        if self.every < 0:
+            raise ConfigError(
+                f"{{eval_every}} {self.every}: use 0 (stage ends only) or a positive step count",
+                field="eval_every",
+                value=self.every,
+            )
+        if self.batch_size < 1:
+            raise ConfigError(
+                f"{{eval_batch_size}} {self.batch_size}: use at least 1", field="eval_batch_size", value=self.batch_size
+            )
         if self.metric not in EVAL_METRICS:
-            raise ConfigError(f"unknown --eval-metric {self.metric!r}: use one of {', '.join(EVAL_METRICS)}")
+            raise ConfigError(
+                f"unknown {{eval_metric}} {self.metric!r}: use one of {', '.join(EVAL_METRICS)}",
+                field="eval_metric",
+                value=self.metric,
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,45 +95,84 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_device(self.device)
         if self.num_workers < 0:
-            raise ConfigError(f"--num-workers {self.num_workers}: use 0 (inline) or more")
-        if self.width_target not in WIDTH_TARGETS:
-            raise ConfigError(f"unknown --width-target {self.width_target!r}: use zero or ignore")
-        if self.attention_loss not in ATTENTION_LOSSES:
-            raise ConfigError(f"unknown --attention-loss {self.attention_loss!r}: use kl or mse")
-        if (self.cache is None) == (self.online_teacher is None):
-            raise ConfigError("give exactly one of --from-cache CACHE or --online TEACHER")
-        if self.online_teacher is not None and self.data is None:
-            raise ConfigError("--online needs --data")
-        if not self.temperature > 0 or self.hard_label_weight < 0:
             raise ConfigError(
-                f"--temperature {self.temperature} / --hard-label-weight {self.hard_label_weight}: "
-                "use a temperature > 0 and a weight ≥ 0"
+                f"{{num_workers}} {self.num_workers}: use 0 (inline) or more",
+                field="num_workers",
+                value=self.num_workers,
             )
+        self.loss_options()  # validates them (one home: knowledge.kind.LossOptions)
+        if (self.cache is None) == (self.online_teacher is None):
+            raise ConfigError("give exactly one of {cache} CACHE or {online_teacher} TEACHER", field="cache")
+        if self.online_teacher is not None and self.data is None:
+            raise ConfigError("{online_teacher} needs {data}", field="data")
         if self.overwrite and self.resume:
-            raise ConfigError("give at most one of --overwrite (start over) and --resume (continue)")
+            raise ConfigError("give at most one of {overwrite} (start over) and {resume} (continue)", field="overwrite")
         check_precision(self.precision, self.device)
-        check_precision(self.teacher_precision, self.device, "--teacher-precision")
+        check_precision(self.teacher_precision, self.device, "teacher_precision")
         Interval.parse(self.save_every)
+
+    def loss_options(self) -> LossOptions:
+        """The ``DistillationLoss`` options of this run. Raises: ConfigError for an unknown one."""
+        return LossOptions(
+            layer_map=self.layer_map,
+            attention_map=self.attention_map,
+            keep_top_pairs=self.keep_top_pairs,
+            head_map=self.head_map,
+            width_target=self.width_target,
+            attention_loss=self.attention_loss,
+            temperature=self.temperature,
+            hard_label_weight=self.hard_label_weight,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
 class StageResult:
+    """What one training stage did.
+
+    Attributes:
+        kind: the stage's loss kind: ``hidden``, ``prediction`` or ``labels``.
+        steps: optimizer steps of the stage in all (0 for a stage of 0 epochs).
+        losses: every step's loss (averaged over the ranks), in order, including the steps a
+            resumed run did before its checkpoint.
+        elapsed_s: wall-clock seconds this call spent in the stage (0 for a stage finished before
+            the checkpoint resumed from).
+        examples_per_s: examples trained per second by this call, over all ranks (0 when it
+            trained none).
+    """
+
     kind: str
     steps: int
-    losses: list[float]  # every step's loss, resumed runs included
-    elapsed_s: float  # this process's share
+    losses: list[float]
+    elapsed_s: float
     examples_per_s: float
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainResult:
+    """What ``train`` did.
+
+    Attributes:
+        out: the run directory, which holds the final student.
+        stages: one result per stage, in order (empty when ``already_finished``).
+        layer_map: {student layer: teacher layer} of the hidden-state loss term ({} without one).
+        attention_map: {student layer: teacher layer} of the attention loss term ({} without one).
+        elapsed_s: wall-clock seconds of this call.
+        checkpoints: checkpoints written over the whole run, those of earlier (resumed) runs
+            included.
+        checkpoint_s: seconds spent writing them, over the whole run.
+        resumed_from: the checkpoint directory this call continued from, or None.
+        best: ``{metric, value, stage, step}`` of the model saved in ``<out>/best``, or None (no
+            dev evaluation).
+        already_finished: the run was complete before this call, so nothing was done.
+    """
+
     out: str
     stages: list[StageResult]
     layer_map: dict[int, int]
     attention_map: dict[int, int]
     elapsed_s: float
-    checkpoints: int = 0  # written over the whole run (resumed ones included)
-    checkpoint_s: float = 0.0  # seconds spent writing them
-    resumed_from: str | None = None  # the checkpoint this process continued from
-    best: dict | None = None  # {metric, value, stage, step} of the model in <out>/best
-    already_finished: bool = False  # the run was complete before this call: nothing was done
+    checkpoints: int = 0
+    checkpoint_s: float = 0.0
+    resumed_from: str | None = None
+    best: dict | None = None
+    already_finished: bool = False

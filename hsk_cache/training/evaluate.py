@@ -19,6 +19,16 @@ from hsk_cache.models.teacher import autocast
 
 @dataclass(frozen=True)
 class EvalResult:
+    """What ``run`` measured.
+
+    Attributes:
+        accuracy: the fraction of examples whose predicted class is their label, in [0, 1].
+        mcc: the Matthews correlation coefficient of predictions and labels, in [−1, 1]
+            (``matthews_corrcoef``; 0 when undefined).
+        examples: labelled examples evaluated.
+        elapsed_s: wall-clock seconds, loading the model and tokenizing the data included.
+    """
+
     accuracy: float
     mcc: float
     examples: int
@@ -76,8 +86,10 @@ class Evaluator:
         self.source = DatasetSource(data_config, tokenizer, label_names)
         if len(self.source.label_names) != len(label_names):
             raise ModelError(
-                f"--eval-data {data_config.source!r} has {len(self.source.label_names)} classes, the "
-                f"training task {len(label_names)}: evaluate on the same task's dev split"
+                f"{{eval_data}} {data_config.source!r} has {len(self.source.label_names)} classes, the "
+                f"training task {len(label_names)}: evaluate on the same task's dev split",
+                field="eval_data",
+                value=data_config.source,
             )
         self.tokenizer, self.num_classes = tokenizer, len(label_names)
         self.every, self.metric, self.batch_size, self.precision, self.device = (
@@ -109,7 +121,7 @@ def run(
     """Evaluate the classifier at ``model_path`` on ``data_config``'s split.
 
     Raises: ModelError for a path with no model; DataError for bad data; ModelError when the
-    model's class count differs from the data's; ConfigError when --max-length exceeds the
+    model's class count differs from the data's; ConfigError when ``max_length`` exceeds the
     model's position embeddings.
     """
     started = time.perf_counter()

@@ -17,6 +17,24 @@ from hsk_cache.training.loop import fit
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneConfig:
+    """What ``hsk finetune`` does: one cross-entropy stage on a task's labels.
+
+    Attributes:
+        model: the model to fine-tune: a directory, the alias ``minilm-l6``, or a hub name.
+        data: the training split.
+        out: the directory to save the fine-tuned model to (save_pretrained).
+        epochs: training epochs, ≥ 0 (a fraction trains part of the last epoch).
+        lr: the peak learning rate of AdamW (linear warmup over 10% of the steps, then linear
+            decay), > 0.
+        batch_size: examples per optimizer step, ≥ 1.
+        seed: seeds the new head's initialization, the epoch order and dropout.
+        precision: training autocast: ``fp32``, ``bf16``, or ``fp16`` (CUDA only, with loss
+            scaling).
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+    Raises:
+        ConfigError: (on construction) an unknown device or precision, or numbers out of range.
+    """
+
     model: str
     data: DataConfig
     out: str
@@ -35,6 +53,14 @@ class FinetuneConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneResult:
+    """What ``run`` did.
+
+    Attributes:
+        out: the directory the fine-tuned model was saved to.
+        stage: the training stage's result (kind ``labels``).
+        elapsed_s: wall-clock seconds of the whole run, loading and saving included.
+    """
+
     out: str
     stage: StageResult
     elapsed_s: float
@@ -45,7 +71,7 @@ def run(config: FinetuneConfig, progress=None) -> FinetuneResult:
     head if it already has the task's class names), train with cross-entropy, save to ``config.out``.
 
     Raises: ModelError for a path with no model; DataError for bad data; ConfigError when
-    --max-length exceeds the model's position embeddings.
+    ``max_length`` exceeds the model's position embeddings.
     """
     started = time.perf_counter()
     tokenizer = models.load_tokenizer(config.model)

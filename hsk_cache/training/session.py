@@ -43,8 +43,8 @@ _OWN = (RUN_FILE, METRICS_FILE, SUMMARY_FILE, BEST_DIR, checkpoint.CHECKPOINTS)
 RUN_OUTPUT = outputs.OutputKind(
     run="a run",
     error=CheckpointError,
-    foreign="exists and holds no hsk train run: choose another --out, or pass --overwrite to write the student there",
-    fix="rerun the original command to resume it, pass --overwrite to start over, or choose another --out",
+    foreign="exists and holds no hsk train run: choose another {out}, or pass {overwrite} to write the student there",
+    fix="rerun the original command to resume it, pass {overwrite} to start over, or choose another {out}",
     overwrite_replaces_foreign=True,  # a saved model, say (a later issue)
 )
 
@@ -128,12 +128,15 @@ class Session:
         if state is not outputs.OutputState.SAME:
             if require_checkpoint:
                 raise CheckpointError(
-                    f"--resume: {str(out)!r} holds no checkpoint to resume from: drop --resume to start"
+                    f"{{resume}}: {str(out)!r} holds no checkpoint to resume from: drop {{resume}} to start",
+                    field="resume",
                 )
             return cls(out, identity, None, None, writer, stop)
         path = checkpoint.latest(out)
         if path is None and require_checkpoint:
-            raise CheckpointError(f"--resume: {str(out)!r} holds no checkpoint yet: drop --resume to start over")
+            raise CheckpointError(
+                f"{{resume}}: {str(out)!r} holds no checkpoint yet: drop {{resume}} to start over", field="resume"
+            )
         return cls(out, identity, path, checkpoint.load_state(path) if path else None, writer, stop)
 
     @property
@@ -160,13 +163,17 @@ class Session:
             self._lock.acquire(timeout=0)
         except Timeout:
             raise CheckpointError(
-                f"another hsk train is running on --out {str(self.out)!r}: wait for it to finish, "
-                "or choose another --out"
+                f"another hsk train is running on {{out}} {str(self.out)!r}: wait for it to finish, "
+                "or choose another {out}",
+                field="out",
+                value=str(self.out),
             ) from None
         if checkpoint.latest(self.out) != self.resume_from and not overwrite:
             self.close()
             raise CheckpointError(
-                f"the run in --out {str(self.out)!r} changed while this one started: rerun the command"
+                f"the run in {{out}} {str(self.out)!r} changed while this one started: rerun the command",
+                field="out",
+                value=str(self.out),
             )
         for stale in self.out.glob(".tmp-*"):  # a write cut short by a kill
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
@@ -185,6 +192,8 @@ class Session:
             log.info("resuming from %s (%d log lines kept)", self.resume_from, kept)
 
     def stage_done(self, index: int) -> bool:
+        """Stage ``index`` was finished before the checkpoint resumed from (that checkpoint is of a
+        later stage, or of this stage's end); False without a checkpoint."""
         s = self.state
         return s is not None and (index < s["stage"] or (index == s["stage"] and s["stage_done"]))
 
@@ -199,7 +208,8 @@ class Session:
         except ValueError as err:
             raise CheckpointError(
                 f"cannot resume {str(self.out)!r}: {err}; rerun with the original "
-                "--memory-budget-gb, or pass --overwrite to start over"
+                "{memory_budget_bytes}, or pass {overwrite} to start over",
+                field="memory_budget_bytes",
             ) from None
         checkpoint.load_training(self.resume_from, s, ctx.optimizer, ctx.scheduler)
         self._last_save = (s["step"], time.perf_counter())
@@ -231,6 +241,15 @@ class Session:
             raise Stopped(f"stopped by signal {signum} at the end of stage {ctx.index}", signum)
 
     def save(self, ctx: StageContext, step: int, stage_done: bool = False) -> None:
+        """Write a checkpoint of stage ``ctx`` after optimizer step ``step`` and log it; ranks that
+        do not write only restart the ``save_every`` interval.
+
+        Args:
+            ctx: the stage in progress.
+            step: optimizer steps done in the stage.
+            stage_done: the stage has ended: the checkpoint holds no optimizer or scheduler
+                state, and a run resumed from it starts the next stage.
+        """
         if not self.writer:
             self._last_save = (step, time.perf_counter())
             return
@@ -292,6 +311,8 @@ class Session:
         self.close()
 
     def close(self) -> None:
+        """Close the metrics log, release the directory's lock and disarm the stop request; safe
+        to call more than once."""
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -334,7 +355,9 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{str(path)!r} is unreadable ({err}): pass --overwrite to start over") from None
+        raise CheckpointError(
+            f"{str(path)!r} is unreadable ({err}): pass {{overwrite}} to start over", field="overwrite"
+        ) from None
 
 
 def _read_lines(path: Path) -> list[dict]:

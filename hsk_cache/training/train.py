@@ -25,8 +25,9 @@ from hsk_cache.config.run import (
 from hsk_cache.data.cache import open_cache
 from hsk_cache.data.sources import OnlineSource
 from hsk_cache.distill import objectives
-from hsk_cache.distill.loss import INTERMEDIATE_TERMS, DistillationLoss
+from hsk_cache.distill.loss import DistillationLoss
 from hsk_cache.errors import ConfigError
+from hsk_cache.knowledge import registry
 from hsk_cache.models import hub as models
 from hsk_cache.models.students import STUDENT_KINDS, StudentConfig, build_student  # noqa: F401 (public here too)
 from hsk_cache.store import layout
@@ -162,7 +163,7 @@ def stage_objective(stage: StageConfig, loss_fn: DistillationLoss | None):
         return objectives.labels, []
     if loss_fn is None:  # a stage with 0 epochs: nothing runs
         return None, []
-    terms = ("logits",) if stage.kind == "prediction" else tuple(t for t in INTERMEDIATE_TERMS if t in loss_fn.terms)
+    terms = tuple(t for t in registry.stage_terms(stage.kind) if t in loss_fn.terms)
     extra = list(loss_fn.parameters()) if stage.kind == "hidden" else []
     return objectives.distillation(loss_fn, terms), extra
 
@@ -206,10 +207,12 @@ def identity(config: TrainConfig, source) -> dict:
 def _check_knowledge(config: TrainConfig, source, stages) -> None:
     """Raises ConfigError, before any training, when a stage needs knowledge the source lacks."""
     if any(s.kind == "prediction" for s in stages) and "logits" not in source.knowledge:
-        where = f"the cache {config.cache!r}" if config.cache else "--knowledge"
+        where = f"the cache {config.cache!r}" if config.cache else "{knowledge}"
         raise ConfigError(
             f"{where} holds no logits (knowledge: {','.join(source.knowledge)}) but the prediction stage needs "
-            "them: pass --pred-epochs 0, or extract with --knowledge " + ",".join((*source.knowledge, "logits"))
+            "them: pass {stages.prediction.epochs} 0, or extract with {knowledge} "
+            + ",".join((*source.knowledge, "logits")),
+            field="knowledge",
         )
 
 
@@ -247,16 +250,17 @@ def distillation_loss(config: TrainConfig, student, source, stages) -> Distillat
     intermediate terms the source holds for the hidden stage, logits for the prediction stage.
 
     Raises: ConfigError if the hidden stage trains and the source has no intermediate knowledge,
-    a map needs an unstored layer, or head counts differ without a usable --head-map.
+    a map needs an unstored layer, or head counts differ without a usable ``head_map``.
     """
     kinds = {s.kind for s in stages}
     terms = []
     if "hidden" in kinds:
-        terms = [t for t in INTERMEDIATE_TERMS if t in source.knowledge]
+        terms = [t for t in registry.stage_terms("hidden") if t in source.knowledge]
         if not terms:
             raise ConfigError(
                 "the knowledge source has no hidden states, attention or value relation: "
-                "set --hidden-epochs 0 or extract them"
+                "set {stages.hidden.epochs} 0 or extract them",
+                field="knowledge",
             )
     if "prediction" in kinds:
         terms.append("logits")
