@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from hsk_cache.config.run import DataConfig, check_device, check_precision
-from hsk_cache.data import splits as data
+from hsk_cache.data import splits
 from hsk_cache.data.candidates import MaskedLM, Neighbours, Slot, Words, replaceable
 from hsk_cache.errors import ConfigError, DataError
-from hsk_cache.models import hub as models
+from hsk_cache.models import hub
 from hsk_cache.outputs import OutputKind, OutputState, check_output_dir, commit_file, write_text
 from hsk_cache.version import __version__
 
@@ -67,7 +67,7 @@ class AugmentConfig:
     candidates: int = 15
     mlm: str | None = None
     vectors: str | None = None
-    teacher: str = models.BUNDLED_TEACHER  # splits words without --mlm; its input embeddings without --vectors
+    teacher: str = hub.BUNDLED_TEACHER  # splits words without --mlm; its input embeddings without --vectors
     pair_side: str = "both"
     seed: int = 0
     shard_examples: int = 1000
@@ -145,10 +145,10 @@ def run(config: AugmentConfig, progress=None) -> AugmentResult:
         progress: optional bar factory ``(description, total, initial) -> tqdm-like``.
     Raises:
         ConfigError: ``out`` holds something else, or an augmentation with other settings
-            (pass ``overwrite``). DataError / ModelError: unreadable source, vectors or models.
+            (pass ``overwrite``). DataError / ModelError: unreadable source, vectors or hub.
     """
     started = time.perf_counter()
-    split = data.load_split(config.data)
+    split = splits.load_split(config.data)
     pair = "text_pair" in split.dataset.column_names
     if config.pair_side != "both" and not pair:
         raise ConfigError(
@@ -179,7 +179,7 @@ def run(config: AugmentConfig, progress=None) -> AugmentResult:
     if bar is not None:
         bar.close()
     totals = _totals(out, config.data.split, shards)
-    write_text(out / data.AUGMENT_MANIFEST, json.dumps({**manifest, **totals, "complete": True}, indent=1))
+    write_text(out / splits.AUGMENT_MANIFEST, json.dumps({**manifest, **totals, "complete": True}, indent=1))
     return AugmentResult(
         out=str(out),
         examples=len(split.dataset),
@@ -289,7 +289,7 @@ def _candidate_sources(config: AugmentConfig):
     else:
         log.info("no --mlm given: every word takes the nearest-neighbour path (TinyBERT's masked-LM path is off)")
     # the teacher's tokenizer splits words without an MLM and its embeddings give neighbours without vectors
-    tokenizer = models.load_tokenizer(config.teacher) if mlm is None or not config.vectors else None
+    tokenizer = hub.load_tokenizer(config.teacher) if mlm is None or not config.vectors else None
     words = Words(mlm.tokenizer if mlm else tokenizer)
     if config.vectors:
         neighbours = Neighbours.from_vectors_file(config.vectors, config.candidates)
@@ -330,13 +330,13 @@ def _prepare_out(out: Path, config: AugmentConfig, manifest: dict) -> None:
     """Start, resume, or (``overwrite``) restart the output directory; refuse anything else."""
     identity = {key: manifest[key] for key in _IDENTITY}
     state = check_output_dir(
-        out, AUGMENT_OUTPUT, marker=data.AUGMENT_MANIFEST, identity=identity, read=_held, overwrite=config.overwrite
+        out, AUGMENT_OUTPUT, marker=splits.AUGMENT_MANIFEST, identity=identity, read=_held, overwrite=config.overwrite
     )
     if state is OutputState.REPLACE:
         shutil.rmtree(out)
     (out / config.data.split).mkdir(parents=True, exist_ok=True)
     if state is not OutputState.SAME:
-        write_text(out / data.AUGMENT_MANIFEST, json.dumps(manifest, indent=1))
+        write_text(out / splits.AUGMENT_MANIFEST, json.dumps(manifest, indent=1))
 
 
 def _held(path: Path) -> dict:  # the identity of the augmentation that manifest ``path`` describes
@@ -419,7 +419,7 @@ def _write_dev(out: Path, config: AugmentConfig, label_names, pair: bool) -> Non
     if path.is_file() or Path(config.data.source).expanduser().is_file():  # a single file has no dev split
         return
     try:
-        dev = data.load_split(replace(config.data, split="dev", limit=None), label_names=label_names)
+        dev = splits.load_split(replace(config.data, split="dev", limit=None), label_names=label_names)
     except DataError:
         log.info("the source has no dev split: %s gets none", out)
         return

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from hsk_cache.errors import ConfigError, DataError, DataNotFoundError
-from hsk_cache.models import families
-from hsk_cache.models import hub as models
+from hsk_cache.models import families, hub
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ class MaskedLM:
         from transformers import AutoModelForMaskedLM
 
         self.path, self.k, self.batch_size, self.precision, self.device = path, k, batch_size, precision, device
-        self.tokenizer = models.load_tokenizer(path)
+        self.tokenizer = hub.load_tokenizer(path)
         if self.tokenizer.mask_token_id is None:
             raise ConfigError(
                 f"{{mlm}} {path!r}: its tokenizer has no mask token; give a masked language model",
@@ -103,9 +102,9 @@ class MaskedLM:
                 value=path,
             )
         try:
-            self.model = AutoModelForMaskedLM.from_pretrained(models.resolve(path)).eval().to(device)
+            self.model = AutoModelForMaskedLM.from_pretrained(hub.resolve(path)).eval().to(device)
         except Exception as err:
-            raise models.load_error(models.resolve(path), err, "masked language model") from None
+            raise hub.load_error(hub.resolve(path), err, "masked language model") from None
         vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
         special = set(self.tokenizer.all_special_ids)
         allowed = [whole_word(t) and i not in special for i, t in enumerate(vocab)]
@@ -262,9 +261,9 @@ class Neighbours:
         from transformers import AutoModel
 
         try:
-            weight = AutoModel.from_pretrained(models.resolve(path)).get_input_embeddings().weight
+            weight = AutoModel.from_pretrained(hub.resolve(path)).get_input_embeddings().weight
         except Exception as err:
-            raise models.load_error(models.resolve(path), err, "model") from None
+            raise hub.load_error(hub.resolve(path), err, "model") from None
         embeddings = weight.detach().float().numpy()  # [V, D]
         vocab = tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), embeddings.shape[0]))))
         special = set(tokenizer.all_special_ids)

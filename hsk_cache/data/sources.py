@@ -14,12 +14,12 @@ from __future__ import annotations
 import numpy as np
 
 from hsk_cache.config.run import DataConfig
-from hsk_cache.data import splits as data
+from hsk_cache.data import splits
 from hsk_cache.data.loader import Loader, Sampler, Step
 from hsk_cache.knowledge.batch import Examples, collate
 from hsk_cache.knowledge.plan import Plan
 from hsk_cache.knowledge.spec import ExtractSpec
-from hsk_cache.models import hub as models
+from hsk_cache.models import hub
 from hsk_cache.models.teacher import run_teacher
 
 
@@ -30,9 +30,9 @@ class DatasetSource:
 
     def __init__(self, data_config: DataConfig, tokenizer, label_names: tuple[str, ...] | None = None) -> None:
         self.tokenizer = tokenizer
-        self.split = data.load_split(data_config, label_names=label_names)
+        self.split = splits.load_split(data_config, label_names=label_names)
         self.label_names = self.split.label_names
-        tokenized = data.tokenize(self.split, tokenizer, data_config.max_length)
+        tokenized = splits.tokenize(self.split, tokenizer, data_config.max_length)
         self.examples = Examples.from_dataset(tokenized, data_config.max_length, tokenizer.pad_token_id)
         self.tokenized = tokenized
 
@@ -80,10 +80,10 @@ class OnlineSource(DatasetSource):
         device: str = "cpu",
     ) -> None:
         spec.tokens.check(data_config.max_length)
-        self.teacher = models.load_classifier(teacher_path, attention=spec.needs_attention).to(device)
-        models.check_max_length(self.teacher.config, data_config.max_length)
-        names = models.task_label_names(self.teacher)
-        super().__init__(data_config, models.load_tokenizer(teacher_path), names)
+        self.teacher = hub.load_classifier(teacher_path, attention=spec.needs_attention).to(device)
+        hub.check_max_length(self.teacher.config, data_config.max_length)
+        names = hub.task_label_names(self.teacher)
+        super().__init__(data_config, hub.load_tokenizer(teacher_path), names)
         self.precision = precision
         self.teacher_config = self.teacher.config.to_dict()
         self.plan = self.stored = Plan.make(spec, self.teacher.config, self.tokenizer, data_config.max_length)

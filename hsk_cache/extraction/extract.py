@@ -11,13 +11,13 @@ import numpy as np
 
 from hsk_cache import distributed
 from hsk_cache.config.run import DataConfig, check_device, check_precision
-from hsk_cache.data import splits as data
+from hsk_cache.data import splits
 from hsk_cache.errors import CacheError, ConfigError, HskError, ModelError
 from hsk_cache.extraction import estimate
 from hsk_cache.knowledge.batch import Examples, collate, sequential_batches
 from hsk_cache.knowledge.plan import Plan
 from hsk_cache.knowledge.spec import ExtractSpec
-from hsk_cache.models import hub as models
+from hsk_cache.models import hub
 from hsk_cache.models.teacher import run_teacher
 from hsk_cache.select import SELECTION_VERSION
 from hsk_cache.store import layout
@@ -97,7 +97,7 @@ class Prepared:
     tokenizer: object
     teacher: object | None  # None for a dry run: only the config is loaded
     teacher_config: object
-    split: data.Split | None  # None on ranks > 0 of a torchrun job (rank 0 tokenizes for all)
+    split: splits.Split | None  # None on ranks > 0 of a torchrun job (rank 0 tokenizes for all)
     tokenized: object | None
     examples: Examples
     plan: Plan
@@ -114,19 +114,19 @@ def prepare(
 
     Raises: ModelError, DataError, ConfigError.
     """
-    tokenizer = models.load_tokenizer(config.teacher)
+    tokenizer = hub.load_tokenizer(config.teacher)
     if load_weights:
-        teacher = models.load_classifier(config.teacher, attention=config.spec.needs_attention)
+        teacher = hub.load_classifier(config.teacher, attention=config.spec.needs_attention)
         teacher = teacher.to(device or config.device)
         teacher_config = teacher.config
     else:
-        teacher, teacher_config = None, models.load_config(config.teacher)
-    models.check_max_length(teacher_config, config.data.max_length)
+        teacher, teacher_config = None, hub.load_config(config.teacher)
+    hub.check_max_length(teacher_config, config.data.max_length)
     split = tokenized = None
     if examples is None:
-        split = data.load_split(config.data, label_names=models.task_label_names_of_config(teacher_config))
+        split = splits.load_split(config.data, label_names=hub.task_label_names_of_config(teacher_config))
         _check_classes(split, teacher_config)
-        tokenized = data.tokenize(split, tokenizer, config.data.max_length)
+        tokenized = splits.tokenize(split, tokenizer, config.data.max_length)
         examples = Examples.from_dataset(tokenized, config.data.max_length, tokenizer.pad_token_id)
     plan = Plan.make(config.spec, teacher_config, tokenizer, config.data.max_length)
     specs = layout.arrays(plan, len(examples), examples.token_type_ids is not None)
@@ -180,7 +180,7 @@ def _run(config: ExtractConfig, rank: distributed.Rank, progress, started: float
             repaired = _repair(writer, progress) if writer.resumed else []
             # as loaded, not as tokenizing left it (its truncation state depends on whether datasets'
             # cache answered), so the stored bytes depend only on the teacher
-            writer.write_tokenizer(models.load_tokenizer(config.teacher))
+            writer.write_tokenizer(hub.load_tokenizer(config.teacher))
             if p.plan.dim_index is not None:
                 writer.write_global("dim_index", p.plan.dim_index.astype(np.int16))
             committed = writer.committed()
@@ -303,7 +303,7 @@ def _check_classes(split, teacher_config) -> None:
 def _manifest(config: ExtractConfig, p: Prepared) -> Manifest:
     """The typed manifest of the cache ``config`` writes (``complete`` False, no counts yet)."""
     tokenizer, split, plan, n = p.tokenizer, p.split, p.plan, len(p.examples)
-    teacher_path = models.resolve(config.teacher)
+    teacher_path = hub.resolve(config.teacher)
     source = Path(config.data.source).expanduser()
     return Manifest(
         format=layout.FORMAT_NAME,
@@ -312,7 +312,7 @@ def _manifest(config: ExtractConfig, p: Prepared) -> Manifest:
         selection_version=SELECTION_VERSION,
         teacher=TeacherInfo(
             path=str(Path(teacher_path).resolve()) if Path(teacher_path).exists() else teacher_path,
-            weights_sha256=models.weights_sha256(teacher_path),
+            weights_sha256=hub.weights_sha256(teacher_path),
             num_layers=p.teacher_config.num_hidden_layers,
             hidden_size=p.teacher_config.hidden_size,
             num_heads=p.teacher_config.num_attention_heads,
@@ -322,7 +322,7 @@ def _manifest(config: ExtractConfig, p: Prepared) -> Manifest:
         data=DataInfo(
             **config.data.describe(),
             task=split.task,
-            fingerprint=data.fingerprint(p.tokenized),
+            fingerprint=splits.fingerprint(p.tokenized),
             resolved_source=str(source.resolve()) if source.exists() else config.data.source,
             num_examples=n,
             label_names=split.label_names,

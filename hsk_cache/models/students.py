@@ -11,8 +11,7 @@ from pathlib import Path
 import torch
 
 from hsk_cache.errors import ConfigError, ModelError
-from hsk_cache.models import families
-from hsk_cache.models import hub as models
+from hsk_cache.models import families, hub
 from hsk_cache.models.hub import _attention_kwargs, _check_model_dir, local_dir, weight_files
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ def build_student(
 
 def _student(student: StudentConfig, teacher_config: dict, label_names: tuple[str, ...], attention: bool):
     if student.kind == "pretrained":
-        model = models.load_classifier(student.path, attention=attention)
+        model = hub.load_classifier(student.path, attention=attention)
         if model.config.num_labels != len(label_names):
             raise ConfigError(
                 f"pretrained student {student.path!r} has {model.config.num_labels} classes, the task has "
@@ -86,7 +85,7 @@ def _student(student: StudentConfig, teacher_config: dict, label_names: tuple[st
             )
         return model
     if student.kind == "teacher-layers":
-        depth = models.read_config(student.path)["num_hidden_layers"]
+        depth = hub.read_config(student.path)["num_hidden_layers"]
         layers = student.init_layers or default_init_layers(depth, student.layers)
         model = student_from_teacher_layers(student.path, tuple(layers), attention)
     else:

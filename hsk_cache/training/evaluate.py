@@ -12,7 +12,7 @@ from hsk_cache.config.run import DataConfig
 from hsk_cache.data.sources import DatasetSource
 from hsk_cache.errors import ModelError
 from hsk_cache.knowledge.batch import sequential_batches
-from hsk_cache.models import hub as models
+from hsk_cache.models import hub
 from hsk_cache.models.inputs import model_inputs
 from hsk_cache.models.teacher import autocast
 
@@ -125,9 +125,9 @@ def run(
     model's position embeddings.
     """
     started = time.perf_counter()
-    model = models.load_classifier(model_path).to(device)
-    models.check_max_length(model.config, data_config.max_length)
-    source = DatasetSource(data_config, models.load_tokenizer(model_path), models.task_label_names(model))
+    model = hub.load_classifier(model_path).to(device)
+    hub.check_max_length(model.config, data_config.max_length)
+    source = DatasetSource(data_config, hub.load_tokenizer(model_path), hub.task_label_names(model))
     if len(source.label_names) != model.config.num_labels:
         raise ModelError(
             f"{model_path!r} predicts {model.config.num_labels} classes but the data has {len(source.label_names)}: "

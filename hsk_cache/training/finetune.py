@@ -10,7 +10,7 @@ import torch
 from hsk_cache.config.run import DataConfig, StageConfig, check_device, check_precision
 from hsk_cache.data.sources import DatasetSource
 from hsk_cache.distill import objectives
-from hsk_cache.models import hub as models
+from hsk_cache.models import hub
 from hsk_cache.training.configs import StageResult
 from hsk_cache.training.loop import fit
 
@@ -74,11 +74,11 @@ def run(config: FinetuneConfig, progress=None) -> FinetuneResult:
     ``max_length`` exceeds the model's position embeddings.
     """
     started = time.perf_counter()
-    tokenizer = models.load_tokenizer(config.model)
+    tokenizer = hub.load_tokenizer(config.model)
     source = DatasetSource(config.data, tokenizer)
     torch.manual_seed(config.seed)
-    model = models.load_classifier(config.model, label_names=source.label_names)
-    models.check_max_length(model.config, config.data.max_length)
+    model = hub.load_classifier(config.model, label_names=source.label_names)
+    hub.check_max_length(model.config, config.data.max_length)
     model.to(config.device)
     stage = StageConfig(kind="labels", epochs=config.epochs, lr=config.lr, batch_size=config.batch_size)
     result = fit(
@@ -91,5 +91,5 @@ def run(config: FinetuneConfig, progress=None) -> FinetuneResult:
         progress=progress,
         device=config.device,
     )
-    models.save(model.to("cpu"), tokenizer, config.out)
+    hub.save(model.to("cpu"), tokenizer, config.out)
     return FinetuneResult(out=config.out, stage=result, elapsed_s=time.perf_counter() - started)

@@ -108,7 +108,7 @@ class Session:
     ) -> Session:
         """Check ``out`` against ``identity`` and find the checkpoint to resume from. Writes nothing.
         ``writer=False`` (ranks > 0 of a data-parallel job): the session resumes from the same
-        checkpoint but never writes; rank 0's session writes the log, checkpoints and models.
+        checkpoint but never writes; rank 0's session writes the log, checkpoints and hub.
         ``stop``: the stop request the caller's signal handlers fill (None: a fresh one).
 
         Raises: CheckpointError when ``out`` holds a run of another config, or something that is
@@ -294,10 +294,10 @@ class Session:
         return metrics
 
     def _save_best(self, student) -> None:
-        from hsk_cache.models import hub as models
+        from hsk_cache.models import hub
 
         def write(tmp: Path) -> None:
-            models.save(student, self.evaluator.tokenizer, tmp)
+            hub.save(student, self.evaluator.tokenizer, tmp)
             (tmp / "best.json").write_text(json.dumps(self.best, indent=1))
 
         outputs.write_dir(self.out / BEST_DIR, write)

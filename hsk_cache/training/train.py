@@ -28,7 +28,7 @@ from hsk_cache.distill import objectives
 from hsk_cache.distill.loss import DistillationLoss
 from hsk_cache.errors import ConfigError
 from hsk_cache.knowledge import registry
-from hsk_cache.models import hub as models
+from hsk_cache.models import hub
 from hsk_cache.models.students import STUDENT_KINDS, StudentConfig, build_student  # noqa: F401 (public here too)
 from hsk_cache.store import layout
 from hsk_cache.training.configs import StageResult, TrainConfig, TrainResult
@@ -135,7 +135,7 @@ def run(config: TrainConfig, progress=None, stop: StopRequest | None = None) -> 
                 )
             )
         if rank.is_main:
-            models.save(student.to("cpu"), source.tokenizer, config.out)
+            hub.save(student.to("cpu"), source.tokenizer, config.out)
         result = TrainResult(
             out=config.out,
             stages=results,
