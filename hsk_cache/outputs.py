@@ -80,7 +80,9 @@ def check_output(
         raise kind.error(f"{where} {(kind.foreign_overwrite if overwrite else '') or kind.foreign}", field="out")
     if overwrite:
         return OutputState.REPLACE
-    for key, (old, new) in _differences(held() if callable(held) else held, identity):
+    first = next(_differences(held() if callable(held) else held, identity), None)
+    if first is not None:
+        key, (old, new) = first
         raise kind.error(
             f"{where} holds {kind.run} with a different {key} ({old!r} vs {new!r}): {kind.fix}", field="out"
         )

@@ -100,7 +100,6 @@ def check_precision(precision: str, device: str = "cpu", field: str = "precision
         ``teacher_precision``).
     Raises: ConfigError naming ``field`` and the value.
     """
-    field = field[2:].replace("-", "_") if field.startswith("--") else field  # a flag given: its field
     if precision not in PRECISIONS:
         raise ConfigError(
             f"unknown {{{field}}} {precision!r}: use one of {', '.join(PRECISIONS)}", field=field, value=precision

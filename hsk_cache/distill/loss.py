@@ -111,7 +111,7 @@ class DistillationLoss(torch.nn.Module):
             temperature=temperature,
             hard_label_weight=hard_label_weight,
         )
-        every = registry.term_names()
+        every = registry.names()  # each kind's term
         available = tuple(t for t in every if t in plan.knowledge)
         self.terms = available if terms is None else tuple(t for t in every if t in terms)
         self._check_terms(terms, available)
@@ -120,8 +120,6 @@ class DistillationLoss(torch.nn.Module):
         for term in self._term.values():
             for attribute, module in term.modules().items():
                 setattr(self, attribute, module)  # registered: parameters, state_dict, .to(device)
-        self.head_map, self.width_target, self.attention_loss = head_map, width_target, attention_loss
-        self.temperature, self.hard_label_weight = temperature, hard_label_weight
 
     @property
     def hidden_map(self) -> dict[int, int]:
@@ -142,7 +140,7 @@ class DistillationLoss(torch.nn.Module):
         return (term.student_layer, term.teacher_layer) if term is not None else None
 
     def _check_terms(self, asked, available) -> None:
-        every = registry.term_names()
+        every = registry.names()  # each kind's term
         unknown = set(asked or ()) - set(every)
         if unknown:
             raise ConfigError(f"unknown distillation term(s) {sorted(unknown)}: use {', '.join(every)}", field="terms")
@@ -212,5 +210,5 @@ class DistillationLoss(torch.nn.Module):
         """The terms and maps, for ``print(loss_fn)``."""
         return (
             f"terms={self.terms}, hidden_map={self.hidden_map}, attention_map={self.attention_map}, "
-            f"value_relation={self.value_relation}, temperature={self.temperature}"
+            f"value_relation={self.value_relation}, temperature={self.options.temperature}"
         )

@@ -31,11 +31,9 @@ from hsk_cache.knowledge.kind import (
     KnowledgeKind,
     LossOptions,
     Term,
-    dequantized,
+    decode_rows,
+    encode_rows,
     index_array,
-    pad,
-    quantized,
-    trim,
     value_arrays,
 )
 from hsk_cache.select import depth
@@ -84,21 +82,12 @@ class AttentionProbs(KnowledgeKind):
         ]
 
     def encode(self, knowledge: dict, plan) -> dict[str, np.ndarray]:
-        """Pad the query axis to K and the key axis to T; quantize."""
-        out = {"attention_index": pad(knowledge["attention_index"], 2, plan.kept_tokens, -1).astype(np.int16)}
-        probs = pad(pad(knowledge["attention_probs"], 3, plan.kept_tokens, 0.0), 4, plan.max_length, 0.0)
-        quantized(out, "attention_probs", probs, plan.spec.dtype)
-        return out
+        """Pad the query axis to K and the key axis to T; quantize (``kind.encode_rows``)."""
+        return encode_rows(knowledge, "attention_index", "attention_probs", plan)
 
     def decode(self, rows: dict[str, np.ndarray], plan, width: int) -> dict[str, torch.Tensor]:
-        """float32 rows [B, L_a, H, K_b, T_b]."""
-        index = rows["attention_index"].astype(np.int64)
-        k = trim(index)
-        probs = dequantized(rows, "attention_probs", plan.spec.dtype)[:, :, :, :k, :width]
-        return {
-            "attention_index": torch.from_numpy(index[..., :k]),
-            "attention_probs": torch.from_numpy(np.ascontiguousarray(probs)),
-        }
+        """float32 rows [B, L_a, H, K_b, T_b] (``kind.decode_rows``)."""
+        return decode_rows(rows, "attention_index", "attention_probs", plan, width)
 
     def term(self, plan, student_config, options: LossOptions) -> AttentionProbsTerm:
         """Σ over the attention map of KL (or MSE) of the kept rows. Raises: ConfigError."""

@@ -4,7 +4,7 @@ No model code and no storage code here. A *batch* is a dict of tensors (B exampl
 longest in the batch): the student-side keys below, plus the keys of each knowledge kind it
 holds (each kind's module lists its own: ``knowledge/hidden_states.py`` has ``token_index``,
 ``hidden_states``, ``hidden_mask``; ``attention_probs.py``, ``value_relation.py`` and
-``logits.py`` theirs; ``registry.batch_keys()`` gives them all).
+``logits.py`` theirs; ``KnowledgeKind.batch_keys`` lists them).
 
 | key             | shape               | dtype   | content                                        |
 |-----------------|---------------------|---------|------------------------------------------------|

@@ -59,6 +59,12 @@ class ArraySpec:
     per_example: bool = True
     role: str = "values"
 
+    def __post_init__(self) -> None:
+        if self.role not in ROLES or self.dtype not in ITEMSIZE:
+            raise ValueError(
+                f"array {self.name}: role {self.role!r} / dtype {self.dtype!r}: use {ROLES} / {tuple(ITEMSIZE)}"
+            )
+
     def row_bytes(self) -> int:
         """Bytes of one example's row (the shape without N)."""
         return ITEMSIZE[self.dtype] * math.prod(self.shape[1:])
@@ -147,7 +153,6 @@ class KnowledgeKind:
     name: str = ""
     batch_keys: tuple[str, ...] = ()
     index_keys: tuple[str, ...] = ()  # batch keys padded with −1 when collated (the rest: 0 / False)
-    term_names: tuple[str, ...] = ()  # the loss terms it reports (``logits`` also reports ``labels``)
     stage: str = "hidden"  # hidden (intermediate layers) or prediction
 
     def needs_attention(self, spec) -> bool:
@@ -244,6 +249,29 @@ def check_layer(layer: int, depth: int, name: str) -> int:
     if not 1 <= layer <= depth:
         raise ConfigError(f"{{{name}}} {layer}: the teacher has attention layers 1..{depth}", field=name, value=layer)
     return layer
+
+
+def encode_rows(knowledge: dict, index_key: str, rows_key: str, plan) -> dict[str, np.ndarray]:
+    """Query rows over all keys (attention-like knowledge) → stored rows: the index [..., K_b]
+    padded to K with −1 (int16), the rows [..., K_b, T_b] padded to [..., K, T] with 0 and
+    quantized to the plan's dtype."""
+    index, rows = knowledge[index_key], knowledge[rows_key]
+    out = {index_key: pad(index, index.ndim - 1, plan.kept_tokens, -1).astype(np.int16)}
+    padded = pad(pad(rows, rows.ndim - 2, plan.kept_tokens, 0.0), rows.ndim - 1, plan.max_length, 0.0)
+    quantized(out, rows_key, padded, plan.spec.dtype)
+    return out
+
+
+def decode_rows(rows: dict[str, np.ndarray], index_key: str, rows_key: str, plan, width: int) -> dict:
+    """Inverse of ``encode_rows`` for one batch: the index [..., K_b] int64 and float32 rows
+    [..., K_b, T_b], K_b the batch's widest kept prefix and T_b = ``width``."""
+    index = rows[index_key].astype(np.int64)
+    k = trim(index)
+    values = dequantized(rows, rows_key, plan.spec.dtype)[..., :k, :width]
+    return {
+        index_key: torch.from_numpy(index[..., :k]),
+        rows_key: torch.from_numpy(np.ascontiguousarray(values)),
+    }
 
 
 def trim(index: np.ndarray) -> int:

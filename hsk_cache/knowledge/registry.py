@@ -35,19 +35,9 @@ def kinds(selected) -> tuple[KnowledgeKind, ...]:
     return tuple(k for k in KINDS if k.name in selected)
 
 
-def batch_keys() -> tuple[str, ...]:
-    """Every knowledge key a batch may hold, canonical order."""
-    return tuple(key for k in KINDS for key in k.batch_keys)
-
-
 def pad_values() -> dict[str, int]:
     """Collate padding of the knowledge keys that are not 0 / False: −1 for kept-position indexes."""
     return {key: -1 for k in KINDS for key in k.index_keys}
-
-
-def term_names() -> tuple[str, ...]:
-    """The loss terms the kinds define (``DistillationLoss`` terms), canonical order."""
-    return names()
 
 
 def stage_terms(stage: str) -> tuple[str, ...]:

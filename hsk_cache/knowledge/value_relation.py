@@ -31,11 +31,9 @@ from hsk_cache.knowledge.kind import (
     LossOptions,
     Term,
     check_layer,
-    dequantized,
+    decode_rows,
+    encode_rows,
     index_array,
-    pad,
-    quantized,
-    trim,
     value_arrays,
 )
 
@@ -80,21 +78,12 @@ class ValueRelation(KnowledgeKind):
         return [index_array("value_index", (n, k)), *value_arrays("value_relation", shape, plan, "key_rows")]
 
     def encode(self, knowledge: dict, plan) -> dict[str, np.ndarray]:
-        """Pad the query axis to K and the key axis to T; quantize."""
-        out = {"value_index": pad(knowledge["value_index"], 1, plan.kept_tokens, -1).astype(np.int16)}
-        relation = pad(pad(knowledge["value_relation"], 2, plan.kept_tokens, 0.0), 3, plan.max_length, 0.0)
-        quantized(out, "value_relation", relation, plan.spec.dtype)
-        return out
+        """Pad the query axis to K and the key axis to T; quantize (``kind.encode_rows``)."""
+        return encode_rows(knowledge, "value_index", "value_relation", plan)
 
     def decode(self, rows: dict[str, np.ndarray], plan, width: int) -> dict[str, torch.Tensor]:
-        """float32 rows [B, H, K_b, T_b]."""
-        index = rows["value_index"].astype(np.int64)
-        k = trim(index)
-        relation = dequantized(rows, "value_relation", plan.spec.dtype)[:, :, :k, :width]
-        return {
-            "value_index": torch.from_numpy(index[:, :k]),
-            "value_relation": torch.from_numpy(np.ascontiguousarray(relation)),
-        }
+        """float32 rows [B, H, K_b, T_b] (``kind.decode_rows``)."""
+        return decode_rows(rows, "value_index", "value_relation", plan, width)
 
     def term(self, plan, student_config, options: LossOptions) -> ValueRelationTerm:
         """KL of the student's last-layer value relation. Raises: ConfigError for heads that differ."""

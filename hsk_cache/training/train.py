@@ -263,19 +263,12 @@ def distillation_loss(config: TrainConfig, student, source, stages) -> Distillat
                 field="knowledge",
             )
     if "prediction" in kinds:
-        terms.append("logits")
+        terms += registry.stage_terms("prediction")
     if not terms:
         return None
     return DistillationLoss(
         source.stored,
         student.config,
         terms=terms,
-        layer_map=config.layer_map,
-        attention_map=config.attention_map,
-        keep_top_pairs=config.keep_top_pairs,
-        head_map=config.head_map,
-        width_target=config.width_target,
-        attention_loss=config.attention_loss,
-        temperature=config.temperature,
-        hard_label_weight=config.hard_label_weight,
+        **asdict(config.loss_options()),
     )
