@@ -2,6 +2,9 @@
 teacher's last-layer [CLS] state, with a cosine loss) extracts, stores, verifies, loads and
 trains through the unchanged pipeline."""
 
+import copy
+import pickle
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -93,4 +96,6 @@ def test_a_kind_defined_in_one_module_runs_end_to_end(tiny_teacher, toy_dir, tmp
     loss, terms = loss_fn(outputs, batch)
     loss.backward()
     assert 0 < float(terms["cls_hidden"].detach()) < 2
+    copied = copy.deepcopy(loss_fn)  # as training loops do (EMA, one loss per run)
+    assert copied.stored.extra == {"cls_layer": 2} and pickle.loads(pickle.dumps(cache.plan)).extra == {"cls_layer": 2}
     assert student.bert.embeddings.word_embeddings.weight.grad is not None

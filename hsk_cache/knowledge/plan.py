@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -71,7 +70,7 @@ class Plan:
     slots: int = 0
     dim_index: np.ndarray | None = None
     excluded_ids: tuple[int, ...] = ()
-    extra: Mapping = field(default_factory=dict)
+    extra: Mapping = field(default_factory=dict)  # a plain dict, so plans deep-copy and pickle
 
     @classmethod
     def make(cls, spec: ExtractSpec, config, tokenizer, max_length: int) -> Plan:
@@ -86,7 +85,7 @@ class Plan:
         for kind in registry.KINDS:
             resolved.update(kind.resolve(spec, config, max_length, kind.name in spec.knowledge))
         named = {f.name for f in fields(cls)}
-        extra = MappingProxyType({k: v for k, v in resolved.items() if k not in named})
+        extra = {k: v for k, v in resolved.items() if k not in named}
         return cls(
             spec=spec,
             max_length=max_length,
@@ -134,7 +133,7 @@ class Plan:
             kept_dims=d.kept_dims,
             slots=d.slots,
             dim_index=None if dim_index is None else np.asarray(dim_index, dtype=np.int64),
-            extra=MappingProxyType(extra),
+            extra=extra,
         )
 
     @property
