@@ -75,6 +75,9 @@ class DistillationLoss(torch.nn.Module):
         width_target: ``zero`` (dropped dimensions of kept tokens are targets of 0, Liu et al.
             2021 §4.3) or ``ignore`` (left out of the MSE).
         temperature: τ > 0 of the logits term. hard_label_weight: ≥ 0.
+        hidden_loss: ``mse`` or ``cosine`` (DistilBERT's cosine loss) for hidden states.
+        term_weights: (term, weight) pairs; each returned term is multiplied by its weight
+            (default 1) before the sum (``terms`` in the output are the weighted values).
     Raises: ConfigError (with the option's ``field`` and value) for unknown options, a term the
         knowledge lacks, a map needing an unstored layer, or head counts the head_map cannot
         reconcile.
@@ -97,6 +100,8 @@ class DistillationLoss(torch.nn.Module):
         attention_loss: str = "kl",
         temperature: float = 1.0,
         hard_label_weight: float = 0.0,
+        hidden_loss: str = "mse",
+        term_weights: tuple[tuple[str, float], ...] = (),
     ) -> None:
         super().__init__()
         plan = self.stored = plan_of(knowledge)
@@ -110,6 +115,8 @@ class DistillationLoss(torch.nn.Module):
             attention_loss=attention_loss,
             temperature=temperature,
             hard_label_weight=hard_label_weight,
+            hidden_loss=hidden_loss,
+            term_weights=tuple(term_weights),
         )
         every = registry.names()  # each kind's term
         available = tuple(t for t in every if t in plan.knowledge)
@@ -179,10 +186,12 @@ class DistillationLoss(torch.nn.Module):
         return layers[0] if layers else None
 
     def capture_values(self, model, terms=None):
-        """Context manager: captures the student's value vectors for the value-relation term
-        (``hooks.capture_values`` on ``value_layer``); yields an empty list when not needed."""
-        needed = any(self._term[name].value_layer is not None for name in self._active(terms))
-        return hooks.capture_values(model, self.value_layer if needed else None)
+        """Context manager: captures the student's projections the active terms read (the value
+        vectors of the value-relation term, the query/key/value vectors of MiniLMv2 relations;
+        ``hooks.capture_projections``). Yields ``{(projection, layer): [B, T_b, D_S]}``, empty
+        when no term needs any."""
+        wanted = set().union(*(self._term[name].projections for name in self._active(terms)))
+        return hooks.capture_projections(model, wanted)
 
     def forward(self, student_outputs, batch: dict, values=None, terms=None, world_size: int = 1) -> DistillationOutput:
         """The loss of one batch.
@@ -192,8 +201,8 @@ class DistillationLoss(torch.nn.Module):
                 entries [B, T_b, D_S]) and ``attentions`` (L_S entries [B, H, T_b, T_b]) when the
                 terms need them (``output_flags``), and ``logits`` [B, C].
             batch: the batch dict (teacher knowledge and attention_mask; labels for the hard term).
-            values: what ``capture_values`` captured ([B, T_b, D_S] value vectors), when
-                the value-relation term is active.
+            values: what ``capture_values`` captured (``{(projection, layer): [B, T_b, D_S]}``),
+                when a relation term is active.
             terms: a subset of the terms set up (default: all of them).
             world_size: data-parallel ranks whose means are global-batch means (one all-reduce
                 of each denominator; every rank must compute the same terms). 1: this batch alone.
@@ -202,7 +211,8 @@ class DistillationLoss(torch.nn.Module):
         """
         parts: dict[str, torch.Tensor] = {}
         for name in self._active(terms):
-            parts.update(self._term[name](student_outputs, values, batch, world_size, self.training))
+            out = self._term[name](student_outputs, values, batch, world_size, self.training)
+            parts.update({key: value * self.options.weight(key) for key, value in out.items()})
         total = torch.stack(list(parts.values())).sum() if parts else torch.zeros(())
         return DistillationOutput(total, parts)
 

@@ -20,7 +20,7 @@ Which teacher layers a knowledge key's layer axis stands for is not in the batch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -33,7 +33,10 @@ class Examples:
     """N tokenized examples padded to the max length T.
 
     input_ids: [N, T] int32, pad id after each example's length. token_type_ids: [N, T] int8 or
-    None. lengths: [N] int32 real tokens per example. labels: [N] int64. example_ids: [N] int64.
+    None. lengths: [N] int32 real tokens per example. labels: [N] int64 (−1: no label, a corpus).
+    example_ids: [N] int64. extra: per-example arrays a kind adds before the teacher runs (static
+    masking's ``mlm_positions`` / ``mlm_labels``, ``KnowledgeKind.prepare_examples``), N first;
+    collated into the batch under their names.
     """
 
     input_ids: np.ndarray
@@ -41,9 +44,14 @@ class Examples:
     lengths: np.ndarray
     labels: np.ndarray
     example_ids: np.ndarray
+    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    def with_inputs(self, input_ids: np.ndarray, **extra: np.ndarray) -> Examples:
+        """A copy with ``input_ids`` replaced and ``extra`` arrays added."""
+        return replace(self, input_ids=input_ids, extra={**self.extra, **extra})
 
     @classmethod
     def from_dataset(cls, tokenized, max_length: int, pad_id: int) -> Examples:
@@ -72,6 +80,7 @@ class Batch:
     """Student inputs, dynamically padded to the longest example in the batch (T_b ≤ T).
 
     input_ids, attention_mask, token_type_ids: [B, T_b] int64. labels, example_ids: [B] int64.
+    extra: the examples' ``extra`` rows (as tensors, N axis gathered to B).
     """
 
     input_ids: torch.Tensor
@@ -79,6 +88,7 @@ class Batch:
     token_type_ids: torch.Tensor | None
     labels: torch.Tensor
     example_ids: torch.Tensor
+    extra: dict = field(default_factory=dict)
 
     def model_inputs(self) -> dict:
         """input_ids, attention_mask and (when present) token_type_ids, [B, T_b] int64."""
@@ -88,9 +98,8 @@ class Batch:
         return inputs
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        """The batch-dict form (``knowledge`` module): inputs, labels and example_ids."""
-        out = {**self.model_inputs(), "labels": self.labels, "example_ids": self.example_ids}
-        return out
+        """The batch-dict form (``knowledge`` module): inputs, labels, example_ids and extra."""
+        return {**self.model_inputs(), "labels": self.labels, "example_ids": self.example_ids, **self.extra}
 
     def to(self, device) -> Batch:
         """A copy with every tensor on ``device``."""
@@ -99,7 +108,8 @@ class Batch:
             *(
                 move(t)
                 for t in (self.input_ids, self.attention_mask, self.token_type_ids, self.labels, self.example_ids)
-            )
+            ),
+            {k: move(v) for k, v in self.extra.items()},
         )
 
 
@@ -118,6 +128,7 @@ def collate(examples: Examples, index: np.ndarray) -> Batch:
         token_type_ids,
         torch.from_numpy(examples.labels[index]),
         torch.from_numpy(examples.example_ids[index]),
+        {k: torch.from_numpy(np.ascontiguousarray(v[index]).astype(np.int64)) for k, v in examples.extra.items()},
     )
 
 

@@ -173,7 +173,8 @@ class HiddenStates(KnowledgeKind):
 class HiddenStatesTerm(Term):
     """Σ_{(s,t) ∈ layer_map} MSE(h_S^s W_h, h_T^t) over the kept tokens (and, with
     ``width_target="ignore"``, only the kept dimensions): TinyBERT Eq. 7 restricted to the kept
-    knowledge, Liu et al. 2021 §4 (``losses.hidden_mse``). Owns W_h (``projection``, a Linear
+    knowledge, Liu et al. 2021 §4 (``losses.hidden_mse``), or with ``hidden_loss="cosine"``
+    DistilBERT's cosine loss (``losses.hidden_cosine``). Owns W_h (``projection``, a Linear
     [D_S → D_T]) when the widths differ."""
 
     name = "hidden_states"
@@ -189,6 +190,7 @@ class HiddenStatesTerm(Term):
             options.keep_top_pairs,
         )
         self.width_target = options.width_target
+        self.loss = losses.hidden_cosine if options.hidden_loss == "cosine" else losses.hidden_mse
         widths_differ = student_config.hidden_size != plan.teacher_hidden_size
         self.projection = (
             torch.nn.Linear(student_config.hidden_size, plan.teacher_hidden_size) if widths_differ else None
@@ -220,7 +222,7 @@ class HiddenStatesTerm(Term):
             mask = index >= 0
             if self.width_target == "ignore" and batch.get("hidden_mask") is not None:
                 mask = batch["hidden_mask"][:, i]
-            total = total + losses.hidden_mse(student, batch["hidden_states"][:, i], mask, world_size)
+            total = total + self.loss(student, batch["hidden_states"][:, i], mask, world_size)
         return {self.name: total}
 
 

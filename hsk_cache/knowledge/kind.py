@@ -33,6 +33,7 @@ ITEMSIZE = {"int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "float16": 2, "int32
 ROLES = ("example", "index", "values", "key_rows")
 WIDTH_TARGETS = ("zero", "ignore")
 ATTENTION_LOSSES = ("kl", "mse")
+HIDDEN_LOSSES = ("mse", "cosine")
 HEAD_MAPS = ("strict", "mean", "relation")
 
 
@@ -86,6 +87,10 @@ class LossOptions:
         width_target: ``zero`` (dropped dimensions are targets of 0) or ``ignore``.
         attention_loss: ``kl`` (MiniLM Eq. 3) or ``mse`` (TinyBERT Eq. 6).
         temperature: τ > 0 of the logits term. hard_label_weight: ≥ 0, weight of gold labels.
+        hidden_loss: ``mse`` (TinyBERT Eq. 7) or ``cosine`` (DistilBERT's cosine embedding loss,
+            1 − cos(h_S W_h, h_T) per kept token).
+        term_weights: (term, weight ≥ 0) pairs multiplying terms (default 1 each; a recipe's
+            weights, e.g. DistilBERT's 5·soft targets + 2·MLM + 1·cosine).
     """
 
     layer_map: str = "uniform"
@@ -96,6 +101,12 @@ class LossOptions:
     attention_loss: str = "kl"
     temperature: float = 1.0
     hard_label_weight: float = 0.0
+    hidden_loss: str = "mse"
+    term_weights: tuple[tuple[str, float], ...] = ()
+
+    def weight(self, term: str) -> float:
+        """The weight of ``term`` (1 unless ``term_weights`` names it)."""
+        return dict(self.term_weights).get(term, 1.0)
 
     def __post_init__(self) -> None:
         """Raises: ConfigError naming the field and value of an unknown option or a bad number."""
@@ -103,6 +114,7 @@ class LossOptions:
             ("width_target", WIDTH_TARGETS),
             ("attention_loss", ATTENTION_LOSSES),
             ("head_map", HEAD_MAPS),
+            ("hidden_loss", HIDDEN_LOSSES),
         ):
             value = getattr(self, name)
             if value not in allowed:
@@ -115,6 +127,11 @@ class LossOptions:
                 field="temperature",
                 value=self.temperature,
             )
+        for term, weight in self.term_weights:
+            if not weight >= 0:
+                raise ConfigError(
+                    f"{{term_weights}} {term}={weight}: use a weight ≥ 0", field="term_weights", value=weight
+                )
 
 
 class Term:
@@ -136,6 +153,13 @@ class Term:
         """The student layer (1-based) whose value vectors this term reads, or None."""
         return None
 
+    @property
+    def projections(self) -> set[tuple[str, int]]:
+        """The student's ``(projection, layer)`` outputs this term reads (``query``/``key``/
+        ``value``, layers 1-based; ``models.hooks.capture_projections``): by default the value
+        projection of ``value_layer``."""
+        return set() if self.value_layer is None else {("value", self.value_layer)}
+
     def modules(self) -> dict[str, torch.nn.Module]:
         """Trainable modules the term owns, by attribute name (W_h: ``projection``)."""
         return {}
@@ -153,7 +177,16 @@ class KnowledgeKind:
     name: str = ""
     batch_keys: tuple[str, ...] = ()
     index_keys: tuple[str, ...] = ()  # batch keys padded with −1 when collated (the rest: 0 / False)
-    stage: str = "hidden"  # hidden (intermediate layers) or prediction
+    stage: str = "hidden"  # hidden (intermediate layers), prediction or general (corpus knowledge)
+    options: dict = {}  # the kind's own ExtractSpec options and their defaults (``ExtractSpec.options``)
+    needs_mlm_head: bool = False  # the teacher must be loaded with its masked-LM head
+
+    def check_options(self, options: dict) -> None:
+        """Raises: ConfigError naming the option when one of this kind's ``options`` values is bad."""
+
+    def prepare_examples(self, examples, spec, tokenizer):
+        """The examples the teacher and the student see (static masking rewrites them); unchanged by default."""
+        return examples
 
     def needs_attention(self, spec) -> bool:
         """Whether extraction of this kind needs the teacher's attention probabilities."""
@@ -185,6 +218,11 @@ class KnowledgeKind:
     def value_layer(self, plan) -> int | None:
         """The teacher layer (1-based) whose value projection must be captured, or None."""
         return None
+
+    def projections_read(self, plan) -> set[tuple[str, int]]:
+        """The teacher's ``(projection, layer)`` outputs selection reads besides ``value_layer``
+        (``query``/``key``/``value``, 1-based; ``TeacherOutputs.projections``)."""
+        return set()
 
     def select(self, outputs, batch, plan) -> dict[str, torch.Tensor]:
         """One batch's teacher outputs (``plan.TeacherOutputs``) → this kind's batch tensors."""

@@ -47,6 +47,27 @@ def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
     return _mean(squared.sum(), weight.sum(), world_size)
 
 
+def hidden_cosine(
+    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, world_size: int = 1
+) -> torch.Tensor:
+    """Masked mean cosine distance between student and teacher hidden states, per kept token.
+
+    L_cos = Σ_{kept tokens} (1 − cos(h_S W_h, h_T)) / |kept|     (DistilBERT, Sanh et al. 2019 §3:
+    the cosine embedding loss aligning the directions of student and teacher hidden states)
+
+    Args:
+        student: [B, K, D] float, already projected to the teacher width D.
+        teacher: [B, K, D] float. mask: [B, K] bool (kept tokens); a [B, K, D] element mask is
+            reduced to its tokens (any kept element), the dropped dimensions count as zeros.
+    Returns: scalar float32; 0 when nothing is kept.
+    """
+    tokens = (mask.any(-1) if mask.dim() == 3 else mask).float()
+    if mask.dim() == 3:
+        student, teacher = student * mask, teacher * mask
+    cosine = F.cosine_similarity(student.float(), teacher.float(), dim=-1, eps=1e-8)
+    return _mean(((1 - cosine) * tokens).sum(), tokens.sum(), world_size)
+
+
 def distribution_kl(
     student_probs: torch.Tensor, teacher_probs: torch.Tensor, row_valid: torch.Tensor, world_size: int = 1
 ) -> torch.Tensor:

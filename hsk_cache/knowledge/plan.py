@@ -29,13 +29,16 @@ class TeacherOutputs:
     hidden_states: L+1 entries [B, T, D] (0 = embedding output). attentions: L entries
     [B, H, T, T] (softmax over keys), or None when no attention is needed. Entries selection does
     not read are None (``Plan.hidden_layers_read`` / ``attention_layers_read``). values: [B, T, D]
-    value projection of ``Plan.value_layer``, or None. logits: [B, C].
+    value projection of ``Plan.value_layer``, or None. logits: [B, C] of a classifier, [B, T, V]
+    of a masked-LM head, or None (a base encoder). projections: ``{(projection, layer): [B, T, D]}``
+    of ``Plan.projections_read``.
     """
 
     hidden_states: tuple[torch.Tensor | None, ...]
     attentions: tuple[torch.Tensor | None, ...] | None
     values: torch.Tensor | None
-    logits: torch.Tensor
+    logits: torch.Tensor | None
+    projections: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)  # dim_index is an array: plans compare by identity
@@ -118,6 +121,7 @@ class Plan:
             value_relation_layer=s.value_relation_layer,
             importance_layer=s.importance_layer,
             seed=s.seed,
+            options=dict(s.options or {}),
         )
         return cls(
             spec=spec,
@@ -161,6 +165,15 @@ class Plan:
         """The teacher layer whose value projection a teacher forward must capture, or None."""
         layers = {kind.value_layer(self) for kind in self.kinds} - {None}
         return max(layers) if layers else None
+
+    def projections_read(self) -> set[tuple[str, int]]:
+        """The teacher's ``(projection, layer)`` outputs selection reads (``KnowledgeKind.projections_read``)."""
+        return set().union(*(kind.projections_read(self) for kind in self.kinds))
+
+    @property
+    def needs_mlm_head(self) -> bool:
+        """The teacher runs with its masked-LM head (a kind reads its logits)."""
+        return any(kind.needs_mlm_head for kind in self.kinds)
 
     def hidden_layers_read(self) -> set[int]:
         """Hidden-state layers whose [B, T, D] outputs selection reads."""

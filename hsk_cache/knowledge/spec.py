@@ -27,8 +27,12 @@ class ExtractSpec:
             softmax(V·Vᵀ/√d_head) is stored (MiniLM).
         importance_layer: the layer whose [CLS] attention ranks tokens for top-k (None = the
             stored layer itself).
-        seed: random token and dimension choices.
-    Raises: ConfigError (field ``dtype``, ``codec`` or ``knowledge``) for an unknown value.
+        seed: random token and dimension choices (and static masks).
+        options: the selected kinds' own options (``KnowledgeKind.options``: a relation kind's
+            layer and relation heads, the masked-LM kind's top-k …), by name; canonical: every
+            option of a selected kind, its default where not given, the others dropped.
+    Raises: ConfigError (field ``dtype``, ``codec``, ``knowledge`` or the option's name) for an
+        unknown value.
     """
 
     layers: LayerSpec = field(default_factory=LayerSpec)
@@ -41,6 +45,7 @@ class ExtractSpec:
     value_relation_layer: int | None = None
     importance_layer: int | None = None
     seed: int = 0
+    options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -56,6 +61,23 @@ class ExtractSpec:
             )
         # canonical: deduplicated, in registry order, so describe() ignores the order given
         object.__setattr__(self, "knowledge", tuple(k for k in names if k in self.knowledge))
+        known = {name for kind in registry.KINDS for name in kind.options}
+        unknown = set(self.options) - known
+        if unknown:
+            name = sorted(unknown)[0]
+            raise ConfigError(
+                f"unknown knowledge option {name!r}: the kinds know {', '.join(sorted(known)) or 'none'}", field=name
+            )
+        options = {}
+        for kind in registry.kinds(self.knowledge):
+            mine = {name: self.options.get(name, default) for name, default in kind.options.items()}
+            kind.check_options(mine)
+            options.update(mine)
+        object.__setattr__(self, "options", dict(sorted(options.items())))
+
+    def option(self, name: str):
+        """The value of a selected kind's option ``name`` (its default when not given)."""
+        return self.options[name]
 
     @property
     def needs_attention(self) -> bool:
@@ -78,6 +100,8 @@ class ExtractSpec:
             out["attention_layers"] = self.attention_layers.describe()
         if "value_relation" in self.knowledge:
             out["value_relation_layer"] = self.value_relation_layer
+        if self.options:
+            out["options"] = dict(self.options)
         return out
 
     @classmethod
@@ -93,6 +117,7 @@ class ExtractSpec:
         value_relation_layer=None,
         importance_layer=None,
         seed=0,
+        options=None,
     ) -> ExtractSpec:
         """A spec from its strings (as ``hsk extract`` takes them; ``knowledge`` a comma list or
         a sequence). Raises: ConfigError naming the field and the value."""
@@ -112,6 +137,7 @@ class ExtractSpec:
             _layer_number(value_relation_layer, "value_relation_layer"),
             _layer_number(importance_layer, "importance_layer"),
             seed,
+            dict(options or {}),
         )
 
 

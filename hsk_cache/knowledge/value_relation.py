@@ -125,6 +125,8 @@ class ValueRelationTerm(Term):
 
     def __call__(self, outputs, values, batch: dict, world_size: int = 1, training: bool = False) -> dict:
         """{"value_relation": loss}. Raises: ModelError without captured values."""
+        if isinstance(values, dict):  # DistillationLoss.capture_values
+            values = [values[("value", self.student_layer)]] if ("value", self.student_layer) in values else []
         if not values:
             raise ModelError(
                 "the value-relation term needs the student's value vectors: run the forward pass "

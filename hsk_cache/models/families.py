@@ -22,6 +22,24 @@ VALUE_PROJECTIONS = {
     "mpnet": "attention.attn.v",
     "deberta-v2": "attention.self.value_proj",
 }
+# the query and key projections beside it (MiniLMv2's Q-Q and K-K relations)
+QUERY_PROJECTIONS = {
+    "bert": "attention.self.query",
+    "roberta": "attention.self.query",
+    "electra": "attention.self.query",
+    "distilbert": "attention.q_lin",
+    "mpnet": "attention.attn.q",
+    "deberta-v2": "attention.self.query_proj",
+}
+KEY_PROJECTIONS = {
+    "bert": "attention.self.key",
+    "roberta": "attention.self.key",
+    "electra": "attention.self.key",
+    "distilbert": "attention.k_lin",
+    "mpnet": "attention.attn.k",
+    "deberta-v2": "attention.self.key_proj",
+}
+PROJECTIONS = {"query": QUERY_PROJECTIONS, "key": KEY_PROJECTIONS, "value": VALUE_PROJECTIONS}
 FAMILIES = tuple(VALUE_PROJECTIONS)
 _ATTENTION_DROPOUT = {"distilbert": "attention_dropout"}  # others: attention_probs_dropout_prob
 _FFN = {"distilbert": "hidden_dim"}  # others: intermediate_size
@@ -119,12 +137,25 @@ def value_module(model, layer: int):
 
     Raises: ModelError for an unsupported family or a layer outside 1..L.
     """
+    return projection_module(model, "value", layer)
+
+
+def projection_module(model, projection: str, layer: int):
+    """The ``query``, ``key`` or ``value`` projection (x·W_Q, x·W_K, x·W_V; [B, T, D] outputs) of
+    transformer layer ``layer`` (1-based) of a supported encoder (or of the model a DDP wrapper holds).
+
+    Raises: ModelError for an unsupported family, an unknown projection or a layer outside 1..L.
+    """
     model = unwrap(model)
     name = check_family(model.config)
+    if projection not in PROJECTIONS:
+        raise ModelError(f"unknown projection {projection!r}: use one of {', '.join(PROJECTIONS)}")
     _, layers = layer_stack(model)
     if not 1 <= layer <= len(layers):
-        raise ModelError(f"value relation layer {layer}: {type(model).__name__} has layers 1..{len(layers)}")
-    return layers[layer - 1].get_submodule(VALUE_PROJECTIONS[name])
+        raise ModelError(
+            f"{projection} projection of layer {layer}: {type(model).__name__} has layers 1..{len(layers)}"
+        )
+    return layers[layer - 1].get_submodule(PROJECTIONS[projection][name])
 
 
 def attention_dropout_key(config) -> str:

@@ -1,4 +1,4 @@
-"""Forward hooks on transformers models: the value vectors a value-relation loss reads."""
+"""Forward hooks on transformers models: the query, key and value vectors relation losses read."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from hsk_cache.models.families import value_module
+from hsk_cache.models.families import projection_module, value_module
 
 
 @contextlib.contextmanager
@@ -29,3 +29,26 @@ def capture_values(model, layer: int | None):
         yield captured
     finally:
         handle.remove()
+
+
+@contextlib.contextmanager
+def capture_projections(model, wanted):
+    """Capture the query/key/value projections ``wanted`` (pairs ``(projection, layer)``, e.g.
+    ``("query", 6)``; layers 1-based) during a forward pass of ``model``.
+
+    Yields a dict filled by the forward pass: ``{(projection, layer): [B, T, D] float}``, in the
+    autograd graph (a module called twice keeps its last output). Empty when ``wanted`` is.
+    Hooks are removed on leaving the block.
+
+    Raises: ModelError for an unsupported family, an unknown projection or a layer outside 1..L.
+    """
+    captured: dict[tuple[str, int], torch.Tensor] = {}
+    handles = []
+    try:
+        for key in sorted(set(wanted)):
+            module = projection_module(model, *key)
+            handles.append(module.register_forward_hook(lambda _m, _i, out, key=key: captured.__setitem__(key, out)))
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()

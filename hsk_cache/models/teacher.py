@@ -14,7 +14,7 @@ import torch
 from hsk_cache.errors import ModelError
 from hsk_cache.knowledge.batch import Batch
 from hsk_cache.knowledge.plan import Plan, TeacherOutputs
-from hsk_cache.models.hooks import capture_values
+from hsk_cache.models.hooks import capture_projections
 from hsk_cache.models.inputs import model_inputs
 
 
@@ -40,10 +40,11 @@ def run_teacher(model, batch: Batch, plan: Plan, precision: str = "fp32") -> Tea
     model.eval()
     device = next(model.parameters()).device
     attention = plan.spec.needs_attention
+    wanted = plan.projections_read() | ({("value", plan.value_layer)} if plan.value_layer is not None else set())
     with (
         torch.no_grad(),
         autocast(precision, device.type),
-        capture_values(model, plan.value_layer) as values,
+        capture_projections(model, wanted) as projections,
     ):
         out = model(
             **model_inputs(batch.to(device).as_dict(), model), output_hidden_states=True, output_attentions=attention
@@ -61,4 +62,7 @@ def run_teacher(model, batch: Batch, plan: Plan, precision: str = "fp32") -> Tea
     attentions = (
         tuple(a.float().cpu() if i + 1 in needed else None for i, a in enumerate(out.attentions)) if attention else None
     )
-    return TeacherOutputs(hidden, attentions, values[0].float().cpu() if values else None, out.logits.float().cpu())
+    projections = {key: value.float().cpu() for key, value in projections.items()}
+    values = projections.get(("value", plan.value_layer)) if plan.value_layer is not None else None
+    logits = getattr(out, "logits", None)
+    return TeacherOutputs(hidden, attentions, values, None if logits is None else logits.float().cpu(), projections)

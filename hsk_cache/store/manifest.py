@@ -100,7 +100,8 @@ class DataInfo(_Section):
 @dataclass(frozen=True, kw_only=True)
 class SpecInfo(_Section):
     """The extraction spec in canonical form (``ExtractSpec.describe``): ``attention_layers`` is
-    stored only with attention knowledge, ``value_relation_layer`` only with value relation."""
+    stored only with attention knowledge, ``value_relation_layer`` only with value relation,
+    ``options`` only when a stored kind has options of its own."""
 
     layers: str
     tokens: str
@@ -112,10 +113,13 @@ class SpecInfo(_Section):
     seed: int
     attention_layers: str | None = None
     value_relation_layer: int | None = None
+    options: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict:
         """The JSON form, keys as ``ExtractSpec.describe`` writes them."""
         out = _thaw(self)
+        if not self.options:
+            out.pop("options")
         if "attention_probs" not in self.knowledge:
             out.pop("attention_layers")
         if "value_relation" not in self.knowledge:
