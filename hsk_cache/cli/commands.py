@@ -23,10 +23,52 @@ def _data_config(a) -> DataConfig:
         label_column=a.label_column,
         max_length=a.max_length,
         limit=a.limit,
+        corpus=getattr(a, "corpus", False),
     )
 
 
+KIND_OPTIONS = ("relation_layer", "relation_heads", "mlm_probability", "mlm_topk", "mlm_temperature")
+
+
+def _presets(a) -> None:
+    """Fill the options a ``--recipe`` presets (argparse default None): the recipe's value, else
+    the option's own default. Explicit options win."""
+    from hsk_cache.cli.options import PRESET_DEFAULTS
+    from hsk_cache.knowledge.recipes import recipe
+
+    r = recipe(a.recipe) if getattr(a, "recipe", None) else None
+    preset = {}
+    if r is not None:
+        preset.update({k: v for k, v in r.spec.items() if k != "options"})
+        preset.update(r.loss)
+        preset.update({"hidden_lr": r.stage["lr"], "warmup_ratio": r.stage["warmup_ratio"], "schedule": r.schedule})
+        for name, value in dict(r.spec.get("options", {})).items():
+            if getattr(a, name, None) is None:
+                setattr(a, name, value)
+    for dest, default in PRESET_DEFAULTS.items():
+        if hasattr(a, dest) and getattr(a, dest) is None:
+            setattr(a, dest, preset.get(dest, default))
+    if isinstance(getattr(a, "term_weights", None), str):
+        a.term_weights = _term_weights(a.term_weights)
+
+
+def _term_weights(text: str) -> tuple[tuple[str, float], ...]:
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = part.partition("=")
+        try:
+            out.append((name.strip(), float(value)))
+        except ValueError:
+            raise ConfigError(
+                f"--term-weights {text!r}: use term=weight pairs such as mlm_soft=5,mlm=2", field="term_weights"
+            ) from None
+        if not sep:
+            raise ConfigError(f"--term-weights {text!r}: use term=weight pairs such as mlm_soft=5,mlm=2")
+    return tuple(out)
+
+
 def _spec(a) -> ExtractSpec:
+    options = {name: getattr(a, name) for name in KIND_OPTIONS if getattr(a, name, None) is not None}
     return ExtractSpec.parse(
         a.layers,
         a.tokens,
@@ -38,6 +80,7 @@ def _spec(a) -> ExtractSpec:
         a.value_relation_layer,
         a.importance_layer,
         a.spec_seed,
+        options,
     )
 
 
@@ -69,6 +112,7 @@ def _finetune(a) -> int:
 def _extract(a) -> int:
     from hsk_cache.extraction import extract
 
+    _presets(a)
     config = extract.ExtractConfig(
         teacher=a.teacher,
         data=_data_config(a),
@@ -135,6 +179,7 @@ def _train(a) -> int:
     from hsk_cache.models import students
     from hsk_cache.training import configs, train
 
+    _presets(a)
     if a.student_from and a.student_pretrained:
         raise ConfigError("give at most one of --student-from and --student-pretrained")
     init_layers = _int_list(a.init_layers, "--init-layers") if a.init_layers else None
@@ -200,6 +245,9 @@ def _train(a) -> int:
         head_map=a.head_map,
         temperature=a.temperature,
         hard_label_weight=a.hard_label_weight,
+        hidden_loss=a.hidden_loss,
+        term_weights=a.term_weights,
+        schedule=a.schedule,
         seed=a.seed,
         precision=a.precision,
         teacher_precision=a.teacher_precision,

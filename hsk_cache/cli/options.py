@@ -5,6 +5,26 @@ from __future__ import annotations
 import argparse
 
 TEACHER_HELP = "teacher: a saved model directory, a hub name, or minilm-l6 (the bundled all-MiniLM-L6-v2)"
+PRESET_DEFAULTS: dict[str, object] = {}  # dest → default of options a --recipe presets (their argparse default is None)
+
+
+def _preset(g, flag: str, default, help: str, **kw) -> None:
+    """An option a ``--recipe`` may preset: argparse default None, resolved by ``commands._presets``."""
+    dest = kw.pop("dest", flag.lstrip("-").replace("-", "_"))
+    PRESET_DEFAULTS[dest] = default
+    g.add_argument(flag, dest=dest, default=None, help=f"{help} (default: {default}, or the --recipe's)", **kw)
+
+
+def _recipe(p: argparse.ArgumentParser) -> None:
+    from hsk_cache.knowledge.recipes import RECIPES
+
+    p.add_argument(
+        "--recipe",
+        default=None,
+        choices=tuple(RECIPES),
+        help="general distillation preset (docs/general.md): its knowledge, loss terms and weights; "
+        "explicit options override it (default: none)",
+    )
 
 
 def _add_data(p: argparse.ArgumentParser, split: str) -> None:
@@ -27,17 +47,30 @@ def _add_data(p: argparse.ArgumentParser, split: str) -> None:
         help="text column, or two comma-separated for sentence pairs (default: the source's own, else 'text')",
     )
     g.add_argument("--label-column", default=None, help="label column (default: the source's own, else 'label')")
-    g.add_argument("--max-length", type=int, default=128, help="truncate to this many tokens (default: %(default)s)")
+    g.add_argument(
+        "--max-length",
+        type=int,
+        default=128,
+        help="truncate to this many tokens; a corpus is packed into sequences of it (default: %(default)s)",
+    )
     g.add_argument("--limit", type=int, default=None, help="use only the first N examples (default: all)")
+    g.add_argument(
+        "--corpus",
+        action="store_true",
+        help="the data is unlabeled text for general distillation, packed into --max-length sequences "
+        "(automatic for wikitext-2 and .txt/.txt.gz files; give it for jsonl/parquet/csv/datasets dirs "
+        "with --text-columns) (default: off)",
+    )
 
 
 def _add_spec(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("knowledge to extract")
-    g.add_argument(
+    _preset(
+        g,
         "--layers",
-        default="last",
-        help="depth: hidden-state layers, 0 = embedding output: last, all, "
-        "uniform:K (round(l·L/K), l=1..K), top:K, bottom:K, or a comma list like 2,4,6 (default: %(default)s)",
+        "last",
+        "depth: hidden-state layers, 0 = embedding output: last, all, "
+        "uniform:K (round(l·L/K), l=1..K), top:K, bottom:K, or a comma list like 2,4,6",
     )
     g.add_argument(
         "--tokens",
@@ -53,21 +86,56 @@ def _add_spec(p: argparse.ArgumentParser) -> None:
         "every token) or magnitude:P (top-P of each example-layer's elements by |h|, stored sparsely) "
         "(default: %(default)s)",
     )
-    g.add_argument(
+    _preset(
+        g,
         "--knowledge",
-        default="hidden_states,logits",
-        help="comma list of hidden_states, attention_probs, value_relation, logits (default: %(default)s)",
+        "hidden_states,logits",
+        "comma list of hidden_states, attention_probs, value_relation, attention_relations (MiniLMv2), "
+        "logits, mlm (DistilBERT's masked-LM soft targets)",
     )
-    g.add_argument(
+    _preset(
+        g,
         "--attention-layers",
-        default="last",
-        help="teacher layers (1..L) whose attention rows of the "
-        "kept query tokens are stored: last, all, top:K, or a list (default: %(default)s)",
+        "last",
+        "teacher layers (1..L) whose attention rows of the kept query tokens are stored: last, all, top:K, or a list",
+    )
+    _preset(
+        g,
+        "--value-relation-layer",
+        "last",
+        "teacher layer (1..L) of the MiniLM value relation softmax(V·Vᵀ/√d_head)",
     )
     g.add_argument(
-        "--value-relation-layer",
-        default="last",
-        help="teacher layer (1..L) of the MiniLM value relation softmax(V·Vᵀ/√d_head) (default: %(default)s)",
+        "--relation-layer",
+        type=int,
+        default=None,
+        help="attention_relations: the teacher layer (1..L) of the MiniLMv2 Q-Q/K-K/V-V relations (default: last)",
+    )
+    g.add_argument(
+        "--relation-heads",
+        type=int,
+        default=None,
+        help="attention_relations: relation heads R; student and teacher widths must be multiples "
+        "(default: the teacher's attention heads)",
+    )
+    g.add_argument(
+        "--mlm-probability",
+        type=float,
+        default=None,
+        help="mlm: fraction of real tokens masked at extraction, 80%% [MASK] / 10%% random / 10%% kept, "
+        "seeded per sequence by --selection-seed (default: 0.15)",
+    )
+    g.add_argument(
+        "--mlm-topk",
+        type=int,
+        default=None,
+        help="mlm: teacher masked-LM probabilities kept per masked token, plus the mass of the rest (default: 16)",
+    )
+    g.add_argument(
+        "--mlm-temperature",
+        type=float,
+        default=None,
+        help="mlm: temperature τ of the stored soft targets (default: 2.0, DistilBERT's)",
     )
     g.add_argument(
         "--importance-layer",

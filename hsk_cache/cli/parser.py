@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hsk_cache.cli.options import TEACHER_HELP, _add_data, _add_spec, _device, _precision, _storage
+from hsk_cache.cli.options import TEACHER_HELP, _add_data, _add_spec, _device, _precision, _preset, _recipe, _storage
 from hsk_cache.config.run import DEFAULT_SAVE_EVERY, EVAL_METRICS
 from hsk_cache.models.families import FAMILIES
 
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help=f"{TEACHER_HELP} (required)")
     p.add_argument("--out", required=True, help="cache directory or fsspec URL such as s3://bucket/cache (required)")
     _storage(p)
+    _recipe(p)
     _add_data(p, "train")
     _add_spec(p)
     p.add_argument("--batch-size", type=int, default=32, help="teacher batch size (default: %(default)s)")
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="directory to save the student to (required)")
     _storage(p)
+    _recipe(p)
     _add_data(p, "train")
     _add_spec(p)
     g = p.add_argument_group("student")
@@ -127,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--hidden-epochs", type=float, default=3.0, help="hidden-state stage epochs; 0 skips it (default: %(default)s)"
     )
-    g.add_argument(
-        "--hidden-lr", type=float, default=1e-4, help="hidden-state stage learning rate (default: %(default)s)"
+    _preset(
+        g, "--hidden-lr", 1e-4, "hidden-state stage (a corpus cache's general stage) learning rate", type=float
     )
     g.add_argument(
         "--hidden-batch-size", type=int, default=32, help="hidden-state stage batch size (default: %(default)s)"
@@ -138,19 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--pred-lr", type=float, default=5e-5, help="prediction stage learning rate (default: %(default)s)")
     g.add_argument("--pred-batch-size", type=int, default=32, help="prediction stage batch size (default: %(default)s)")
-    g.add_argument(
-        "--warmup-ratio", type=float, default=0.1, help="linear warmup fraction of each stage (default: %(default)s)"
-    )
-    g.add_argument(
+    _preset(g, "--warmup-ratio", 0.1, "linear warmup fraction of each stage", type=float)
+    _preset(
+        g,
         "--layer-map",
-        default="uniform",
-        help="hidden-state layer map: uniform or uniform:L_top "
+        "uniform",
+        "hidden-state layer map: uniform or uniform:L_top "
         "(g(l) = round(l·L_top/L_S), L_top = teacher depth by default; pairs over cached layers) or "
-        "student:teacher pairs like 1:2,2:4,3:6 (default: %(default)s)",
+        "student:teacher pairs like 1:2,2:4,3:6",
     )
-    g.add_argument(
-        "--attention-map", default="uniform", help="the same for cached attention layers (default: %(default)s)"
-    )
+    _preset(g, "--attention-map", "uniform", "the same for cached attention layers")
     g.add_argument(
         "--keep-top-pairs",
         type=int,
@@ -163,25 +162,32 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("zero", "ignore"),
         help="dropped dimensions of kept tokens: compared with zero (as the study) or ignored (default: %(default)s)",
     )
-    g.add_argument(
-        "--attention-loss",
-        default="kl",
-        choices=("kl", "mse"),
-        help="attention loss: KL (MiniLM) or MSE (TinyBERT) (default: %(default)s)",
+    _preset(g, "--attention-loss", "kl", "attention loss: KL (MiniLM) or MSE (TinyBERT)", choices=("kl", "mse"))
+    _preset(
+        g, "--hidden-loss", "mse", "hidden-state loss: MSE (TinyBERT) or cosine (DistilBERT)", choices=("mse", "cosine")
     )
-    g.add_argument(
+    _preset(
+        g,
         "--head-map",
-        default="strict",
+        "strict",
+        "student and teacher head counts: strict (must match), mean (compare head-averaged maps), "
+        "relation (value relation: split the student's values into the teacher's heads)",
         choices=("strict", "mean", "relation"),
-        help="student and teacher "
-        "head counts: strict (must match), mean (compare head-averaged maps), relation (value relation: "
-        "split the student's values into the teacher's heads) (default: %(default)s)",
     )
-    g.add_argument(
-        "--temperature",
-        type=float,
-        default=1.0,
-        help="softmax temperature τ of the prediction loss (default: %(default)s)",
+    _preset(g, "--temperature", 1.0, "softmax temperature τ of the prediction loss", type=float)
+    _preset(
+        g,
+        "--term-weights",
+        "",
+        "weights of loss terms as term=weight pairs, e.g. mlm_soft=5,mlm=2,hidden_states=1 (others 1)",
+    )
+    _preset(
+        g,
+        "--schedule",
+        "joint",
+        "general distillation: joint (every term at once) or progressive (MobileBERT: one stage per "
+        "student layer, the others frozen)",
+        choices=("joint", "progressive"),
     )
     g.add_argument(
         "--hard-label-weight",

@@ -28,6 +28,8 @@ class DataConfig:
     source: ``bbc-news``, a GLUE task directory, a CSV/TSV/JSONL/Parquet file or a directory of
     ``<split>.<ext>`` files, or a Hugging Face hub dataset name. text_columns: one column, or two for
     sentence pairs; None picks the source's default. limit: keep only the first N examples.
+    corpus: unlabeled text packed into sequences of ``max_length`` tokens (general distillation,
+    ``data.corpus``); set by itself for ``wikitext-2`` and ``.txt`` / ``.txt.gz`` sources.
     """
 
     source: str = "bbc-news"
@@ -36,8 +38,11 @@ class DataConfig:
     label_column: str | None = None
     max_length: int = 128
     limit: int | None = None
+    corpus: bool = False
 
     def __post_init__(self) -> None:
+        if self.source == "wikitext-2" or self.source.lower().endswith((".txt", ".txt.gz")):
+            object.__setattr__(self, "corpus", True)
         if self.max_length < 2:
             raise ConfigError(
                 f"{{max_length}} {self.max_length} is too small: use at least 2 ([CLS] and [SEP])",
@@ -56,23 +61,31 @@ class DataConfig:
             )
 
     def describe(self) -> dict:
-        """The fields as a JSON-ready dict (stored in a cache's manifest ``data`` section)."""
-        return asdict(self)
+        """The fields as a JSON-ready dict (stored in a cache's manifest ``data`` section;
+        ``corpus`` only when true)."""
+        out = asdict(self)
+        if not self.corpus:
+            out.pop("corpus")
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
 class StageConfig:
-    """One training stage: its loss kind (``hidden``, ``prediction`` or ``labels``) and optimizer settings."""
+    """One training stage: its loss kind (``hidden``, ``prediction``, ``labels``, or ``general``:
+    every term of a corpus cache at once) and optimizer settings. ``layers``: for a progressive
+    general stage (MobileBERT), the student layers whose terms it trains, the layers below frozen
+    (None: every layer, nothing frozen)."""
 
     kind: str
     epochs: float
     lr: float
     batch_size: int
     warmup_ratio: float = 0.1
+    layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("hidden", "prediction", "labels"):
-            raise ConfigError(f"unknown stage kind {self.kind!r}: use hidden, prediction or labels")
+        if self.kind not in ("hidden", "prediction", "labels", "general"):
+            raise ConfigError(f"unknown stage kind {self.kind!r}: use hidden, prediction, labels or general")
         if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1 or not 0 <= self.warmup_ratio < 1:
             raise ConfigError(
                 f"stage {self.kind}: epochs={self.epochs}, lr={self.lr}, batch_size={self.batch_size}, "

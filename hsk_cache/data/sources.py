@@ -16,6 +16,7 @@ import numpy as np
 from hsk_cache.config.run import DataConfig
 from hsk_cache.data import splits
 from hsk_cache.data.loader import Loader, Sampler, Step
+from hsk_cache.errors import ConfigError
 from hsk_cache.knowledge.batch import Examples, collate
 from hsk_cache.knowledge.plan import Plan
 from hsk_cache.knowledge.spec import ExtractSpec
@@ -23,18 +24,32 @@ from hsk_cache.models import hub
 from hsk_cache.models.teacher import run_teacher
 
 
+def read_examples(data_config: DataConfig, tokenizer, label_names: tuple[str, ...] | None = None):
+    """Load and tokenize ``data_config``'s examples: a labelled split (``splits``) or, for a corpus
+    (``DataConfig.corpus``), unlabeled text packed into sequences (``corpus``, labels −1).
+
+    Returns: (the ``splits.Split``, or None for a corpus; the tokenized ``datasets.Dataset``;
+    its ``Examples``). Raises: DataNotFoundError, DataError.
+    """
+    if data_config.corpus:
+        from hsk_cache.data import corpus
+
+        split, tokenized = None, corpus.load_corpus(data_config, tokenizer, data_config.max_length)
+    else:
+        split = splits.load_split(data_config, label_names=label_names)
+        tokenized = splits.tokenize(split, tokenizer, data_config.max_length)
+    return split, tokenized, Examples.from_dataset(tokenized, data_config.max_length, tokenizer.pad_token_id)
+
+
 class DatasetSource:
-    """Tokenized examples of one split, no teacher knowledge."""
+    """Tokenized examples of one split (or packed sequences of a corpus), no teacher knowledge."""
 
     stored = plan = None  # no teacher knowledge
 
     def __init__(self, data_config: DataConfig, tokenizer, label_names: tuple[str, ...] | None = None) -> None:
         self.tokenizer = tokenizer
-        self.split = splits.load_split(data_config, label_names=label_names)
-        self.label_names = self.split.label_names
-        tokenized = splits.tokenize(self.split, tokenizer, data_config.max_length)
-        self.examples = Examples.from_dataset(tokenized, data_config.max_length, tokenizer.pad_token_id)
-        self.tokenized = tokenized
+        self.split, self.tokenized, self.examples = read_examples(data_config, tokenizer, label_names)
+        self.label_names = self.split.label_names if self.split is not None else ()
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -68,6 +83,29 @@ class DatasetSource:
         return collate(self.examples, index).as_dict()
 
 
+def load_teacher(path: str, data_config: DataConfig, spec: ExtractSpec):
+    """The teacher for ``spec`` over ``data_config``: a sequence classifier for a labelled split;
+    for a corpus its base encoder, with the masked-LM head when a kind reads it.
+
+    Raises: ModelError (no model, no masked-LM head); ConfigError for logits knowledge over a
+    corpus (a corpus has no task: distil ``mlm`` soft targets instead).
+    """
+    if not data_config.corpus:
+        return hub.load_classifier(path, attention=spec.needs_attention)
+    check_corpus_knowledge(data_config, spec)
+    return hub.load_encoder(path, mlm=spec.needs_mlm_head, attention=spec.needs_attention)
+
+
+def check_corpus_knowledge(data_config: DataConfig, spec: ExtractSpec) -> None:
+    """Raises ConfigError for logits knowledge over a corpus (no task head to give logits)."""
+    if data_config.corpus and "logits" in spec.knowledge:
+        raise ConfigError(
+            f"{data_config.source!r} is an unlabeled corpus: it has no task for logits knowledge; drop logits "
+            "from {knowledge} (general distillation distils mlm soft targets, relations, hidden states, attention)",
+            field="knowledge",
+        )
+
+
 class OnlineSource(DatasetSource):
     """Runs the teacher on every batch and selects knowledge with ``spec``."""
 
@@ -80,13 +118,14 @@ class OnlineSource(DatasetSource):
         device: str = "cpu",
     ) -> None:
         spec.tokens.check(data_config.max_length)
-        self.teacher = hub.load_classifier(teacher_path, attention=spec.needs_attention).to(device)
+        self.teacher = load_teacher(teacher_path, data_config, spec).to(device)
         hub.check_max_length(self.teacher.config, data_config.max_length)
-        names = hub.task_label_names(self.teacher)
+        names = None if data_config.corpus else hub.task_label_names(self.teacher)
         super().__init__(data_config, hub.load_tokenizer(teacher_path), names)
         self.precision = precision
         self.teacher_config = self.teacher.config.to_dict()
         self.plan = self.stored = Plan.make(spec, self.teacher.config, self.tokenizer, data_config.max_length)
+        self.examples = self.plan.prepare_examples(self.examples, self.tokenizer)  # static masks
         self.knowledge = spec.knowledge
 
     def batch(self, index: np.ndarray) -> dict:

@@ -18,6 +18,7 @@ Typical use::
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -193,6 +194,36 @@ class DistillationLoss(torch.nn.Module):
         wanted = set().union(*(self._term[name].projections for name in self._active(terms)))
         return hooks.capture_projections(model, wanted)
 
+    @contextlib.contextmanager
+    def only_layers(self, student_layers):
+        """Within the block, only the layer pairs of student layers ``student_layers`` count (the
+        embedding pair 0 with layer 1; terms of the last layer only with it): a progressive
+        stage (MobileBERT, Sun et al. 2020 §3.5). None: every pair."""
+        if student_layers is None:
+            yield
+            return
+        keep = set(student_layers) | ({0} if 1 in student_layers else set())
+        saved = {}
+        for name, term in self._term.items():
+            if hasattr(term, "layer_map"):
+                saved[name] = ("layer_map", term.layer_map)
+                term.layer_map = {s: t for s, t in term.layer_map.items() if s in keep}
+            elif term.projections:
+                layer = max(layer for _, layer in term.projections)
+                if layer not in keep:
+                    saved[name] = ("term", term)
+        removed = {name: self._term.pop(name) for name, (what, _) in saved.items() if what == "term"}
+        terms = self.terms
+        self.terms = tuple(t for t in terms if t not in removed)
+        try:
+            yield
+        finally:
+            self.terms = terms
+            self._term.update(removed)
+            for name, (what, value) in saved.items():
+                if what == "layer_map":
+                    self._term[name].layer_map = value
+
     def forward(self, student_outputs, batch: dict, values=None, terms=None, world_size: int = 1) -> DistillationOutput:
         """The loss of one batch.
 
@@ -212,7 +243,7 @@ class DistillationLoss(torch.nn.Module):
         parts: dict[str, torch.Tensor] = {}
         for name in self._active(terms):
             out = self._term[name](student_outputs, values, batch, world_size, self.training)
-            parts.update({key: value * self.options.weight(key) for key, value in out.items()})
+            parts.update({k: v * self.options.weight(k) for k, v in out.items() if isinstance(v, torch.Tensor)})
         total = torch.stack(list(parts.values())).sum() if parts else torch.zeros(())
         return DistillationOutput(total, parts)
 

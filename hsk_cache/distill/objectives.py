@@ -14,11 +14,13 @@ from hsk_cache.knowledge import losses
 from hsk_cache.models.inputs import model_inputs
 
 
-def distillation(loss_fn: DistillationLoss, terms=None):
-    """A step function computing ``loss_fn`` on ``terms`` (default: all it was built with)."""
+def distillation(loss_fn: DistillationLoss, terms=None, student_layers=None):
+    """A step function computing ``loss_fn`` on ``terms`` (default: all it was built with), on
+    the layer pairs of ``student_layers`` only when given (a progressive stage,
+    ``DistillationLoss.only_layers``)."""
 
     def step(model, batch: dict, world_size: int = 1) -> torch.Tensor:
-        with loss_fn.capture_values(model, terms) as values:
+        with loss_fn.only_layers(student_layers), loss_fn.capture_values(model, terms) as values:
             outputs = model(**model_inputs(batch, model), **loss_fn.output_flags(terms))
         return loss_fn(outputs, batch, values, terms, world_size=world_size).loss
 

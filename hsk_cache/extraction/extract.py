@@ -12,6 +12,7 @@ import numpy as np
 from hsk_cache import distributed
 from hsk_cache.config.run import DataConfig, check_device, check_precision
 from hsk_cache.data import splits
+from hsk_cache.data.sources import check_corpus_knowledge, load_teacher, read_examples
 from hsk_cache.errors import CacheError, ConfigError, HskError, ModelError
 from hsk_cache.extraction import estimate
 from hsk_cache.knowledge.batch import Examples, collate, sequential_batches
@@ -116,19 +117,20 @@ def prepare(
     """
     tokenizer = hub.load_tokenizer(config.teacher)
     if load_weights:
-        teacher = hub.load_classifier(config.teacher, attention=config.spec.needs_attention)
-        teacher = teacher.to(device or config.device)
+        teacher = load_teacher(config.teacher, config.data, config.spec).to(device or config.device)
         teacher_config = teacher.config
     else:
+        check_corpus_knowledge(config.data, config.spec)
         teacher, teacher_config = None, hub.load_config(config.teacher)
     hub.check_max_length(teacher_config, config.data.max_length)
     split = tokenized = None
-    if examples is None:
-        split = splits.load_split(config.data, label_names=hub.task_label_names_of_config(teacher_config))
-        _check_classes(split, teacher_config)
-        tokenized = splits.tokenize(split, tokenizer, config.data.max_length)
-        examples = Examples.from_dataset(tokenized, config.data.max_length, tokenizer.pad_token_id)
     plan = Plan.make(config.spec, teacher_config, tokenizer, config.data.max_length)
+    if examples is None:
+        names = None if config.data.corpus else hub.task_label_names_of_config(teacher_config)
+        split, tokenized, examples = read_examples(config.data, tokenizer, names)
+        if split is not None:
+            _check_classes(split, teacher_config)
+        examples = plan.prepare_examples(examples, tokenizer)  # static masks (mlm): both models see them
     specs = layout.arrays(plan, len(examples), examples.token_type_ids is not None)
     chunk, shard = layout.chunking(specs, len(examples), config.shard_examples)
     return Prepared(tokenizer, teacher, teacher_config, split, tokenized, examples, plan, specs, chunk, shard)
@@ -199,7 +201,7 @@ def _run(config: ExtractConfig, rank: distributed.Rank, progress, started: float
         failure = distributed.broadcast_json()["failure"]
         if failure is not None:
             raise CacheError(failure)
-        examples = Examples(**distributed.broadcast_arrays())
+        examples = _examples(distributed.broadcast_arrays())
         committed = distributed.broadcast_arrays()["committed"]
         p = prepare(config, device=device, examples=examples)
         writer = CacheWriter.join(config.out, config.storage_options)
@@ -221,7 +223,14 @@ def _run(config: ExtractConfig, rank: distributed.Rank, progress, started: float
 
 
 def _arrays(examples: Examples) -> dict:
-    return {f: getattr(examples, f) for f in ("input_ids", "token_type_ids", "lengths", "labels", "example_ids")}
+    fields = ("input_ids", "token_type_ids", "lengths", "labels", "example_ids")
+    return {**{f: getattr(examples, f) for f in fields}, **{f"extra.{k}": v for k, v in examples.extra.items()}}
+
+
+def _examples(arrays: dict) -> Examples:
+    """Inverse of ``_arrays`` (rank 0's examples on the other ranks)."""
+    extra = {k.removeprefix("extra."): v for k, v in arrays.items() if k.startswith("extra.")}
+    return Examples(**{k: v for k, v in arrays.items() if not k.startswith("extra.")}, extra=extra)
 
 
 def _write_shards(writer: CacheWriter, p: Prepared, config, shards, committed, progress) -> None:
@@ -321,11 +330,11 @@ def _manifest(config: ExtractConfig, p: Prepared) -> Manifest:
         tokenizer=TokenizerInfo(group=TOKENIZER_GROUP, name_or_path=tokenizer.name_or_path, vocab_size=len(tokenizer)),
         data=DataInfo(
             **config.data.describe(),
-            task=split.task,
+            task=split.task if split is not None else (config.data.source if not source.exists() else None),
             fingerprint=splits.fingerprint(p.tokenized),
             resolved_source=str(source.resolve()) if source.exists() else config.data.source,
             num_examples=n,
-            label_names=split.label_names,
+            label_names=split.label_names if split is not None else (),
         ),
         max_length=config.data.max_length,
         spec=SpecInfo(**config.spec.describe()),

@@ -84,6 +84,11 @@ class ExtractSpec:
         """The teacher must return attention probabilities (eager attention): some kind asks."""
         return any(kind.needs_attention(self) for kind in registry.kinds(self.knowledge))
 
+    @property
+    def needs_mlm_head(self) -> bool:
+        """The teacher must run with its masked-LM head: some kind reads its logits."""
+        return any(kind.needs_mlm_head for kind in registry.kinds(self.knowledge))
+
     def describe(self) -> dict:
         """The canonical JSON form stored in the manifest and compared on resume."""
         out = {

@@ -121,6 +121,46 @@ def load_classifier(path: str, label_names: tuple[str, ...] | None = None, atten
     return model.eval()
 
 
+def load_encoder(path: str, mlm: bool = False, attention: bool = False):
+    """Load a pretrained encoder without a task head (general distillation's teacher or a general
+    student), in eval mode: its base model (``AutoModel``), or with its masked-LM head
+    (``AutoModelForMaskedLM``) when ``mlm``.
+
+    Args:
+        path: a local directory, the alias ``minilm-l6``, or a hub name.
+        mlm: load the masked-LM head; the checkpoint must hold its weights.
+        attention: eager attention (``output_attentions=True`` returns probabilities).
+    Raises: ModelError when the path holds no loadable model, or ``mlm`` and the checkpoint has no
+        masked-LM head (transformers would initialize one randomly: its predictions are noise).
+    """
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    path = resolve(path)
+    _check_model_dir(path)
+    auto = AutoModelForMaskedLM if mlm else AutoModel
+    what = "masked-LM model" if mlm else "encoder"
+    try:
+        model, info = auto.from_pretrained(path, output_loading_info=True, **_attention_kwargs(attention))
+    except Exception as err:
+        raise load_error(path, err, what) from None
+    if mlm:
+        head = model.get_output_embeddings()
+        head_names = {name for name, _ in model.named_parameters() if not name.startswith(model.base_model_prefix)}
+        missing = set(info.get("missing_keys", ())) & head_names
+        if missing and not (head is not None and _tied_only(missing, model)):
+            raise ModelError(
+                f"{path!r} has no masked-LM head ({len(missing)} head weights missing, e.g. {sorted(missing)[0]}): "
+                "a random head predicts noise; pass a model saved with its masked-LM head, or drop the mlm knowledge"
+            )
+    return model.eval()
+
+
+def _tied_only(missing: set[str], model) -> bool:
+    """Whether the only missing head weights are the decoder tied to the input embeddings."""
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    return tied and all(name.endswith("decoder.weight") or name.endswith("vocab_projector.weight") for name in missing)
+
+
 def task_label_names(model) -> tuple[str, ...] | None:
     """The model's class names, or None when they are transformers' placeholders LABEL_i
     (a model not yet fine-tuned on a task)."""

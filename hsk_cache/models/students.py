@@ -1,5 +1,6 @@
 """Students for ``hsk train``: how to build one (from a config, from teacher layers, or a saved
-model) with the task's classes, in any supported encoder family."""
+model) with the task's classes, or without a task (general distillation: a base encoder or a
+masked-LM model), in any supported encoder family."""
 
 from __future__ import annotations
 
@@ -17,6 +18,19 @@ from hsk_cache.models.hub import _attention_kwargs, _check_model_dir, local_dir,
 log = logging.getLogger(__name__)
 
 STUDENT_KINDS = ("config", "teacher-layers", "pretrained")
+HEADS = ("classifier", "base", "mlm")  # a task student; a general student: base encoder or masked LM
+
+
+def auto_class(head: str):
+    """The transformers Auto class of a student ``head``: ``classifier`` (sequence
+    classification), ``base`` (``AutoModel``, no head) or ``mlm`` (``AutoModelForMaskedLM``)."""
+    import transformers
+
+    return {
+        "classifier": transformers.AutoModelForSequenceClassification,
+        "base": transformers.AutoModel,
+        "mlm": transformers.AutoModelForMaskedLM,
+    }[head]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,12 +78,17 @@ def build_student(
     label_names: tuple[str, ...],
     attention: bool = False,
     attention_probs: bool = False,
+    head: str = "classifier",
 ):
-    """The student model, with the task's classes; eager attention when ``attention`` (so
-    attention probabilities can be returned); without attention dropout when it distils
-    ``attention_probs`` (``families.without_attention_dropout``).
+    """The student model, with the task's classes (``head`` ``classifier``) or, for general
+    distillation, a base encoder (``base``) or a masked-LM model (``mlm``); eager attention when
+    ``attention`` (so attention probabilities can be returned); without attention dropout when it
+    distils ``attention_probs`` (``families.without_attention_dropout``).
     Raises ConfigError/ModelError on a bad shape or path."""
-    model = _student(student, teacher_config, label_names, attention)
+    if head != "classifier":
+        model = _general_student(student, teacher_config, attention, head)
+    else:
+        model = _student(student, teacher_config, label_names, attention)
     if attention_probs:
         families.without_attention_dropout(model)
     return model
@@ -106,6 +125,21 @@ def _student(student: StudentConfig, teacher_config: dict, label_names: tuple[st
     return model
 
 
+def _general_student(student: StudentConfig, teacher_config: dict, attention: bool, head: str):
+    auto = auto_class(head)
+    if student.kind == "pretrained":
+        if head == "mlm":
+            return hub.load_encoder(student.path, mlm=True, attention=attention)
+        return hub.load_encoder(student.path, attention=attention)
+    if student.kind == "teacher-layers":
+        depth = hub.read_config(student.path)["num_hidden_layers"]
+        layers = student.init_layers or default_init_layers(depth, student.layers)
+        return student_from_teacher_layers(student.path, tuple(layers), attention, head=head)
+    return student_from_config(
+        teacher_config, 0, student.layers, student.hidden, student.heads, student.ffn, attention, student.family, auto
+    )
+
+
 def student_from_config(
     teacher_config: dict,
     num_labels: int,
@@ -115,9 +149,11 @@ def student_from_config(
     ffn: int,
     attention: bool = False,
     family: str | None = None,
+    auto=None,
 ):
     """A randomly initialized student with a new shape, of the teacher's family or of ``family``
-    (one of ``families.FAMILIES``, sharing the teacher's vocabulary).
+    (one of ``families.FAMILIES``, sharing the teacher's vocabulary); a sequence classifier of
+    ``num_labels`` classes, or the transformers Auto class ``auto`` (``auto_class``) without task.
 
     Raises: ConfigError if hidden is not a multiple of heads, or for an unsupported family.
     """
@@ -138,14 +174,19 @@ def student_from_config(
         }
         config = AutoConfig.for_model(**fields)
         families.reshape(config, layers, hidden, heads, ffn)
+    if auto is not None:
+        return auto.from_config(config, **_attention_kwargs(attention))
     config.num_labels = num_labels
     config.id2label, config.label2id = teacher_config.get("id2label"), teacher_config.get("label2id")
     return AutoModelForSequenceClassification.from_config(config, **_attention_kwargs(attention))
 
 
-def student_from_teacher_layers(teacher_path: str, layers: tuple[int, ...], attention: bool = False):
+def student_from_teacher_layers(
+    teacher_path: str, layers: tuple[int, ...], attention: bool = False, head: str = "classifier"
+):
     """DistilBERT-style student: copy embeddings and teacher transformer layers ``layers``
-    (1-based, as in hidden_states numbering) from the teacher's weight files.
+    (1-based, as in hidden_states numbering) from the teacher's weight files; a sequence
+    classifier, or with ``head`` ``base`` / ``mlm`` a general student (``auto_class``).
 
     The files may hold a task model (keys ``bert.encoder.layer.N…``) or a base model (keys
     ``encoder.layer.N…``): when the files lack the student's ``base_model_prefix``, it is added,
@@ -166,7 +207,8 @@ def student_from_teacher_layers(teacher_path: str, layers: tuple[int, ...], atte
             value=list(layers),
         )
     config.num_hidden_layers = len(layers)
-    student = AutoModelForSequenceClassification.from_config(config, **_attention_kwargs(attention))
+    auto = AutoModelForSequenceClassification if head == "classifier" else auto_class(head)
+    student = auto.from_config(config, **_attention_kwargs(attention))
     state = _with_prefix(_read_weights(root), student)
     pattern = _layer_key(student)
     missing, _ = student.load_state_dict(_renumber_layers(state, layers, pattern), strict=False)
@@ -196,7 +238,11 @@ def _with_prefix(state: dict, model) -> dict:
     none of the checkpoint's do (a base model's weights for a task model)."""
     prefix = model.base_model_prefix + "."
     expects = any(key.startswith(prefix) for key in model.state_dict())
-    if not expects or any(key.startswith(prefix) for key in state):
+    if not expects:  # a base model: a task model's weights lose their prefix (and their head)
+        if any(key.startswith(prefix) for key in state):
+            return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+        return state
+    if any(key.startswith(prefix) for key in state):
         return state
     return {prefix + key: value for key, value in state.items()}
 

@@ -82,7 +82,8 @@ class TokenizerInfo(_Section):
 @dataclass(frozen=True, kw_only=True)
 class DataInfo(_Section):
     """The extracted split: its source and how it was tokenized (``DataConfig``'s fields first);
-    ``fingerprint`` identifies the tokenized examples; ``label_names`` in class-id order."""
+    ``fingerprint`` identifies the tokenized examples; ``label_names`` in class-id order (empty
+    for a corpus: ``corpus`` true, stored only then)."""
 
     source: str
     split: str
@@ -90,11 +91,19 @@ class DataInfo(_Section):
     label_column: str | None = None
     max_length: int
     limit: int | None = None
+    corpus: bool = False
     task: str | None = None
     fingerprint: str
     resolved_source: str | None = None
     num_examples: int
     label_names: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        """The JSON form (``corpus`` only when true, as ``DataConfig.describe`` writes it)."""
+        out = _thaw(self)
+        if not self.corpus:
+            out.pop("corpus")
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -59,11 +59,19 @@ class EvalConfig:
             )
 
 
+SCHEDULES = ("joint", "progressive")  # general distillation: every layer at once, or MobileBERT's layer by layer
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Everything ``hsk train`` does. ``save_every``: checkpoint interval (``session.Interval``:
-    steps like ``500``, a duration like ``5min``, or ``0`` for stage ends only). ``overwrite``:
-    discard a run already in ``out``; ``resume``: require a checkpoint to resume from."""
+    """Everything ``hsk train`` does. A cache of a corpus (or ``data`` a corpus, online) makes it
+    general distillation: one ``general`` stage (the hidden stage's settings unless a general
+    stage is given) over every stored term, a student without task head (a masked-LM model when
+    the knowledge has ``mlm``), ``schedule`` ``joint`` or ``progressive`` (MobileBERT).
+
+    ``save_every``: checkpoint interval (``session.Interval``: steps like ``500``, a duration like
+    ``5min``, or ``0`` for stage ends only). ``overwrite``: discard a run already in ``out``;
+    ``resume``: require a checkpoint to resume from."""
 
     out: str
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -80,6 +88,9 @@ class TrainConfig:
     head_map: str = "strict"
     temperature: float = 1.0
     hard_label_weight: float = 0.0
+    hidden_loss: str = "mse"
+    term_weights: tuple[tuple[str, float], ...] = ()
+    schedule: str = "joint"
     seed: int = 0
     precision: str = "fp32"
     teacher_precision: str = "fp32"
@@ -101,6 +112,12 @@ class TrainConfig:
                 value=self.num_workers,
             )
         self.loss_options()  # validates them (one home: knowledge.kind.LossOptions)
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"unknown {{schedule}} {self.schedule!r}: use joint or progressive",
+                field="schedule",
+                value=self.schedule,
+            )
         if (self.cache is None) == (self.online_teacher is None):
             raise ConfigError("give exactly one of {cache} CACHE or {online_teacher} TEACHER", field="cache")
         if self.online_teacher is not None and self.data is None:
@@ -122,6 +139,8 @@ class TrainConfig:
             attention_loss=self.attention_loss,
             temperature=self.temperature,
             hard_label_weight=self.hard_label_weight,
+            hidden_loss=self.hidden_loss,
+            term_weights=tuple(self.term_weights),
         )
 
 

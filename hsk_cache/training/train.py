@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 
@@ -85,13 +85,18 @@ def run(config: TrainConfig, progress=None, stop: StopRequest | None = None) -> 
             already_finished=True,
         )
     torch.manual_seed(config.seed)
-    trains = [s for s in config.stages if s.epochs > 0]
+    general = is_general(config, source)
+    stages = general_stages(config) if general else config.stages
+    trains = [s for s in stages if s.epochs > 0]
     _check_knowledge(config, source, trains)
-    attention_probs = "attention_probs" in source.knowledge and any(s.kind == "hidden" for s in trains)
+    attention_probs = "attention_probs" in source.knowledge and any(s.kind in ("hidden", "general") for s in trains)
     attention = bool(source.stored.attention_layers) or source.stored.value_relation_layer is not None
+    head = ("mlm" if "mlm" in source.knowledge else "base") if general else "classifier"
     student = build_student(
-        config.student, source.teacher_config, source.label_names, attention, attention_probs=attention_probs
+        config.student, source.teacher_config, source.label_names, attention, attention_probs=attention_probs, head=head
     ).to(device)
+    if general and config.schedule == "progressive":
+        stages = progressive_stages(stages, student.config.num_hidden_layers)
     loss_fn = distillation_loss(config, student, source, trains)
     if loss_fn is not None:
         loss_fn.to(device)
@@ -105,11 +110,11 @@ def run(config: TrainConfig, progress=None, stop: StopRequest | None = None) -> 
     modules = torch.nn.ModuleDict(
         {"student": student, **({"projection": projection} if projection is not None else {})}
     )
-    best_stage = max((i for i, s in enumerate(config.stages) if s.epochs > 0), default=-1)
+    best_stage = max((i for i, s in enumerate(stages) if s.epochs > 0), default=-1)
     session.start(modules, evaluator, Interval.parse(config.save_every), best_stage, config.overwrite)
     try:
         results = []
-        for i, stage in enumerate(config.stages):
+        for i, stage in enumerate(stages):
             if session.stage_done(i):
                 logged = session.losses.get(i, [])
                 results.append(
@@ -117,6 +122,7 @@ def run(config: TrainConfig, progress=None, stop: StopRequest | None = None) -> 
                 )
                 continue
             step, extra = stage_objective(stage, loss_fn)
+            frozen = freeze_for(student, stage)
             results.append(
                 fit(
                     student,
@@ -134,6 +140,8 @@ def run(config: TrainConfig, progress=None, stop: StopRequest | None = None) -> 
                     rank=rank,
                 )
             )
+            for parameter in frozen:
+                parameter.requires_grad_(True)
         if rank.is_main:
             hub.save(student.to("cpu"), source.tokenizer, config.out)
         result = TrainResult(
@@ -156,13 +164,71 @@ def run(config: TrainConfig, progress=None, stop: StopRequest | None = None) -> 
     return result
 
 
+def is_general(config: TrainConfig, source) -> bool:
+    """Whether the run is general distillation: its knowledge comes from an unlabeled corpus."""
+    if config.cache is not None:
+        return bool(source.manifest.data.corpus)
+    return bool(config.data.corpus)
+
+
+def general_stages(config: TrainConfig) -> tuple[StageConfig, ...]:
+    """The stages of a general-distillation run: the ``general`` stages given, else one general
+    stage with the hidden stage's settings (the prediction stage needs task logits and does not
+    apply to a corpus)."""
+    given = tuple(s for s in config.stages if s.kind == "general")
+    if given:
+        return given
+    hidden = next((s for s in config.stages if s.kind == "hidden"), None)
+    if hidden is None:
+        raise ConfigError("a general-distillation run needs a general (or hidden) stage", field="stages")
+    return (replace(hidden, kind="general"),)
+
+
+def progressive_stages(stages: tuple[StageConfig, ...], student_layers: int) -> tuple[StageConfig, ...]:
+    """MobileBERT's progressive knowledge transfer (Sun et al. 2020, §3.5): each general stage
+    becomes one stage per student layer l = 1..L_S, each training only layer l (and the
+    embeddings with l = 1) on the terms of its layer pairs, the other layers frozen, each for
+    1/L_S of the stage's epochs (the same total steps as the joint schedule)."""
+    out = []
+    for stage in stages:
+        if stage.kind != "general":
+            out.append(stage)
+            continue
+        out += [replace(stage, epochs=stage.epochs / student_layers, layers=(l,)) for l in range(1, student_layers + 1)]
+    return tuple(out)
+
+
+def freeze_for(student, stage: StageConfig) -> list:
+    """Freeze every student parameter outside ``stage.layers`` (a progressive stage: layer l's
+    transformer layer, plus the embeddings for l = 1). Returns the parameters frozen, to unfreeze."""
+    if stage.layers is None:
+        return []
+    from hsk_cache.models.families import layer_stack
+
+    _, stack = layer_stack(student)
+    keep = {id(p) for l in stage.layers for p in stack[l - 1].parameters()}
+    if 1 in stage.layers:
+        embeddings = student.get_input_embeddings()
+        keep |= {id(p) for name, p in student.named_parameters() if "embeddings" in name} | {
+            id(p) for p in embeddings.parameters()
+        }
+    frozen = [p for p in student.parameters() if p.requires_grad and id(p) not in keep]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    return frozen
+
+
 def stage_objective(stage: StageConfig, loss_fn: DistillationLoss | None):
     """(step function, parameters besides the student's) of one stage: the hidden stage uses the
-    loss's intermediate terms and trains W_h; prediction its logits term; labels gold labels."""
+    loss's intermediate terms and trains W_h; prediction its logits term; labels gold labels;
+    general every term (restricted to the layer pairs of ``stage.layers`` when progressive)."""
     if stage.kind == "labels":
         return objectives.labels, []
     if loss_fn is None:  # a stage with 0 epochs: nothing runs
         return None, []
+    if stage.kind == "general":
+        step = objectives.distillation(loss_fn, student_layers=stage.layers)
+        return step, list(loss_fn.parameters())
     terms = tuple(t for t in registry.stage_terms(stage.kind) if t in loss_fn.terms)
     extra = list(loss_fn.parameters()) if stage.kind == "hidden" else []
     return objectives.distillation(loss_fn, terms), extra
@@ -254,6 +320,8 @@ def distillation_loss(config: TrainConfig, student, source, stages) -> Distillat
     """
     kinds = {s.kind for s in stages}
     terms = []
+    if "general" in kinds:
+        terms = list(source.knowledge)
     if "hidden" in kinds:
         terms = [t for t in registry.stage_terms("hidden") if t in source.knowledge]
         if not terms:
