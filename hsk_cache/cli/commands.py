@@ -23,8 +23,14 @@ def _data_config(a) -> DataConfig:
         label_column=a.label_column,
         max_length=a.max_length,
         limit=a.limit,
-        corpus=getattr(a, "corpus", False),
+        corpus=getattr(a, "corpus", False) or _is_corpus(a.data),
     )
+
+
+def _is_corpus(source: str) -> bool:
+    from hsk_cache.data.corpus import is_corpus_source
+
+    return is_corpus_source(source)
 
 
 KIND_OPTIONS = ("relation_layer", "relation_heads", "mlm_probability", "mlm_topk", "mlm_temperature")

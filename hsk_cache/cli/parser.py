@@ -129,9 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--hidden-epochs", type=float, default=3.0, help="hidden-state stage epochs; 0 skips it (default: %(default)s)"
     )
-    _preset(
-        g, "--hidden-lr", 1e-4, "hidden-state stage (a corpus cache's general stage) learning rate", type=float
-    )
+    _preset(g, "--hidden-lr", 1e-4, "hidden-state stage (a corpus cache's general stage) learning rate", type=float)
     g.add_argument(
         "--hidden-batch-size", type=int, default=32, help="hidden-state stage batch size (default: %(default)s)"
     )

@@ -125,3 +125,52 @@ def hard_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor, world
     """Cross-entropy against gold labels. student_logits: [B, C]; labels: [B] int64."""
     rows = torch.tensor(float(len(labels)), device=labels.device)
     return _mean(F.cross_entropy(student_logits.float(), labels, reduction="sum"), rows, world_size)
+
+
+def topk_soft_cross_entropy(
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_probs: torch.Tensor,
+    rest_mass: torch.Tensor,
+    temperature: float = 1.0,
+    world_size: int = 1,
+) -> torch.Tensor:
+    """Soft cross-entropy against a teacher distribution stored as its top-k plus the remaining mass.
+
+    The vocabulary is coarsened to k + 1 bins: the teacher's top-k ids, and "the rest". With
+    p_T the teacher's bins at τ (``topk_probs``, ``rest_mass``) and q the student's softmax(z_S/τ)
+    coarsened to the same bins (q_j at the teacher's ids, q_rest = 1 − Σ_j q_j):
+
+        L = τ² · mean_m [ −Σ_j p_T,j · log q_j − r_T · log q_rest ]
+
+    (Hinton et al. 2015, §2: soft targets and the τ² factor; DistilBERT's L_ce, Sanh et al. 2019
+    §3, uses the teacher's full distribution. Storing only the teacher's top-K probabilities is
+    the usual offline-KD truncation, e.g. Tan et al. 2019, "Multilingual NMT with Knowledge
+    Distillation", which renormalizes them; keeping the remaining mass as a (k+1)-th bin instead
+    is this package's choice, so nothing is renormalized.) It is exactly the cross-entropy between
+    the coarsened distributions, i.e. the exact KL(p_T ‖ q) on the k + 1 bins plus the teacher's
+    (constant) coarsened entropy, and it equals the full-vocabulary soft cross-entropy
+    (``soft_cross_entropy``) when k = V (``rest_mass`` = 0). log q_rest is computed stably as the
+    log-sum-exp of the student's log-probabilities outside the teacher's ids (not as
+    log(1 − Σ q_j), which cancels catastrophically when q_rest is small), with a floor of 1e-30
+    added to the sum so k = V stays finite (0 · log 0 = 0, finite gradients).
+
+    Args:
+        student_logits: [M, V] float, the student's logits at M masked positions.
+        topk_ids: [M, k] int64 vocabulary ids (distinct per row). topk_probs: [M, k] float, the
+            teacher's probabilities at τ. rest_mass: [M] float, 1 − Σ topk_probs.
+        temperature: τ > 0, the one the teacher's bins were computed at.
+        world_size: data-parallel ranks (``_mean``).
+    Returns: scalar float32 (0 when M = 0), ≥ 0.
+    """
+    log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    top = log_probs.gather(-1, topk_ids)
+    is_top = torch.zeros_like(log_probs, dtype=torch.bool).scatter(-1, topk_ids, True)
+    outside = log_probs.masked_fill(is_top, torch.finfo(log_probs.dtype).min)  # finite: no nan gradients at k = V
+    log_rest = torch.logaddexp(torch.logsumexp(outside, dim=-1), torch.tensor(_REST_FLOOR_LOG, device=outside.device))
+    cross = -(topk_probs.float() * top).sum(-1) - rest_mass.float() * log_rest
+    rows = torch.tensor(float(len(cross)), device=cross.device)
+    return _mean(cross.sum(), rows, world_size) * temperature**2
+
+
+_REST_FLOOR_LOG = -69.07755278982137  # log(1e-30), the floor of the student's rest mass (topk_soft_cross_entropy)

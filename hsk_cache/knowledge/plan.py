@@ -175,6 +175,15 @@ class Plan:
         """The teacher runs with its masked-LM head (a kind reads its logits)."""
         return any(kind.needs_mlm_head for kind in self.kinds)
 
+    def prepare_examples(self, examples, tokenizer):
+        """The ``knowledge.batch.Examples`` the teacher and the student see: every stored kind's
+        ``prepare_examples(examples, self.spec, tokenizer)`` in kind order (static masking rewrites
+        ``input_ids`` and adds ``extra`` arrays; apply it once, to the unmasked examples).
+        Raises: ConfigError from a kind (a tokenizer without a mask token)."""
+        for kind in self.kinds:
+            examples = kind.prepare_examples(examples, self.spec, tokenizer)
+        return examples
+
     def hidden_layers_read(self) -> set[int]:
         """Hidden-state layers whose [B, T, D] outputs selection reads."""
         return set().union(*(kind.hidden_layers_read(self) for kind in self.kinds))

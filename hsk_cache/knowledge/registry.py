@@ -9,12 +9,21 @@ from __future__ import annotations
 
 from hsk_cache.errors import ConfigError
 from hsk_cache.knowledge.attention_probs import AttentionProbs
+from hsk_cache.knowledge.attention_relations import AttentionRelations
 from hsk_cache.knowledge.hidden_states import HiddenStates
 from hsk_cache.knowledge.kind import KnowledgeKind
 from hsk_cache.knowledge.logits import Logits
+from hsk_cache.knowledge.mlm import MaskedLM
 from hsk_cache.knowledge.value_relation import ValueRelation
 
-KINDS: tuple[KnowledgeKind, ...] = (HiddenStates(), AttentionProbs(), ValueRelation(), Logits())
+KINDS: tuple[KnowledgeKind, ...] = (
+    HiddenStates(),
+    AttentionProbs(),
+    ValueRelation(),
+    AttentionRelations(),
+    Logits(),
+    MaskedLM(),
+)
 
 
 def names() -> tuple[str, ...]:

@@ -1,4 +1,5 @@
-"""Value relations (MiniLM) and attention-row gathering, for teachers and students alike."""
+"""Self-attention relations (MiniLM's value relation, MiniLMv2's Q-Q/K-K/V-V relations) and
+attention-row gathering, for teachers and students alike."""
 
 from __future__ import annotations
 
@@ -9,21 +10,38 @@ import torch
 from hsk_cache.errors import ModelError
 
 
+def self_attention_relation(x: torch.Tensor, heads: int, attention_mask: torch.Tensor) -> torch.Tensor:
+    """R = softmax(X_r·X_rᵀ / √(D/R)) per relation head r, over real key positions.
+
+    ``x`` (the queries, keys or values of one layer) is split along its width into ``heads``
+    contiguous relation heads of D/R dimensions each (the concatenated attention heads re-split,
+    so R may differ from the model's attention heads).
+
+    Args: x: [B, T, D] float (D = heads · D/R). heads: R ≥ 1. attention_mask: [B, T] (1 = real token).
+    Returns: [B, R, T, T] float32; padded keys get probability 0.
+    Raises: ModelError if D is not a multiple of ``heads``.
+    Source: MiniLMv2 (Wang et al. 2021), §3 (Q-Q, K-K, V-V relations of relation heads);
+    MiniLM (Wang et al. 2020), Eq. 5 (the value relation, R = the attention heads).
+    """
+    b, t, d = x.shape
+    if d % heads:
+        raise ModelError(f"width {d} is not a multiple of {heads} relation heads: pick a head count dividing it")
+    split = x.float().view(b, t, heads, d // heads).transpose(1, 2)  # [B, R, T, D/R]
+    scores = split @ split.transpose(-1, -2) / math.sqrt(d // heads)
+    scores = scores.masked_fill(~attention_mask.bool()[:, None, None, :], -math.inf)
+    return torch.softmax(scores, dim=-1)
+
+
 def value_relation(values: torch.Tensor, heads: int, attention_mask: torch.Tensor) -> torch.Tensor:
-    """VR = softmax(V·Vᵀ / √d_head) per head, over real key positions.
+    """VR = softmax(V·Vᵀ / √d_head) per head, over real key positions (``self_attention_relation``
+    of the value vectors).
 
     Args: values: [B, T, D] float (D = heads · d_head). attention_mask: [B, T] (1 = real token).
     Returns: [B, H, T, T] float32; padded keys get probability 0.
     Raises: ModelError if D is not a multiple of ``heads``.
     Source: MiniLM (Wang et al. 2020), Eq. 5 (value-relation transfer).
     """
-    b, t, d = values.shape
-    if d % heads:
-        raise ModelError(f"width {d} is not a multiple of {heads} relation heads: pick a head count dividing it")
-    v = values.float().view(b, t, heads, d // heads).transpose(1, 2)  # [B, H, T, d_head]
-    scores = v @ v.transpose(-1, -2) / math.sqrt(d // heads)
-    scores = scores.masked_fill(~attention_mask.bool()[:, None, None, :], -math.inf)
-    return torch.softmax(scores, dim=-1)
+    return self_attention_relation(values, heads, attention_mask)
 
 
 def gather_rows(probs: torch.Tensor, token_index: torch.Tensor) -> torch.Tensor:
