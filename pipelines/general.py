@@ -68,6 +68,12 @@ class Rows:
                     self.rows[row["id"]] = row
 
     def done(self, key: str) -> bool:
+        """Whether ``key`` is finished (re-reading the file: several processes may share it)."""
+        if key not in self.rows and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.rows[row["id"]] = row
         return key in self.rows
 
     def add(self, row: dict) -> None:
@@ -175,7 +181,7 @@ def step_finetune(rows: Rows, args, student: str, path: str, task: str, seed: in
     if rows.done(key):
         return
     source, dev, metric, max_length = TASKS[task]
-    out = str(args.work / "ft")
+    out = str(args.work / f"ft-{os.getpid()}")
     shutil.rmtree(out, ignore_errors=True)
     data = DataConfig(source=source, split="train", max_length=max_length, limit=args.ft_limit)
     r = finetune.run(
@@ -311,6 +317,8 @@ def main(argv=None) -> int:
     parser.add_argument("--aug-copies", type=int, default=4)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--report", action="store_true", help="only rewrite docs/general.md's tables")
+    parser.add_argument("--teachers", default="minilm-l6,mpnet-base", help="the teachers to run (comma list)")
+    parser.add_argument("--students", default=None, help="fine-tune only students whose name contains one of these")
     args = parser.parse_args(argv)
     if args.report:
         write_report(args.out)
@@ -322,17 +330,21 @@ def main(argv=None) -> int:
     teachers = {"minilm-l6": hub.resolve("minilm-l6")}
     if args.mpnet:
         teachers["mpnet-base"] = args.mpnet
+    teachers = {k: v for k, v in teachers.items() if k in args.teachers.split(",")}
     generals = {}
     for teacher, path in teachers.items():
         for name in RECIPES:
             cache = step_extract(rows, args, teacher, path, name)
             generals[f"{name} ({teacher})"] = step_general(rows, args, teacher, path, name, cache)
     every = {**generals, **baseline_students(args, teachers)}
+    if args.students:
+        every = {k: v for k, v in every.items() if any(part in k for part in args.students.split(","))}
     for seed in (int(s) for s in args.seeds.split(",")):
         for task in TASKS:
             for student, path in every.items():
                 step_finetune(rows, args, student, path, task, seed)
-    step_tinybert_pipeline(rows, args, generals["tinybert (minilm-l6)"])
+    if "tinybert (minilm-l6)" in generals:
+        step_tinybert_pipeline(rows, args, generals["tinybert (minilm-l6)"])
     write_report(args.out)
     return 0
 

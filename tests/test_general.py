@@ -264,3 +264,12 @@ def test_corpus_refusals_are_one_line_errors(base_teacher, corpus_file, tmp_path
     assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
     with pytest.raises(SystemExit):  # argparse: an unknown --recipe is a usage error (exit 2)
         main(["extract", "--teacher", base_teacher, "--data", corpus_file, "--recipe", "nope", "--out", "z"])
+
+
+def test_docs_general_tables_match_the_committed_results():
+    from pipelines import general as proof
+
+    rows = proof.Rows(proof.DOC.parent / "general" / "results.jsonl").rows
+    assert any(key.startswith("finetune/") for key in rows) and any(key.startswith("extract/") for key in rows)
+    tables = proof.DOC.read_text().split("<!-- results -->\n")[1].split("<!-- /results -->")[0]
+    assert tables == proof.report(rows)  # python -m pipelines.general --report rewrites them
