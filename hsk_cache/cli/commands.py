@@ -61,15 +61,13 @@ def _presets(a) -> None:
 def _term_weights(text: str) -> tuple[tuple[str, float], ...]:
     out = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
-        name, sep, value = part.partition("=")
+        name, _, value = part.partition("=")
         try:
-            out.append((name.strip(), float(value)))
+            out.append((name.strip(), float(value)))  # no "=" leaves value empty: refused here too
         except ValueError:
             raise ConfigError(
                 f"--term-weights {text!r}: use term=weight pairs such as mlm_soft=5,mlm=2", field="term_weights"
             ) from None
-        if not sep:
-            raise ConfigError(f"--term-weights {text!r}: use term=weight pairs such as mlm_soft=5,mlm=2")
     return tuple(out)
 
 
