@@ -25,6 +25,7 @@ from hsk_cache.knowledge.plan import Plan
 from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub
 from hsk_cache.models.teacher import run_teacher
+from hsk_cache.store.manifest import SpecInfo
 
 T = 32
 
@@ -247,7 +248,7 @@ def manifest_of(plan) -> SimpleNamespace:
     """What ``Plan.of_manifest`` reads of a ``store.manifest.Manifest``, from the plan's JSON forms."""
     s = plan.spec.describe()
     return SimpleNamespace(
-        spec=SimpleNamespace(**{"attention_layers": None, "value_relation_layer": None, **s}),
+        spec=SpecInfo.parse(s, "spec"),
         dims=SimpleNamespace(
             kept_tokens=plan.kept_tokens,
             hidden_size=plan.hidden_size,

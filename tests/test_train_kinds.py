@@ -154,6 +154,9 @@ def test_logits_only_cache_trains_the_prediction_stage(tiny_teacher, toy_dir, tm
         ExtractSpec.parse(
             "last", "topk:3", knowledge="attention_probs,value_relation,logits", dtype="bfloat16", codec="blosc"
         ),
+        ExtractSpec.parse(
+            "last", "topk:3", knowledge="attention_probs,value_relation,attention_relations", codec="zstd", key_topk=4
+        ),
     ],
 )
 def test_dry_run_predicts_stored_bytes_within_10_percent(spec, tiny_teacher, toy_dir, tmp_path):

@@ -85,6 +85,7 @@ def _spec(a) -> ExtractSpec:
         a.importance_layer,
         a.spec_seed,
         options,
+        getattr(a, "key_topk", 0),
     )
 
 

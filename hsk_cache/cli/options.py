@@ -138,6 +138,14 @@ def _add_spec(p: argparse.ArgumentParser) -> None:
         help="mlm: temperature τ of the stored soft targets (default: 2.0, DistilBERT's)",
     )
     g.add_argument(
+        "--key-topk",
+        type=int,
+        default=0,
+        help="sparse rows: keep each attention_probs / value_relation / attention_relations row as its K "
+        "largest probabilities, their key positions and the remaining mass (loss: KL of the kept keys "
+        "plus a rest bin); 0 keeps rows over all keys (default: %(default)s)",
+    )
+    g.add_argument(
         "--importance-layer",
         default="same",
         help="layer whose [CLS] attention ranks top-k tokens: same "

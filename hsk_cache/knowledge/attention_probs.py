@@ -15,6 +15,10 @@ and with top-k tokens the [CLS] row of the ranking layer.
 |-----------------|-------------------|-------|------------------------------------------|
 | attention_index | [N, L_a, K]       | int16 | kept query positions per attention layer |
 | attention_probs | [N, L_a, H, K, T] | q     | attention rows of kept queries, all keys |
+
+With ``key_topk`` = k the rows are stored and batched sparse: attention_probs [..., K, k] (the
+top-k probabilities), attention_probs_keys [..., K, k] and attention_probs_rest [..., K]
+(``knowledge.sparse_rows``); the loss is then the KL of the coarsened rows.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 import torch
 
 from hsk_cache.errors import ConfigError, ModelError
-from hsk_cache.knowledge import losses, relations
+from hsk_cache.knowledge import losses, relations, sparse_rows
 from hsk_cache.knowledge.kind import (
     ArraySpec,
     KnowledgeKind,
@@ -34,7 +38,8 @@ from hsk_cache.knowledge.kind import (
     decode_rows,
     encode_rows,
     index_array,
-    value_arrays,
+    row_arrays,
+    select_rows,
 )
 from hsk_cache.select import depth
 
@@ -45,8 +50,8 @@ class AttentionProbs(KnowledgeKind):
     """Attention probabilities of the layers of ``spec.attention_layers`` (module docstring)."""
 
     name = "attention_probs"
-    batch_keys = ("attention_index", "attention_probs")
-    index_keys = ("attention_index",)
+    batch_keys = ("attention_index", "attention_probs", "attention_probs_keys", "attention_probs_rest")
+    index_keys = ("attention_index", "attention_probs_keys")
     stage = "hidden"
 
     def needs_attention(self, spec) -> bool:
@@ -70,7 +75,7 @@ class AttentionProbs(KnowledgeKind):
         rows = [
             relations.gather_rows(outputs.attentions[l - 1], index[:, i]) for i, l in enumerate(plan.attention_layers)
         ]
-        return {"attention_index": index, "attention_probs": torch.stack(rows, dim=1)}
+        return {"attention_index": index, **select_rows("attention_probs", torch.stack(rows, dim=1), plan)}
 
     def arrays(self, plan, n: int) -> list[ArraySpec]:
         """attention_index and attention_probs (rows over all T keys)."""
@@ -78,7 +83,7 @@ class AttentionProbs(KnowledgeKind):
         shape = (n, layers, plan.heads, k, plan.max_length)
         return [
             index_array("attention_index", (n, layers, k)),
-            *value_arrays("attention_probs", shape, plan, "key_rows"),
+            *row_arrays("attention_probs", shape, plan),
         ]
 
     def encode(self, knowledge: dict, plan) -> dict[str, np.ndarray]:
@@ -120,7 +125,15 @@ class AttentionProbsTerm(Term):
                 field="head_map",
                 value=options.head_map,
             )
-        self.loss = losses.distribution_kl if options.attention_loss == "kl" else losses.distribution_mse
+        if plan.spec.key_topk and self.layer_map and (options.attention_loss != "kl" or heads != plan.teacher_heads):
+            raise ConfigError(
+                f"the cache keeps the attention rows' top {plan.spec.key_topk} keys (sparse rows): their loss is "
+                "the KL of the kept keys and the rest mass, per teacher head; use {attention_loss} kl and a student "
+                f"with the teacher's {plan.teacher_heads} heads, or extract dense rows ({{key_topk}} 0)",
+                field="attention_loss" if options.attention_loss != "kl" else "head_map",
+                value=options.attention_loss if options.attention_loss != "kl" else options.head_map,
+            )
+        self.loss = losses.row_kl if options.attention_loss == "kl" else losses.distribution_mse
         self._checked_dropout = False
 
     def output_flags(self) -> dict[str, bool]:
@@ -150,6 +163,8 @@ class AttentionProbsTerm(Term):
             i = self.layers.index(t)
             index = batch["attention_index"][:, i]
             student = relations.gather_rows(attentions[s - 1], index)
-            student, teacher = relations.match_heads(student, batch["attention_probs"][:, i])
+            teacher = sparse_rows.rows_of(batch, "attention_probs")[:, i]
+            if isinstance(teacher, torch.Tensor):
+                student, teacher = relations.match_heads(student, teacher)
             total = total + self.loss(student, teacher, index >= 0, world_size)
         return {self.name: total}

@@ -34,6 +34,10 @@ top-k tokens the [CLS] attention row of the ranking layer.
 |---------------------|--------------------|-------|-------------------------------------------|
 | relation_index      | [N, K]             | int16 | kept query positions                      |
 | attention_relations | [N, 3, R, K, T]    | q     | Q-Q, K-K, V-V relation rows, all keys     |
+
+With ``key_topk`` = k the rows are sparse (attention_relations [..., K, k],
+attention_relations_keys, attention_relations_rest; ``knowledge.sparse_rows``) and the loss is
+the KL of the coarsened rows.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import numpy as np
 import torch
 
 from hsk_cache.errors import ConfigError, ModelError
-from hsk_cache.knowledge import losses, relations
+from hsk_cache.knowledge import losses, relations, sparse_rows
 from hsk_cache.knowledge.kind import (
     ArraySpec,
     KnowledgeKind,
@@ -52,7 +56,8 @@ from hsk_cache.knowledge.kind import (
     decode_rows,
     encode_rows,
     index_array,
-    value_arrays,
+    row_arrays,
+    select_rows,
 )
 
 PROJECTIONS = ("query", "key", "value")  # the order of the relation axis (3) of attention_relations
@@ -70,8 +75,8 @@ class AttentionRelations(KnowledgeKind):
     heads (module docstring: options, batch keys, arrays)."""
 
     name = "attention_relations"
-    batch_keys = ("relation_index", "attention_relations")
-    index_keys = ("relation_index",)
+    batch_keys = ("relation_index", "attention_relations", "attention_relations_keys", "attention_relations_rest")
+    index_keys = ("relation_index", "attention_relations_keys")
     stage = "hidden"
     options = {"relation_layer": None, "relation_heads": None}
 
@@ -139,13 +144,13 @@ class AttentionRelations(KnowledgeKind):
                 )
             relation = relations.self_attention_relation(x, heads, batch.attention_mask)
             rows.append(relations.gather_rows(relation, index))
-        return {"relation_index": index, "attention_relations": torch.stack(rows, dim=1)}
+        return {"relation_index": index, **select_rows("attention_relations", torch.stack(rows, dim=1), plan)}
 
     def arrays(self, plan, n: int) -> list[ArraySpec]:
         """relation_index [N, K] int16 and attention_relations [N, 3, R, K, T] (rows over all T keys)."""
         k = plan.kept_tokens
         shape = (n, len(PROJECTIONS), plan.extra["relation_heads"], k, plan.max_length)
-        return [index_array("relation_index", (n, k)), *value_arrays("attention_relations", shape, plan, "key_rows")]
+        return [index_array("relation_index", (n, k)), *row_arrays("attention_relations", shape, plan)]
 
     def encode(self, knowledge: dict, plan) -> dict[str, np.ndarray]:
         """Pad the query axis to K and the key axis to T; quantize (``kind.encode_rows``)."""
@@ -204,11 +209,12 @@ class AttentionRelationsTerm(Term):
             )
         index = batch["relation_index"]
         valid = index >= 0
+        teacher = sparse_rows.rows_of(batch, "attention_relations")
         total = 0
         for i, projection in enumerate(PROJECTIONS):
             relation = relations.self_attention_relation(
                 captured[(projection, self.student_layer)], self.heads, batch["attention_mask"]
             )
             student = relations.gather_rows(relation, index)
-            total = total + losses.distribution_kl(student, batch["attention_relations"][:, i], valid, world_size)
+            total = total + losses.row_kl(student, teacher[:, i], valid, world_size)
         return {self.name: total}

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from hsk_cache.errors import ConfigError
-from hsk_cache.knowledge import quantize
+from hsk_cache.knowledge import quantize, sparse_rows
 
 ITEMSIZE = {"int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "float16": 2, "int32": 4, "float32": 4, "int64": 8}
 ROLES = ("example", "index", "values", "key_rows")
@@ -289,12 +289,47 @@ def check_layer(layer: int, depth: int, name: str) -> int:
     return layer
 
 
+def row_arrays(name: str, shape: tuple[int, ...], plan) -> list[ArraySpec]:
+    """The arrays of attention-like rows ``shape`` = (N, ..., K, T): over all T keys (role
+    ``key_rows``), or with ``spec.key_topk`` = k the top-k values (N, ..., K, k), their int16 key
+    positions and the float32 rest mass (N, ..., K) (``knowledge.sparse_rows``)."""
+    k = plan.spec.key_topk
+    if not k:
+        return value_arrays(name, shape, plan, "key_rows")
+    keys, rest = sparse_rows.keys_of(name)
+    sparse = (*shape[:-1], k)
+    return [
+        *value_arrays(name, sparse, plan),
+        ArraySpec(keys, sparse, "int16", "zstd", role="index"),
+        ArraySpec(rest, shape[:-1], "float32", plan.spec.codec),
+    ]
+
+
+def select_rows(name: str, rows: torch.Tensor, plan) -> dict[str, torch.Tensor]:
+    """{name: rows [..., K_b, T_b]} as selected, or with ``spec.key_topk`` = k their top-k
+    (``sparse_rows.sparsify``): {name: values [..., K_b, k], name_keys, name_rest [..., K_b]}."""
+    k = plan.spec.key_topk
+    if not k:
+        return {name: rows}
+    sparse = sparse_rows.sparsify(rows, k)
+    keys, rest = sparse_rows.keys_of(name)
+    return {name: sparse.values, keys: sparse.keys, rest: sparse.rest}
+
+
 def encode_rows(knowledge: dict, index_key: str, rows_key: str, plan) -> dict[str, np.ndarray]:
     """Query rows over all keys (attention-like knowledge) → stored rows: the index [..., K_b]
     padded to K with −1 (int16), the rows [..., K_b, T_b] padded to [..., K, T] with 0 and
-    quantized to the plan's dtype."""
+    quantized to the plan's dtype; sparse rows (``key_topk``) padded along K only (keys with −1)."""
     index, rows = knowledge[index_key], knowledge[rows_key]
     out = {index_key: pad(index, index.ndim - 1, plan.kept_tokens, -1).astype(np.int16)}
+    if plan.spec.key_topk:
+        keys, rest = sparse_rows.keys_of(rows_key)
+        quantized(out, rows_key, pad(rows, rows.ndim - 2, plan.kept_tokens, 0.0), plan.spec.dtype)
+        key_rows = knowledge[keys]
+        out[keys] = pad(key_rows, key_rows.ndim - 2, plan.kept_tokens, -1).astype(np.int16)
+        mass = knowledge[rest]
+        out[rest] = pad(mass, mass.ndim - 1, plan.kept_tokens, 0.0).astype(np.float32)
+        return out
     padded = pad(pad(rows, rows.ndim - 2, plan.kept_tokens, 0.0), rows.ndim - 1, plan.max_length, 0.0)
     quantized(out, rows_key, padded, plan.spec.dtype)
     return out
@@ -302,14 +337,21 @@ def encode_rows(knowledge: dict, index_key: str, rows_key: str, plan) -> dict[st
 
 def decode_rows(rows: dict[str, np.ndarray], index_key: str, rows_key: str, plan, width: int) -> dict:
     """Inverse of ``encode_rows`` for one batch: the index [..., K_b] int64 and float32 rows
-    [..., K_b, T_b], K_b the batch's widest kept prefix and T_b = ``width``."""
+    [..., K_b, T_b], K_b the batch's widest kept prefix and T_b = ``width``; sparse rows as
+    float32 values and int64 keys [..., K_b, k] and float32 rest [..., K_b]."""
     index = rows[index_key].astype(np.int64)
     k = trim(index)
+    out = {index_key: torch.from_numpy(index[..., :k])}
+    if plan.spec.key_topk:
+        keys, rest = sparse_rows.keys_of(rows_key)
+        values = dequantized(rows, rows_key, plan.spec.dtype)[..., :k, :]
+        out[rows_key] = torch.from_numpy(np.ascontiguousarray(values))
+        out[keys] = torch.from_numpy(np.ascontiguousarray(rows[keys][..., :k, :].astype(np.int64)))
+        out[rest] = torch.from_numpy(np.ascontiguousarray(rows[rest][..., :k].astype(np.float32)))
+        return out
     values = dequantized(rows, rows_key, plan.spec.dtype)[..., :k, :width]
-    return {
-        index_key: torch.from_numpy(index[..., :k]),
-        rows_key: torch.from_numpy(np.ascontiguousarray(values)),
-    }
+    out[rows_key] = torch.from_numpy(np.ascontiguousarray(values))
+    return out
 
 
 def trim(index: np.ndarray) -> int:

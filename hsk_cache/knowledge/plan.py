@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
+from hsk_cache.errors import ConfigError
 from hsk_cache.knowledge import registry
 from hsk_cache.knowledge.kind import check_layer
 from hsk_cache.knowledge.spec import ExtractSpec
@@ -79,9 +80,17 @@ class Plan:
     def make(cls, spec: ExtractSpec, config, tokenizer, max_length: int) -> Plan:
         """Resolve ``spec`` against a teacher's transformers ``config`` and its tokenizer.
 
-        Raises: ConfigError for a layer beyond the teacher's depth, or K above ``max_length``.
+        Raises: ConfigError for a layer beyond the teacher's depth, K above ``max_length``, or
+        ``key_topk`` not below it (sparse rows that large store more than dense ones).
         """
         spec.tokens.check(max_length)
+        if spec.key_topk >= max_length:
+            raise ConfigError(
+                f"{{key_topk}} {spec.key_topk} keeps as many keys as a row of {max_length} tokens has: use fewer "
+                f"(e.g. {max(1, max_length // 8)}) or 0 for dense rows",
+                field="key_topk",
+                value=spec.key_topk,
+            )
         if spec.importance_layer is not None:
             check_layer(spec.importance_layer, config.num_hidden_layers, "importance_layer")
         resolved = {}
@@ -122,6 +131,7 @@ class Plan:
             importance_layer=s.importance_layer,
             seed=s.seed,
             options=dict(s.options or {}),
+            key_topk=s.key_topk,
         )
         return cls(
             spec=spec,

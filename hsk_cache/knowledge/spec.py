@@ -12,6 +12,8 @@ from hsk_cache.config.specs import CODECS, DTYPES, DimSpec, LayerSpec, TokenSpec
 from hsk_cache.errors import ConfigError
 from hsk_cache.knowledge import registry
 
+ROW_KINDS = ("attention_probs", "value_relation", "attention_relations")  # rows over keys: key_topk applies
+
 
 @dataclass(frozen=True)
 class ExtractSpec:
@@ -31,8 +33,11 @@ class ExtractSpec:
         options: the selected kinds' own options (``KnowledgeKind.options``: a relation kind's
             layer and relation heads, the masked-LM kind's top-k …), by name; canonical: every
             option of a selected kind, its default where not given, the others dropped.
-    Raises: ConfigError (field ``dtype``, ``codec``, ``knowledge`` or the option's name) for an
-        unknown value.
+        key_topk: 0 stores attention-like rows (attention_probs, value_relation,
+            attention_relations) over all T keys; k ≥ 1 stores each row as its k largest
+            probabilities, their key positions and the remaining mass (``knowledge.sparse_rows``).
+    Raises: ConfigError (field ``dtype``, ``codec``, ``knowledge``, ``key_topk`` or the option's
+        name) for an unknown or bad value.
     """
 
     layers: LayerSpec = field(default_factory=LayerSpec)
@@ -46,6 +51,7 @@ class ExtractSpec:
     importance_layer: int | None = None
     seed: int = 0
     options: dict = field(default_factory=dict)
+    key_topk: int = 0
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -74,6 +80,24 @@ class ExtractSpec:
             kind.check_options(mine)
             options.update(mine)
         object.__setattr__(self, "options", dict(sorted(options.items())))
+        self._check_key_topk()
+
+    def _check_key_topk(self) -> None:
+        k = self.key_topk
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ConfigError(
+                f"{{key_topk}} {k!r}: use 0 (rows over all keys) or a whole number of keys ≥ 1",
+                field="key_topk",
+                value=k,
+            )
+        rows = [name for name in ROW_KINDS if name in self.knowledge]
+        if k and not rows:
+            raise ConfigError(
+                f"{{key_topk}} {k} keeps the top keys of attention-like rows, and the knowledge "
+                f"{','.join(self.knowledge)} has none: add one of {', '.join(ROW_KINDS)} or drop {{key_topk}}",
+                field="key_topk",
+                value=k,
+            )
 
     def option(self, name: str):
         """The value of a selected kind's option ``name`` (its default when not given)."""
@@ -107,6 +131,8 @@ class ExtractSpec:
             out["value_relation_layer"] = self.value_relation_layer
         if self.options:
             out["options"] = dict(self.options)
+        if self.key_topk:
+            out["key_topk"] = self.key_topk
         return out
 
     @classmethod
@@ -123,6 +149,7 @@ class ExtractSpec:
         importance_layer=None,
         seed=0,
         options=None,
+        key_topk=0,
     ) -> ExtractSpec:
         """A spec from its strings (as ``hsk extract`` takes them; ``knowledge`` a comma list or
         a sequence). Raises: ConfigError naming the field and the value."""
@@ -143,7 +170,20 @@ class ExtractSpec:
             _layer_number(importance_layer, "importance_layer"),
             seed,
             dict(options or {}),
+            _key_count(key_topk),
         )
+
+
+def _key_count(value) -> int:
+    """``key_topk`` from a string or number ("all" or None: 0). Raises: ConfigError."""
+    if value is None or value == "all":
+        return 0
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{{key_topk}} {value!r}: use a whole number of keys (0: all)", field="key_topk", value=value
+        ) from None
 
 
 def _layer_number(value, name: str) -> int | None:

@@ -16,6 +16,9 @@ Teacher outputs: the value projection [B, T, D] of the layer (captured by a forw
 |----------------|--------------|-------|---------------------------------------|
 | value_index    | [N, K]       | int16 | kept query positions                  |
 | value_relation | [N, H, K, T] | q     | value-relation rows, all keys         |
+
+With ``key_topk`` = k the rows are sparse (value_relation [..., K, k], value_relation_keys,
+value_relation_rest; ``knowledge.sparse_rows``) and the loss is the KL of the coarsened rows.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 
 from hsk_cache.errors import ConfigError, ModelError
-from hsk_cache.knowledge import losses, relations
+from hsk_cache.knowledge import losses, relations, sparse_rows
 from hsk_cache.knowledge.kind import (
     ArraySpec,
     KnowledgeKind,
@@ -34,7 +37,8 @@ from hsk_cache.knowledge.kind import (
     decode_rows,
     encode_rows,
     index_array,
-    value_arrays,
+    row_arrays,
+    select_rows,
 )
 
 
@@ -42,8 +46,8 @@ class ValueRelation(KnowledgeKind):
     """The value relation of ``spec.value_relation_layer`` (None: the last layer)."""
 
     name = "value_relation"
-    batch_keys = ("value_index", "value_relation")
-    index_keys = ("value_index",)
+    batch_keys = ("value_index", "value_relation", "value_relation_keys", "value_relation_rest")
+    index_keys = ("value_index", "value_relation_keys")
     stage = "hidden"
 
     def needs_attention(self, spec) -> bool:
@@ -69,13 +73,13 @@ class ValueRelation(KnowledgeKind):
         """value_index [B, K] and value_relation [B, H, K, T_b] (H: the teacher's heads)."""
         index = plan.select_tokens(outputs, batch, plan.value_relation_layer)
         relation = relations.value_relation(outputs.values, plan.heads, batch.attention_mask)
-        return {"value_index": index, "value_relation": relations.gather_rows(relation, index)}
+        return {"value_index": index, **select_rows("value_relation", relations.gather_rows(relation, index), plan)}
 
     def arrays(self, plan, n: int) -> list[ArraySpec]:
         """value_index and value_relation (rows over all T keys)."""
         k = plan.kept_tokens
         shape = (n, plan.heads, k, plan.max_length)
-        return [index_array("value_index", (n, k)), *value_arrays("value_relation", shape, plan, "key_rows")]
+        return [index_array("value_index", (n, k)), *row_arrays("value_relation", shape, plan)]
 
     def encode(self, knowledge: dict, plan) -> dict[str, np.ndarray]:
         """Pad the query axis to K and the key axis to T; quantize (``kind.encode_rows``)."""
@@ -117,6 +121,14 @@ class ValueRelationTerm(Term):
         self.student_layer = student_config.num_hidden_layers
         self.teacher_layer = plan.value_relation_layer
         self.heads = teacher_heads if head_map == "relation" else heads
+        if plan.spec.key_topk and self.heads != teacher_heads:
+            raise ConfigError(
+                f"the cache keeps the value-relation rows' top {plan.spec.key_topk} keys (sparse rows), per teacher "
+                f"head: pass {{head_map}} relation (the student's values in {teacher_heads} relation heads) or "
+                "extract dense rows ({key_topk} 0)",
+                field="head_map",
+                value=head_map,
+            )
 
     @property
     def value_layer(self) -> int | None:
@@ -134,5 +146,7 @@ class ValueRelationTerm(Term):
             )
         relation = relations.value_relation(values[-1], self.heads, batch["attention_mask"])
         student = relations.gather_rows(relation, batch["value_index"])
-        student, teacher = relations.match_heads(student, batch["value_relation"])
-        return {self.name: losses.distribution_kl(student, teacher, batch["value_index"] >= 0, world_size)}
+        teacher = sparse_rows.rows_of(batch, "value_relation")
+        if isinstance(teacher, torch.Tensor):
+            student, teacher = relations.match_heads(student, teacher)
+        return {self.name: losses.row_kl(student, teacher, batch["value_index"] >= 0, world_size)}

@@ -110,7 +110,8 @@ class DataInfo(_Section):
 class SpecInfo(_Section):
     """The extraction spec in canonical form (``ExtractSpec.describe``): ``attention_layers`` is
     stored only with attention knowledge, ``value_relation_layer`` only with value relation,
-    ``options`` only when a stored kind has options of its own."""
+    ``options`` only when a stored kind has options of its own, ``key_topk`` only when rows are
+    stored sparse."""
 
     layers: str
     tokens: str
@@ -123,12 +124,15 @@ class SpecInfo(_Section):
     attention_layers: str | None = None
     value_relation_layer: int | None = None
     options: Mapping[str, Any] | None = None
+    key_topk: int = 0
 
     def to_dict(self) -> dict:
         """The JSON form, keys as ``ExtractSpec.describe`` writes them."""
         out = _thaw(self)
         if not self.options:
             out.pop("options")
+        if not self.key_topk:
+            out.pop("key_topk")
         if "attention_probs" not in self.knowledge:
             out.pop("attention_layers")
         if "value_relation" not in self.knowledge:
