@@ -274,3 +274,92 @@ def test_docs_general_tables_match_the_committed_results():
     assert any(key.startswith("finetune/") for key in rows) and any(key.startswith("extract/") for key in rows)
     tables = proof.DOC.read_text().split("<!-- results -->\n")[1].split("<!-- /results -->")[0]
     assert tables == proof.report(rows)  # python -m pipelines.general --report rewrites them
+
+
+def reference_dev_loss(student_dir: str, cache: str) -> float:
+    """The MiniLM recipe's loss (last-layer attention KL + value-relation KL) of a saved student on
+    every example of a float32 cache of all tokens, one global mean per term, in float64 numpy."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(student_dir, attn_implementation="eager").eval()
+    reader = CacheReader(cache)
+    ids = reader.read("input_ids").astype(np.int64)
+    mask = np.arange(ids.shape[1])[None, :] < reader.read("lengths")[:, None]
+    teacher_attention, teacher_relation = reader.read("attention_probs")[:, -1], reader.read("value_relation")
+    captured = {}
+    layer = model.encoder.layer[-1].attention.self
+    handle = layer.value.register_forward_hook(lambda _m, _i, out: captured.__setitem__("v", out))
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask.astype(np.int64)), output_attentions=True
+        )
+    handle.remove()
+    student_attention = out.attentions[-1].double().numpy()
+    v = captured["v"].double().numpy()
+    n, t, d = v.shape
+    heads = model.config.num_attention_heads
+    v = v.reshape(n, t, heads, d // heads).transpose(0, 2, 1, 3)
+    scores = v @ v.transpose(0, 1, 3, 2) / np.sqrt(d // heads)
+    scores = np.where(mask[:, None, None, :], scores, -np.inf)
+    student_relation = np.exp(scores - scores.max(-1, keepdims=True))
+    student_relation /= student_relation.sum(-1, keepdims=True)
+
+    def kl(student: np.ndarray, teacher: np.ndarray) -> float:
+        k = teacher.shape[-2]  # the stored query rows: every real token, in order
+        s, p = student[:, :, :k, : teacher.shape[-1]], teacher.astype(np.float64)
+        terms = np.where(p > 0, p * (np.log(np.maximum(p, 1e-12)) - np.log(np.maximum(s, 1e-12))), 0.0).sum(-1)
+        rows = np.broadcast_to(mask[:, None, :k], terms.shape)
+        return float(terms[rows].mean())
+
+    return kl(student_attention, teacher_attention) + kl(student_relation, teacher_relation)
+
+
+def test_dev_loss_is_evaluated_during_general_training_and_keeps_the_lowest(base_teacher, corpus_file, tmp_path):
+    rng = random.Random(7)
+    held_out = tmp_path / "valid.txt"
+    held_out.write_text("\n\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60))) for _ in range(6)))
+    r = recipe("minilm")
+    spec = ExtractSpec.parse(**{**r.spec, "tokens": "all", "dtype": "float32"})
+    train_cache, dev_cache = str(tmp_path / "train-cache"), str(tmp_path / "dev-cache")
+    for path, out in ((corpus_file, train_cache), (str(held_out), dev_cache)):
+        extract.run(extract.ExtractConfig(teacher=base_teacher, data=corpus(path), out=out, spec=spec, batch_size=8))
+    common = dict(student=STUDENT, stages=general(3), seed=3, save_every="0", **r.loss)
+    evaluation = configs.EvalConfig(data=dev_cache, every=2, batch_size=64)  # one dev batch: a global mean
+    run = train.run(configs.TrainConfig(out=str(tmp_path / "a"), cache=train_cache, eval=evaluation, **common))
+    evals = _log(str(tmp_path / "a"), "eval")
+    assert len(evals) >= 3 and all({"loss", "loss.attention_probs", "loss.value_relation"} <= set(e) for e in evals)
+    assert all(e["examples"] == CacheReader(dev_cache).manifest.counts["examples"] for e in evals)
+    # the last evaluation (at the stage's end) is the saved student's loss, computed independently
+    assert evals[-1]["loss"] == pytest.approx(reference_dev_loss(str(tmp_path / "a"), dev_cache), rel=1e-4)
+    lowest = min(evals, key=lambda e: e["loss"])
+    assert run.best == {"metric": "loss", "value": lowest["loss"], "stage": 0, "step": lowest["step"]}
+    assert [e["best"] for e in evals].count(True) >= 1 and lowest["best"]
+    best = json.loads((tmp_path / "a" / "best" / "best.json").read_text())
+    assert best["metric"] == "loss" and best["value"] == lowest["loss"]
+
+    # online, the same teacher reads the held-out text: the same dev losses (a lossless cache)
+    online = configs.EvalConfig(data=str(held_out), every=2, batch_size=64)
+    train.run(
+        configs.TrainConfig(
+            out=str(tmp_path / "b"), online_teacher=base_teacher, data=corpus(corpus_file), spec=spec, eval=online,
+            **common,
+        )
+    )  # fmt: skip
+    np.testing.assert_allclose(
+        [e["loss"] for e in _log(str(tmp_path / "b"), "eval")], [e["loss"] for e in evals], rtol=1e-5
+    )
+
+    # refusals, before any training: not a cache, another spec, a task metric
+    other = str(tmp_path / "other-cache")
+    other_spec = ExtractSpec.parse(**{**r.spec, "tokens": "topk:4"})
+    extract.run(extract.ExtractConfig(teacher=base_teacher, data=corpus(str(held_out)), out=other, spec=other_spec))
+    for data, metric, field, needle in (
+        (str(held_out), None, "eval_data", "is not a cache"),
+        (other, None, "eval_data", "another spec"),
+        (dev_cache, "accuracy", "eval_metric", "no labels"),
+    ):
+        bad = configs.EvalConfig(data=data, metric=metric)
+        with pytest.raises(ConfigError) as caught:
+            train.run(configs.TrainConfig(out=str(tmp_path / "c"), cache=train_cache, eval=bad, **common))
+        assert caught.value.field == field and needle in str(caught.value), str(caught.value)
+    assert not (tmp_path / "c" / "model.safetensors").exists()

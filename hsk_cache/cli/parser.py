@@ -239,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-data",
         default=None,
         help="evaluate on this data source during training, logging accuracy "
-        "and MCC to <out>/metrics.jsonl and keeping the best model of the last stage in <out>/best "
-        "(default: no evaluation)",
+        "and MCC to <out>/metrics.jsonl and keeping the best model of the last stage in <out>/best; for "
+        "general distillation from a cache, a cache of held-out text extracted with the same spec and "
+        "teacher (online: a corpus), logging the dev distillation loss (default: no evaluation)",
     )
     g.add_argument("--eval-split", default="dev", help="split of --eval-data (default: %(default)s)")
     g.add_argument(
@@ -251,9 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--eval-metric",
-        default="accuracy",
+        default=None,
         choices=EVAL_METRICS,
-        help="the metric that picks the best model (default: %(default)s)",
+        help="the metric that picks the best model: accuracy or mcc for a task; loss (the dev distillation "
+        "loss, lowest best) for general distillation (default: accuracy; loss for general distillation)",
     )
 
     p = sub.add_parser(

@@ -12,7 +12,7 @@ from hsk_cache.errors import ConfigError
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp16 autocast (with loss scaling when training) on CUDA only
 
 
-EVAL_METRICS = ("accuracy", "mcc")
+EVAL_METRICS = ("accuracy", "mcc", "loss")  # loss: the dev distillation loss of general distillation
 
 
 DEFAULT_SAVE_EVERY = "5min"

@@ -116,9 +116,12 @@ class OnlineSource(DatasetSource):
         spec: ExtractSpec,
         precision: str = "fp32",
         device: str = "cpu",
+        teacher=None,
     ) -> None:
+        """``teacher``: an already loaded teacher of ``teacher_path`` to share (another source
+        over other data, e.g. the dev split of an online run), else it is loaded."""
         spec.tokens.check(data_config.max_length)
-        self.teacher = load_teacher(teacher_path, data_config, spec).to(device)
+        self.teacher = teacher if teacher is not None else load_teacher(teacher_path, data_config, spec).to(device)
         hub.check_max_length(self.teacher.config, data_config.max_length)
         names = None if data_config.corpus else hub.task_label_names(self.teacher)
         super().__init__(data_config, hub.load_tokenizer(teacher_path), names)

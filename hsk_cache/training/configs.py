@@ -28,17 +28,25 @@ DEFAULT_STAGES = (
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     """Dev evaluation during training: ``data`` (a source as in DataConfig) and ``split``;
-    ``every`` optimizer steps (0: at stage ends only); ``metric`` (accuracy or mcc) picks the best
-    model, among the evaluations of the last stage that trains. Text and label columns default to
-    the training data's; the max length is the training data's (the cache's)."""
+    ``every`` optimizer steps (0: at stage ends only); ``metric`` picks the best model, among the
+    evaluations of the last stage that trains: ``accuracy`` or ``mcc`` for a task, ``loss`` (the
+    dev distillation loss, lower is better) for general distillation, where ``data`` is a cache of
+    held-out text extracted with the training cache's spec and teacher (or, training online, a
+    corpus the online teacher reads); None: ``loss`` for a general run, else ``accuracy``. Text
+    and label columns default to the training data's; the max length is the training data's (the
+    cache's)."""
 
     data: str
     split: str = "dev"
     text_columns: tuple[str, ...] | None = None
     label_column: str | None = None
     every: int = 0
-    metric: str = "accuracy"
+    metric: str | None = None
     batch_size: int = 64
+
+    def resolved_metric(self, general: bool) -> str:
+        """``metric``, or its default for the run: ``loss`` for general distillation, else ``accuracy``."""
+        return self.metric or ("loss" if general else "accuracy")
 
     def __post_init__(self) -> None:
         if self.every < 0:
@@ -51,7 +59,7 @@ class EvalConfig:
             raise ConfigError(
                 f"{{eval_batch_size}} {self.batch_size}: use at least 1", field="eval_batch_size", value=self.batch_size
             )
-        if self.metric not in EVAL_METRICS:
+        if self.metric is not None and self.metric not in EVAL_METRICS:
             raise ConfigError(
                 f"unknown {{eval_metric}} {self.metric!r}: use one of {', '.join(EVAL_METRICS)}",
                 field="eval_metric",

@@ -110,6 +110,52 @@ class Evaluator:
         }
 
 
+class DistillationEvaluator:
+    """The dev distillation loss of a general (task-agnostic) student: ``evaluator(model)`` →
+    {"loss": mean total, "loss.<term>": each term's mean, "examples": N}, the means over the dev
+    source's batches weighted by their examples, with the model (and loss) in eval mode and no
+    gradient. Lower is better (``higher_is_better`` False), so ``best/`` keeps the lowest.
+
+    Args:
+        source: a knowledge source of held-out text with the training source's knowledge (a
+            ``data.cache.Cache`` or an ``OnlineSource``), read in one seeded epoch.
+        loss_fn: the run's ``DistillationLoss`` (its terms, maps and W_h as trained).
+        every, batch_size, precision, device: as ``Evaluator``'s.
+    """
+
+    metric = "loss"
+    higher_is_better = False
+
+    def __init__(self, source, loss_fn, every: int = 0, batch_size: int = 64, precision: str = "fp32", device="cpu"):
+        self.source, self.loss_fn, self.tokenizer = source, loss_fn, source.tokenizer
+        self.every, self.batch_size, self.precision, self.device = every, batch_size, precision, device
+
+    def __call__(self, model) -> dict:
+        loss_fn, was_training = self.loss_fn, self.loss_fn.training
+        model.eval()
+        loss_fn.eval()
+        loader = self.source.loader(min(self.batch_size, len(self.source)), seed=0, prefetch=0)
+        totals: dict[str, float] = {}
+        examples = 0
+        stream = loader.stream(loader.sampler.steps_per_epoch())
+        try:
+            with torch.no_grad(), autocast(self.precision, self.device.split(":")[0]):
+                for _, batch in stream:
+                    if self.device != "cpu":
+                        batch = {key: value.to(self.device) for key, value in batch.items()}
+                    with loss_fn.capture_values(model) as values:
+                        outputs = model(**model_inputs(batch, model), **loss_fn.output_flags())
+                    out = loss_fn(outputs, batch, values)
+                    n = len(batch["input_ids"])
+                    for name, value in {"loss": out.loss, **{f"loss.{t}": v for t, v in out.terms.items()}}.items():
+                        totals[name] = totals.get(name, 0.0) + float(value) * n
+                    examples += n
+        finally:
+            stream.close()
+            loss_fn.train(was_training)
+        return {**{name: total / max(examples, 1) for name, total in totals.items()}, "examples": examples}
+
+
 def run(
     model_path: str,
     data_config: DataConfig,

@@ -278,15 +278,18 @@ class Session:
         )
 
     def evaluate(self, index: int, kind: str, step: int) -> dict:
-        """Dev accuracy and MCC of the student now; saves it to ``best/`` when it is the best
-        evaluation so far of the best-model stage (rank 0 only: other ranks return {})."""
+        """Dev metrics of the student now (accuracy and MCC, or the dev distillation loss of a
+        general run); saves it to ``best/`` when it is the best evaluation so far of the
+        best-model stage, by the evaluator's ``metric`` (the highest, or the lowest when its
+        ``higher_is_better`` is False) (rank 0 only: other ranks return {})."""
         if not self.writer:
             return {}
         student = self.modules["student"]
         metrics = self.evaluator(student)
         student.train()
         value = metrics[self.evaluator.metric]
-        is_best = index == self.best_stage and (self.best is None or value > self.best["value"])
+        better = (lambda a, b: a > b) if getattr(self.evaluator, "higher_is_better", True) else (lambda a, b: a < b)
+        is_best = index == self.best_stage and (self.best is None or better(value, self.best["value"]))
         if is_best:
             self.best = {"metric": self.evaluator.metric, "value": value, "stage": index, "step": step}
             self._save_best(student)

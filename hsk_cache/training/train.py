@@ -11,6 +11,7 @@ The fine-tuning stage ``labels`` (cross-entropy on gold labels only) serves ``hs
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, replace
 
@@ -26,13 +27,13 @@ from hsk_cache.data.cache import open_cache
 from hsk_cache.data.sources import OnlineSource
 from hsk_cache.distill import objectives
 from hsk_cache.distill.loss import DistillationLoss
-from hsk_cache.errors import ConfigError
+from hsk_cache.errors import CacheError, ConfigError
 from hsk_cache.knowledge import registry
 from hsk_cache.models import hub
 from hsk_cache.models.students import STUDENT_KINDS, StudentConfig, build_student  # noqa: F401 (public here too)
 from hsk_cache.store import layout
 from hsk_cache.training.configs import StageResult, TrainConfig, TrainResult
-from hsk_cache.training.evaluate import Evaluator
+from hsk_cache.training.evaluate import DistillationEvaluator, Evaluator
 from hsk_cache.training.loop import fit
 from hsk_cache.training.session import Session
 from hsk_cache.training.stop import StopRequest
@@ -105,7 +106,7 @@ def run(config: TrainConfig, progress=None, stop: StopRequest | None = None) -> 
         loss_fn and loss_fn.hidden_map,
         loss_fn and loss_fn.attention_map,
     )
-    evaluator = _evaluator(config, source) if rank.is_main else None  # rank 0 evaluates and keeps the best
+    evaluator = _evaluator(config, source, general, loss_fn, device) if rank.is_main else None  # rank 0 evaluates
     projection = loss_fn.projection if loss_fn is not None else None
     modules = torch.nn.ModuleDict(
         {"student": student, **({"projection": projection} if projection is not None else {})}
@@ -265,6 +266,7 @@ def identity(config: TrainConfig, source) -> dict:
         fields.pop(key)
     if config.eval is not None:
         fields["eval"] = {k: v for k, v in fields["eval"].items() if k not in ("every", "batch_size")}
+        fields["eval"]["metric"] = config.eval.resolved_metric(is_general(config, source))
     fields["cache"] = layout.identity(source.manifest) if config.cache is not None else None
     fields["shard_window_from_memory_budget"] = getattr(source, "window", None)  # the epoch order depends on it
     return fields
@@ -282,11 +284,31 @@ def _check_knowledge(config: TrainConfig, source, stages) -> None:
         )
 
 
-def _evaluator(config: TrainConfig, source):
-    """The dev evaluator of ``config.eval`` (None without it), tokenized like the training data."""
+def _evaluator(config: TrainConfig, source, general: bool = False, loss_fn=None, device: str = "cpu"):
+    """The dev evaluator of ``config.eval`` (None without it), tokenized like the training data:
+    accuracy/MCC of a task, or for general distillation the dev distillation loss
+    (``_general_evaluator``).
+
+    Raises: ConfigError (field ``eval_metric``) for a metric the run cannot compute; those of
+    ``_general_evaluator``; DataError / ModelError for bad dev data.
+    """
     e = config.eval
     if e is None:
         return None
+    metric = e.resolved_metric(general)
+    if general != (metric == "loss"):
+        raise ConfigError(
+            f"{{eval_metric}} {metric}: "
+            + (
+                "a general-distillation run has no labels; its dev metric is the distillation loss: use loss"
+                if general
+                else "loss is the dev distillation loss of general distillation; a task run uses accuracy or mcc"
+            ),
+            field="eval_metric",
+            value=metric,
+        )
+    if general:
+        return _general_evaluator(config, source, loss_fn, device) if loss_fn is not None else None
     if config.cache is not None:
         trained = source.manifest.data
         columns, label, max_length = trained.text_columns, trained.label_column, source.manifest.max_length
@@ -304,10 +326,62 @@ def _evaluator(config: TrainConfig, source):
         source.tokenizer,
         source.label_names,
         every=e.every,
-        metric=e.metric,
+        metric=metric,
         batch_size=e.batch_size,
         precision=config.precision,
         device=config.device,
+    )
+
+
+def _general_evaluator(config: TrainConfig, source, loss_fn, device: str) -> DistillationEvaluator:
+    """The dev distillation loss of a general run: from a cache, ``eval.data`` is a cache of
+    held-out text with the training cache's spec, teacher and max length (``hsk extract`` with
+    another ``--split``); online, a corpus split the same teacher reads.
+
+    Raises: ConfigError (field ``eval_data``) when the dev cache is missing or was extracted with
+    another spec, teacher or max length; CacheError for a damaged one.
+    """
+    e = config.eval
+    if config.cache is None:
+        data = replace(config.data, source=e.data, split=e.split, limit=None, corpus=True)
+        dev = OnlineSource(
+            config.online_teacher, data, config.spec, config.teacher_precision, device, teacher=source.teacher
+        )
+    else:
+        try:
+            dev = open_cache(
+                e.data, memory_budget_bytes=config.memory_budget_bytes, storage_options=config.storage_options
+            )
+        except CacheError as err:
+            if not (str(err).startswith("no cache at") or os.path.isfile(e.data)):
+                raise  # a damaged dev cache is named as such
+            raise ConfigError(
+                f"{{eval_data}} {e.data!r} is not a cache: general distillation from a cache evaluates on a cache "
+                "of held-out text; extract one with the training cache's command and another --split "
+                "(e.g. hsk extract ... --data wikitext-2 --split valid --out DIR) and pass DIR",
+                field="eval_data",
+                value=e.data,
+            ) from None
+        trained, held_out = source.manifest, dev.manifest
+        differs = [
+            name
+            for name, a, b in (
+                ("spec", trained.spec.to_dict(), held_out.spec.to_dict()),
+                ("teacher", trained.teacher.weights_sha256, held_out.teacher.weights_sha256),
+                ("max length", trained.max_length, held_out.max_length),
+                ("kind of data (a corpus)", trained.data.corpus, held_out.data.corpus),
+            )
+            if a != b
+        ]
+        if differs:
+            raise ConfigError(
+                f"{{eval_data}} {e.data!r} was extracted with another {' and '.join(differs)} than the training "
+                "cache: extract the dev text with the training cache's command (only --split and --out changed)",
+                field="eval_data",
+                value=e.data,
+            )
+    return DistillationEvaluator(
+        dev, loss_fn, every=e.every, batch_size=e.batch_size, precision=config.precision, device=config.device
     )
 
 
