@@ -3,11 +3,15 @@ Wikipedia + BookCorpus-sized corpus (docs/general/storage.md).
 
     python -m pipelines.general_storage [--out docs/general/storage.md] [--limit 64]
 
+Writes ``<out>`` and, beside it, ``storage.json`` (the rows and the projection), which
+``pipelines.storage_table`` renders into docs/storage.md.
+
 For each recipe (minilm, minilmv2, tinybert, distilbert, mobilebert; spec as
 ``pipelines.general.spec_for``: TinyBERT keeps the embedding output and the teacher layers the
 uniform map of a 4-layer student reaches, 0,3,6,9,12, and their attention; MobileBERT every layer),
 at T = 128 and T = 512, under two selections, every token (``tokens all``) and the study's
-(``topk:32`` at T = 128, ``topk:128`` at T = 512: a quarter of the positions), float16, no codec.
+(``topk:32`` at T = 128, ``topk:128`` at T = 512: a quarter of the positions), and for the recipes
+with attention-like rows the study's with sparse rows (``key_topk`` T/8), float16, no codec.
 The teacher is BERT-base shaped (12 × 768, 12 heads, FFN 3072, ``BertForMaskedLM`` so that
 DistilBERT's ``mlm`` soft targets apply) with the bundled tokenizer (bert-base-uncased's
 WordPiece vocabulary, 30,522 entries); only its config is written, no weights.
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -39,11 +44,13 @@ from hsk_cache.config.run import DataConfig
 from hsk_cache.config.specs import TokenSpec
 from hsk_cache.data import corpus
 from hsk_cache.extraction import estimate, extract
+from hsk_cache.knowledge.spec import ROW_KINDS
 from hsk_cache.models import hub
 from pipelines.general import spec_for
 
 RECIPES = ("minilm", "minilmv2", "tinybert", "distilbert", "mobilebert")
 LENGTHS = {128: "topk:32", 512: "topk:128"}  # T → the study's selection
+KEY_TOPK = {128: 16, 512: 64}  # T → sparse rows' kept keys (T / 8), on top of the study's selection
 WORDS = 3.3e9  # BooksCorpus (800M words) + English Wikipedia (2,500M words), BERT's pre-training corpus
 OUT = Path(__file__).resolve().parents[1] / "docs" / "general" / "storage.md"
 
@@ -104,8 +111,10 @@ def measure(teacher: str, limit: int, work: str) -> list[dict]:
     for name in RECIPES:
         base = spec_for(name, teacher)
         for length, study in LENGTHS.items():
-            for selection in ("all", study):
-                spec = dataclasses.replace(base, tokens=TokenSpec.parse(selection))
+            sparse = any(kind in ROW_KINDS for kind in base.knowledge)
+            for selection in ("all", study, *([f"{study}, key-topk:{KEY_TOPK[length]}"] if sparse else [])):
+                tokens, _, keys = selection.partition(", key-topk:")
+                spec = dataclasses.replace(base, tokens=TokenSpec.parse(tokens), key_topk=int(keys or 0))
                 data = DataConfig(source="wikitext-2", split="train", max_length=length, limit=limit)
                 config = extract.ExtractConfig(teacher=teacher, data=data, out=f"{work}/unused", spec=spec)
                 e = extract.dry_run(config)
@@ -145,7 +154,9 @@ def report(rows: list[dict], ratio: dict, command: str, elapsed: float) -> str:
         "student 4 × 312 (TinyBERT's layer map: teacher layers 0,3,6,9,12); float16, no codec; bytes from "
         f"`extract.dry_run` over the first {rows[0]['examples']} packed sequences of WikiText-2 train (fixed "
         "cache metadata left out). Selections: `all` keeps every token; the study's keeps `topk:32` of T = 128 "
-        "and `topk:128` of T = 512 (the positions receiving the most [CLS] attention; a quarter of them).",
+        "and `topk:128` of T = 512 (the positions receiving the most [CLS] attention; a quarter of them); "
+        "`key-topk` adds sparse rows (each attention / relation row as its top T/8 keys, their int16 positions "
+        "and a float32 rest mass: docs/general.md, Sparse rows).",
         "",
         f"Tokens per word, WikiText-2 train with the bundled (bert-base-uncased WordPiece) tokenizer: "
         f"{ratio['tokens']:,} tokens / {ratio['words']:,} whitespace-split words = **{r:.3f}** "
@@ -178,7 +189,7 @@ def report(rows: list[dict], ratio: dict, command: str, elapsed: float) -> str:
     ]
     biggest = {}
     for row in rows:
-        if row["selection"] != "all" and row["length"] == 128:
+        if row["selection"] == LENGTHS[128] and row["length"] == 128:
             name, value = max(row["arrays_per_sequence"].items(), key=lambda item: item[1])
             biggest[row["recipe"]] = f"{name} {value / 1e3:,.1f} KB"
     lines.append(
@@ -203,6 +214,13 @@ def main(argv=None) -> int:
     text = report(rows, ratio, command, time.perf_counter() - started)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
+    summary = [
+        {**{k: row[k] for k in ("recipe", "length", "selection", "bytes_per_sequence")},
+         "epoch_bytes": WORDS * ratio["tokens_per_word"] / (row["length"] - 2) * row["bytes_per_sequence"]}
+        for row in rows
+    ]  # fmt: skip
+    payload = {"command": command, "words": WORDS, "tokens_per_word": ratio["tokens_per_word"], "rows": summary}
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
     print(text)
     return 0
 

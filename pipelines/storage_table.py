@@ -122,7 +122,37 @@ def markdown(table: list[dict]) -> str:
             f"| {r['teacher']} | {r['spec']} | {r['dtype']} | {r['hidden_bytes']:,.0f} | {r['ratio']:,.0f}× | "
             f"{other} | {total} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + general_section()) + "\n"
+
+
+GENERAL = Path(__file__).resolve().parents[1] / "docs" / "general" / "storage.json"
+
+
+def general_section(path: Path = GENERAL) -> list[str]:
+    """docs/storage.md's general-distillation section: bytes per sequence of each recipe at 128 and
+    512 tokens and one epoch of a 3.3B-word corpus, from ``pipelines.general_storage``'s JSON
+    (none when it is absent)."""
+    if not path.exists():
+        return []
+    payload = json.loads(path.read_text())
+    lines = [
+        "",
+        "## General distillation: bytes per sequence of each recipe",
+        "",
+        f"From `{payload['command']}` (method, teacher and notes: [general/storage.md](general/storage.md)): a "
+        "BERT-base-shaped teacher, float16, no codec; one epoch of a Wikipedia + BookCorpus-sized corpus "
+        f"({payload['words']:.1e} words × {payload['tokens_per_word']:.3f} tokens per word, packed to T tokens).",
+        "",
+        "| recipe | T | selection | KB / sequence | per epoch |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for r in payload["rows"]:
+        epoch = r["epoch_bytes"]
+        size = f"{epoch / 1e12:.2f} TB" if epoch >= 1e12 else f"{epoch / 1e9:.1f} GB"
+        lines.append(
+            f"| {r['recipe']} | {r['length']} | {r['selection']} | {r['bytes_per_sequence'] / 1e3:,.1f} | {size} |"
+        )
+    return lines
 
 
 def main(argv=None) -> int:
