@@ -154,7 +154,8 @@ def _add_spec(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--dtype",
         default="float16",
-        help="stored precision: float32, float16, bfloat16, or int8 with a per-row absmax scale (default: %(default)s)",
+        help="stored precision: float32, float16, bfloat16, or int8 or float8_e4m3 (FP8 E4M3, 1 byte) with a "
+        "per-row absmax scale (default: %(default)s)",
     )
     g.add_argument(
         "--codec",

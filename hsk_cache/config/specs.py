@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from hsk_cache.errors import ConfigError
 
-DTYPES = ("float32", "float16", "bfloat16", "int8")
+DTYPES = ("float32", "float16", "bfloat16", "int8", "float8_e4m3")
 CODECS = ("none", "zstd", "blosc")
 TOKEN_STRATEGIES = ("all", "cls", "left", "random", "topk")
 DIM_STRATEGIES = ("all", "uniform", "random", "magnitude")

@@ -19,7 +19,7 @@ top-k tokens, the [CLS] attention row of layer max(l, 1) (or the importance laye
 | dim_index     | [D']             | int16 | kept dimensions (uniform/random width), global   |
 | hidden_values | [N, L_k, M]      | q     | magnitude width: kept values, row-major          |
 | hidden_mask   | [N, L_k, K, D/8] | uint8 | magnitude width: packed bit mask                 |
-| *_scale       | leading axes     | f32   | int8 only: per-row absmax / 127                  |
+| *_scale       | leading axes     | f32   | int8, float8_e4m3: per-row absmax / 127, / 448   |
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ fixed width.
 | mlm_topk_ids   | [N, P, k] | int32   | the teacher's top-k ids                  |
 | mlm_topk_probs | [N, P, k] | q       | their probabilities at τ                 |
 | mlm_rest_mass  | [N, P]    | float32 | the remaining probability mass           |
-| *_scale        | [N, P]    | float32 | int8 only: per-row absmax / 127          |
+| *_scale        | [N, P]    | float32 | int8, float8_e4m3: absmax / 127, / 448   |
 """
 
 from __future__ import annotations
