@@ -1,6 +1,6 @@
 """Extraction throughput vs a bare teacher forward loop over the same batches, same precision.
 
-    python -m benchmarks.extract_throughput [--examples 1024] [--repeats 3] [--precision fp32]
+    python -m benchmarks.extract_throughput [--examples 1024] [--repeats 3] [--precision fp32] [--device cuda]
 
 The bare loop runs ``model(**inputs)`` over the batches extraction uses (BBC News train, max
 length 128, batch 32); extraction is the full ``hsk extract`` path (selection, float16 cast,
@@ -9,6 +9,10 @@ the median ratio extract/bare, for two specs: the demo's (layers 2,4,6, topk:10%
 attention) and last layer, all tokens (sdpa attention). Extraction is reported twice: end to end
 (``extract.run``: loading the teacher, tokenizing, hashing, writing, all included) and steady state
 (from its first to its last batch, the part that scales with the dataset).
+
+``--device cuda``: both run on the GPU (the bare loop synchronizes before its time is read;
+``--precision fp16`` needs it); results go to ``extract_throughput_<precision>-cuda.{json,md}``,
+naming the GPU.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 
 from benchmarks.common import interleave, ratios, spread, summarize, write
 from hsk_cache.cli.progress import quiet_libraries
-from hsk_cache.config.run import DataConfig
+from hsk_cache.config.run import DataConfig, check_device, check_precision
 from hsk_cache.data import splits as data
 from hsk_cache.extraction import extract
 from hsk_cache.knowledge.batch import Examples, collate, sequential_batches
@@ -61,9 +65,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--teacher", default=models.BUNDLED_TEACHER, help="teacher (a 5-class head is added if needed)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     args = parser.parse_args()
+    device = check_device(args.device)
+    check_precision(args.precision, device)
+    cuda = device.startswith("cuda")
     quiet_libraries()
     work = tempfile.mkdtemp(prefix="hsk-bench-")
     teacher = f"{work}/teacher"
@@ -77,12 +85,14 @@ def main() -> None:
     )
     rows = {}
     for label, spec in SPECS.items():
-        model = models.load_classifier(teacher, attention=spec.needs_attention)
+        model = models.load_classifier(teacher, attention=spec.needs_attention).to(device)
 
         def bare(model=model):
-            with torch.no_grad(), autocast(args.precision):
+            with torch.no_grad(), autocast(args.precision, device.split(":")[0]):
                 for index in sequential_batches(len(examples), 32):
-                    model(**model_inputs(collate(examples, index).as_dict(), model))
+                    model(**model_inputs(collate(examples, index).to(device).as_dict(), model))
+            if cuda:
+                torch.cuda.synchronize(device)
 
         steady = []
 
@@ -92,7 +102,13 @@ def main() -> None:
             clock = BatchClock()
             extract.run(
                 extract.ExtractConfig(
-                    teacher=teacher, data=config, out=out, spec=spec, batch_size=32, precision=args.precision
+                    teacher=teacher,
+                    data=config,
+                    out=out,
+                    spec=spec,
+                    batch_size=32,
+                    precision=args.precision,
+                    device=device,
                 ),
                 clock,
             )
@@ -115,10 +131,11 @@ def main() -> None:
             f"{spread(r['extract, steady state'], 1)} | {spread(r['extract / bare'])} | "
             f"{spread(r['extract, steady state / bare'])} |"
         )
+    named = f"{device} ({torch.cuda.get_device_name(torch.device(device))})" if cuda else None
     write(
-        f"extract_throughput_{args.precision}",
-        {"examples": len(examples), "precision": args.precision, "rows": rows},
-        "\n".join(lines),
+        f"extract_throughput_{args.precision}" + ("-cuda" if cuda else ""),
+        {"examples": len(examples), "precision": args.precision, **({"device": named} if cuda else {}), "rows": rows},
+        (f"Device: {named}\n\n" if cuda else "") + "\n".join(lines),
     )
 
 

@@ -1,6 +1,6 @@
 """Training step cost: online distillation vs training from the cache vs no distillation.
 
-    python -m benchmarks.speedup [--steps 6] [--repeats 3] [--quick]
+    python -m benchmarks.speedup [--steps 6] [--repeats 3] [--quick] [--device cuda] [--precision bf16]
 
 Same student, batch 32, sequence length 128 (BBC News articles, all longer than 128 tokens),
 same steps, hidden-state stage (the mapped layers of a uniform layer map at the top 16 tokens):
@@ -15,6 +15,9 @@ students: TinyBERT4 shape (4 × 312, 12 heads, FFN 1200) and 2 × 384. Competito
 interleaved in one process, batches assembled inline (--num-workers 0) for all of them; the first
 step of each run is a warm-up and not timed. Reports the median step time with min and max, and
 the median of the per-repeat ratios online/cache and cache/student-only.
+
+``--device cuda``: the teachers, the students and the extraction run on the GPU (``--precision``:
+the students' autocast, fp32 by default); results go to ``speedup-cuda.{json,md}``, naming the GPU.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 
 from benchmarks.common import ratios, spread, write
 from hsk_cache.cli.progress import quiet_libraries
-from hsk_cache.config.run import DataConfig, StageConfig
+from hsk_cache.config.run import DataConfig, StageConfig, check_device, check_precision
 from hsk_cache.data.cache import open_cache
 from hsk_cache.data.sources import DatasetSource, OnlineSource
 from hsk_cache.distill import objectives
@@ -96,11 +99,27 @@ def teachers(work: str, quick: bool) -> dict[str, str]:
     return out
 
 
-def run_competitor(source, student, objective, steps: int, extra=()) -> float:
-    clock = StepClock()
+def run_competitor(source, student, objective, steps: int, extra=(), device="cpu", precision="fp32") -> float:
+    clock = StepClock()  # each step ends reading its loss (a host sync on a GPU): the gaps are whole steps
     stage = StageConfig(kind="hidden", epochs=steps / (-(-len(source) // BATCH)), lr=1e-4, batch_size=BATCH)
-    fit(student, source, stage, objective, seed=0, extra_params=extra, progress=clock, num_workers=0)
+    fit(
+        student,
+        source,
+        stage,
+        objective,
+        seed=0,
+        extra_params=extra,
+        progress=clock,
+        num_workers=0,
+        device=device,
+        precision=precision,
+    )
     return clock.step_seconds()
+
+
+def device_name(device: str) -> str:
+    """``device`` with the GPU's name (``cuda (NVIDIA H200)``), or ``cpu``."""
+    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})" if device.startswith("cuda") else device
 
 
 def main() -> None:
@@ -108,7 +127,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per run (+1 warm-up)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="MiniLM teacher only, for a smoke run")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="the students' autocast")
     args = parser.parse_args()
+    device = check_device(args.device)
+    check_precision(args.precision, device)
     quiet_libraries()
     torch.manual_seed(0)
     work = tempfile.mkdtemp(prefix="hsk-speedup-")
@@ -120,10 +143,12 @@ def main() -> None:
             layers = ",".join(map(str, students.default_init_layers(depth, student_config.layers)))
             spec = ExtractSpec.parse(layers, "topk:16", dtype="float16")
             cache = f"{work}/cache_{len(results)}"
-            extract.run(extract.ExtractConfig(teacher=teacher, data=data, out=cache, spec=spec, precision="bf16"))
+            extract.run(
+                extract.ExtractConfig(teacher=teacher, data=data, out=cache, spec=spec, precision="bf16", device=device)
+            )
             sources = {
-                "online fp32": OnlineSource(teacher, data, spec, "fp32"),
-                "online bf16": OnlineSource(teacher, data, spec, "bf16"),
+                "online fp32": OnlineSource(teacher, data, spec, "fp32", device),
+                "online bf16": OnlineSource(teacher, data, spec, "bf16", device),
                 "cache": open_cache(cache),
                 "student only": DatasetSource(data, models.load_tokenizer(teacher)),
             }
@@ -132,16 +157,18 @@ def main() -> None:
             hidden = distillation_loss(
                 config, base, sources["cache"], [StageConfig(kind="hidden", epochs=1, lr=1e-4, batch_size=BATCH)]
             )
+            base, hidden = base.to(device), hidden.to(device)
+            on = dict(device=device, precision=args.precision)
             times = {name: [] for name in sources}
             for _ in range(args.repeats):
                 for name, source in sources.items():
                     student, loss_fn = copy.deepcopy(base), copy.deepcopy(hidden)
                     if name == "student only":
-                        times[name].append(run_competitor(source, student, objectives.labels, args.steps))
+                        times[name].append(run_competitor(source, student, objectives.labels, args.steps, **on))
                     else:
                         step = objectives.distillation(loss_fn, ("hidden_states",))
                         times[name].append(
-                            run_competitor(source, student, step, args.steps, list(loss_fn.parameters()))
+                            run_competitor(source, student, step, args.steps, list(loss_fn.parameters()), **on)
                         )
             results[f"{teacher_name} → {student_name}"] = summarize(times, layers)
             print(
@@ -153,10 +180,18 @@ def main() -> None:
                 ),
                 flush=True,
             )
+    cuda = device.startswith("cuda")
     write(
-        "speedup",
-        {"batch": BATCH, "length": LENGTH, "steps": args.steps, "repeats": args.repeats, "results": results},
-        table(results),
+        "speedup-cuda" if cuda else "speedup",
+        {
+            "batch": BATCH,
+            "length": LENGTH,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            **({"device": device_name(device), "precision": args.precision} if cuda else {}),
+            "results": results,
+        },
+        (f"Device: {device_name(device)}, students in {args.precision}\n\n" if cuda else "") + table(results),
     )
 
 

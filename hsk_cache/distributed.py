@@ -88,39 +88,60 @@ def shutdown() -> None:
 
 
 def barrier() -> None:
-    """Wait until every rank gets here (nothing to wait for in a single process)."""
+    """Wait until every rank gets here (nothing to wait for in a single process); under nccl on
+    this rank's GPU (``cuda:<current>``, named so torch need not guess it)."""
     if current().enabled:
-        dist.barrier()
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
 
 def _collective_device() -> torch.device:
+    """The device the default group's backend communicates from: ``cuda:<current device>`` for
+    nccl (``init`` sets it to ``LOCAL_RANK``), the CPU for gloo. Needs an initialized group."""
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+def _to_group(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` on the group's device (``_collective_device``): itself when it is there already,
+    else a copy. Every tensor handed to a ``torch.distributed`` collective goes through here
+    (nccl rejects CPU tensors, gloo's reductions want CPU ones); ``tests/test_collectives.py``
+    checks it."""
+    device = _collective_device()
+    return tensor if tensor.device == device else tensor.to(device)
+
+
 def broadcast_json(value=None, src: int = 0):
-    """``value`` (JSON-serializable) of rank ``src``, on every rank (as UTF-8 bytes, no pickle)."""
+    """``value`` (JSON-serializable) of rank ``src``, on every rank (as UTF-8 bytes, no pickle).
+
+    Two broadcasts on the group's device: the byte count (int64 [1]), then the bytes (uint8 [n]).
+    Without a process group (or with one rank) ``value`` itself. Every rank must call it.
+    """
     if not current().enabled:
         return value
-    device = _collective_device()
-    payload = json.dumps(value).encode() if current().rank == src else b""
-    size = torch.tensor([len(payload)], dtype=torch.int64, device=device)
+    mine = current().rank == src
+    payload = json.dumps(value).encode() if mine else b""
+    size = _to_group(torch.tensor([len(payload)], dtype=torch.int64))
     dist.broadcast(size, src)
-    buffer = torch.zeros(int(size.item()), dtype=torch.uint8, device=device)
-    if current().rank == src:
-        buffer.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+    n = int(size.item())
+    data = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if mine else torch.empty(n, dtype=torch.uint8)
+    buffer = _to_group(data)
     dist.broadcast(buffer, src)
     return json.loads(bytes(buffer.cpu().numpy()).decode())
 
 
 def broadcast_arrays(arrays: dict[str, np.ndarray | None] | None = None, src: int = 0) -> dict[str, np.ndarray | None]:
-    """Numpy arrays of rank ``src``, on every rank (shapes and dtypes first, then the data)."""
+    """Numpy arrays of rank ``src``, on every rank (shapes and dtypes first, as JSON, then each
+    array's data in one broadcast on the group's device). Other ranks get host (numpy) copies of
+    the same shapes and dtypes; ``src`` gets its own arrays back. Without a process group (or with
+    one rank) ``arrays`` itself. Every rank must call it (``arrays`` is read on ``src`` only)."""
     if not current().enabled:
         return arrays
     mine = current().rank == src
     header = broadcast_json(
         {k: None if v is None else [list(v.shape), v.dtype.str] for k, v in arrays.items()} if mine else None, src
     )
-    device = _collective_device()
     out = {}
     for name, meta in header.items():
         if meta is None:
@@ -128,16 +149,25 @@ def broadcast_arrays(arrays: dict[str, np.ndarray | None] | None = None, src: in
             continue
         shape, dtype = meta
         if mine:
-            tensor = torch.from_numpy(np.ascontiguousarray(arrays[name])).to(device)
+            tensor = _to_group(torch.from_numpy(np.ascontiguousarray(arrays[name])))
         else:
-            tensor = torch.empty(shape, dtype=torch.from_numpy(np.zeros(0, dtype=dtype)).dtype, device=device)
+            tensor = _to_group(torch.empty(shape, dtype=torch.from_numpy(np.zeros(0, dtype=dtype)).dtype))
         dist.broadcast(tensor, src)
         out[name] = arrays[name] if mine else tensor.cpu().numpy()
     return out
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` summed over the ranks (in place; returned)."""
+    """``tensor`` summed over the ranks, in place: the sum is written into ``tensor`` (on its own
+    device, whatever the backend's) and ``tensor`` is returned.
+
+    The reduction runs on the group's device (``_collective_device``: a CPU tensor under nccl is
+    copied to ``cuda:<current>`` and the sum copied back). Without a process group (or with one
+    rank) ``tensor`` is returned unchanged. Every rank must call it with the same shape and dtype.
+    """
     if current().enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        on_group = _to_group(tensor)
+        dist.all_reduce(on_group, op=dist.ReduceOp.SUM)
+        if on_group is not tensor:
+            tensor.copy_(on_group)
     return tensor

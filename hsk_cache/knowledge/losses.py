@@ -19,13 +19,14 @@ import torch.nn.functional as F
 
 def _mean(total: torch.Tensor, count: torch.Tensor, world_size: int = 1) -> torch.Tensor:
     """``total / count`` (count at least 1); with ``world_size`` > 1 data-parallel ranks (a process
-    group initialized): ``total · W / Σ_ranks count``, one all-reduce of the count."""
+    group initialized): ``total · W / Σ_ranks count``, one all-reduce of the count (a float32
+    copy, through ``distributed.all_reduce_sum``: it runs on the group's device and the sum comes
+    back on ``count``'s). ``total``, ``count``: scalars on one device; returns a scalar there."""
     if world_size <= 1:
         return total / count.clamp(min=1)
-    import torch.distributed as dist
+    from hsk_cache import distributed
 
-    count = count.detach().clone().float()
-    dist.all_reduce(count, op=dist.ReduceOp.SUM)
+    count = distributed.all_reduce_sum(count.detach().clone().float())
     return total * world_size / count.clamp(min=1)
 
 

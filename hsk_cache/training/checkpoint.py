@@ -4,13 +4,19 @@ A checkpoint is a directory ``<out>/checkpoints/stage<i>-step<n>``:
 
     weights.safetensors    the student's parameters and buffers (``student.*``) and W_h (``projection.*``)
     optimizer.safetensors  the optimizer's tensors (AdamW: step, exp_avg, exp_avg_sq per parameter)
-    rng.safetensors        torch's CPU generator state (and CUDA's, when in use)
+    rng.safetensors        torch's CPU generator state (``torch``) and, when CUDA is in use, each
+                           visible GPU's (``cuda.<i>``)
     state.json             stage index, step, sampler position, the optimizer's and scheduler's other
                            state (tensors replaced by references into optimizer.safetensors), counters
 
 It is written under a temporary name, each file flushed to disk, then renamed (atomic on POSIX):
 a directory with a final name is always complete. The previous checkpoint is removed only after
 the new one is in place.
+
+Tensors are stored from the CPU and loaded onto the devices of the run that resumes, which may
+differ from the one that saved (a CPU checkpoint resumes on CUDA and back): the weights onto the
+model's device, the optimizer's state onto its parameters'. The CPU generator is always restored;
+CUDA generators only where CUDA is available (and only for the GPUs present).
 """
 
 from __future__ import annotations
@@ -130,12 +136,15 @@ def load_state(path: Path) -> dict:
 
 
 def load_weights(path: Path, modules: torch.nn.ModuleDict) -> None:
-    """Load the student's and W_h's tensors into ``modules`` (strict: every key must match).
+    """Load the student's and W_h's tensors into ``modules`` (strict: every key must match), read
+    straight onto the device of ``modules``' first parameter (each tensor is then copied into its
+    own parameter or buffer, wherever that lives).
 
     Raises: CheckpointError when the file is unreadable or its keys differ.
     """
+    device = _device_of(modules)
     try:
-        missing, unexpected = load_model(modules, str(path / "weights.safetensors"), strict=False)
+        missing, unexpected = load_model(modules, str(path / "weights.safetensors"), strict=False, device=device)
     except Exception as err:  # safetensors raises several types for damaged files
         raise CheckpointError(
             f"checkpoint weights {str(path / 'weights.safetensors')!r} are unreadable: {err}"
@@ -150,19 +159,50 @@ def load_weights(path: Path, modules: torch.nn.ModuleDict) -> None:
 
 
 def load_training(path: Path, state: dict, optimizer, scheduler) -> None:
-    """Restore the optimizer, scheduler and RNG states of a mid-stage checkpoint."""
-    tensors = load_file(str(path / "optimizer.safetensors"))
+    """Restore the optimizer, scheduler and RNG states of a mid-stage checkpoint.
+
+    The optimizer's tensors are read on the CPU and ``optimizer.load_state_dict`` moves each
+    parameter's state (AdamW's exp_avg, exp_avg_sq) to that parameter's device and dtype; the
+    ``step`` counters stay on the CPU (torch's rule for a non-capturable, non-fused optimizer).
+    RNG: the CPU generator always; the saved CUDA generators (``cuda.<i>``) only where CUDA is
+    available, for the GPUs present (a checkpoint saved without CUDA leaves them as seeded).
+    """
+    tensors = load_file(str(path / "optimizer.safetensors"), device="cpu")
     optimizer.load_state_dict(unflatten(state["optimizer"], tensors))
+    _state_to_param_devices(optimizer)
     scheduler.load_state_dict(unflatten(state["scheduler"], tensors))
-    rng = load_file(str(path / "rng.safetensors"))
+    rng = load_file(str(path / "rng.safetensors"), device="cpu")
     torch.set_rng_state(rng["torch"])
-    cuda = [rng[k] for k in sorted((k for k in rng if k.startswith("cuda.")), key=lambda k: int(k.split(".")[1]))]
+    cuda = sorted((int(k.split(".")[1]), v) for k, v in rng.items() if k.startswith("cuda."))
     if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+        present = torch.cuda.device_count()
+        for index, value in cuda:
+            if index < present:
+                torch.cuda.set_rng_state(value, index)
+
+
+def _device_of(modules: torch.nn.Module) -> str:
+    """The device of the first parameter (or buffer) of ``modules``, as safetensors takes it."""
+    first = next(iter(modules.parameters()), None)
+    if first is None:
+        first = next(iter(modules.buffers()), None)
+    return "cpu" if first is None else str(first.device)
+
+
+def _state_to_param_devices(optimizer: torch.optim.Optimizer) -> None:
+    """Every per-parameter state tensor but ``step`` on its parameter's device (torch's
+    ``load_state_dict`` does it already; this keeps it so whatever torch's rule)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if key != "step" and isinstance(value, torch.Tensor) and value.device != param.device:
+                    state[key] = value.to(param.device)
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
+    """CPU generator state as ``torch``; each visible GPU's as ``cuda.<i>`` when CUDA is in use."""
     out = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        out.update({f"cuda.{i}": s.cpu() for i, s in enumerate(torch.cuda.get_rng_state_all())})
     return out

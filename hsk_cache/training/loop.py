@@ -144,12 +144,18 @@ class _DataParallelStep:
 
     def global_loss(self, loss: torch.Tensor) -> float:
         """The step's loss over the global batch (the ranks' mean, one all-reduce); a stop
-        request (SIGTERM, Ctrl-C) seen by any rank reaches all of them at this same step."""
+        request (SIGTERM, Ctrl-C) seen by any rank reaches all of them at this same step.
+
+        ``loss``: this rank's scalar loss, on any device. The all-reduce of (loss, signal) runs on
+        the process group's device (``distributed.all_reduce_sum``: cuda under nccl).
+        """
         if self.engine is None:
             return float(loss.detach())
         signum = self.stop.signal
-        both = torch.tensor([float(loss.detach()), float(signum or 0)], dtype=torch.float64)
-        both = distributed.all_reduce_sum(both)
+        both = torch.stack(
+            [loss.detach().double().reshape(()), loss.new_tensor(float(signum or 0), dtype=torch.float64)]
+        )
+        both = distributed.all_reduce_sum(both).cpu()
         if both[1] > 0 and signum is None:
             self.stop.note(signal.SIGTERM)
         return float(both[0]) / self.rank.world_size
