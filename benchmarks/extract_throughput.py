@@ -1,6 +1,7 @@
 """Extraction throughput vs a bare teacher forward loop over the same batches, same precision.
 
     python -m benchmarks.extract_throughput [--examples 1024] [--repeats 3] [--precision fp32] [--device cuda]
+        [--quick] [--out DIR]
 
 The bare loop runs ``model(**inputs)`` over the batches extraction uses (BBC News train, max
 length 128, batch 32); extraction is the full ``hsk extract`` path (selection, float16 cast,
@@ -8,23 +9,32 @@ Zarr shard writes) into a fresh directory each repeat. Reports examples/s (media
 the median ratio extract/bare, for two specs: the demo's (layers 2,4,6, topk:10%, needs eager
 attention) and last layer, all tokens (sdpa attention). Extraction is reported twice: end to end
 (``extract.run``: loading the teacher, tokenizing, hashing, writing, all included) and steady state
-(from its first to its last batch, the part that scales with the dataset).
+(from its first to its last batch, the part that scales with the dataset). The last repeat's cache
+is opened after timing: its examples and stored bytes are recorded.
 
 ``--device cuda``: both run on the GPU (the bare loop synchronizes before its time is read;
 ``--precision fp16`` needs it); results go to ``extract_throughput_<precision>-cuda.{json,md}``,
 naming the GPU.
+
+``--quick``: a random 6 × 64 teacher (the bundled tokenizer; ``--teacher`` still picks one), 64
+examples, 1 repeat: a smoke run of the same code path in seconds (the test suite's). Results go to
+``<out>/extract_throughput_<precision>.{json,md}`` (``--out``, default ``benchmarks/results``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import shutil
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from benchmarks.common import interleave, ratios, spread, summarize, write
+from benchmarks.common import RESULTS, interleave, machine, ratios, spread, summarize
 from hsk_cache.cli.progress import quiet_libraries
 from hsk_cache.config.run import DataConfig, check_device, check_precision
 from hsk_cache.data import splits as data
@@ -34,6 +44,9 @@ from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub as models
 from hsk_cache.models.inputs import model_inputs
 from hsk_cache.models.teacher import autocast
+from hsk_cache.store.reader import CacheReader
+
+QUICK_TEACHER = (6, 64, 4, 128)  # layers, hidden, heads, ffn: the specs read layers 2, 4, 6
 
 
 class BatchClock:
@@ -61,24 +74,54 @@ SPECS = {
 }
 
 
-def main() -> None:
+def tiny_teacher(path: str) -> None:
+    """A random ``QUICK_TEACHER``-shaped BERT classifier (5 classes) with the bundled tokenizer, saved at ``path``."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = models.load_tokenizer(models.BUNDLED_TEACHER)
+    layers, hidden, heads, ffn = QUICK_TEACHER
+    names = tuple("abcde")
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        num_hidden_layers=layers,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )
+    torch.manual_seed(0)
+    models.save(BertForSequenceClassification(config), tokenizer, path)
+
+
+def main(argv=None) -> int:
+    """Run the benchmark (module docstring); returns 0."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--examples", type=int, default=None, help="default 1024 (quick 64)")
+    parser.add_argument("--repeats", type=int, default=None, help="default 3 (quick 1)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    parser.add_argument("--teacher", default=models.BUNDLED_TEACHER, help="teacher (a 5-class head is added if needed)")
+    parser.add_argument(
+        "--teacher", default=None, help="teacher (a 5-class head is added if needed; default: the bundled MiniLM-L6)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="a tiny random teacher, 64 examples, 1 repeat")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the .md/.json go (default: %(default)s)")
+    args = parser.parse_args(argv)
+    examples_n = args.examples or (64 if args.quick else 1024)
+    repeats = args.repeats or (1 if args.quick else 3)
     device = check_device(args.device)
     check_precision(args.precision, device)
     cuda = device.startswith("cuda")
     quiet_libraries()
     work = tempfile.mkdtemp(prefix="hsk-bench-")
     teacher = f"{work}/teacher"
-    models.save(
-        models.load_classifier(args.teacher, label_names=tuple("abcde")), models.load_tokenizer(args.teacher), teacher
-    )
-    config = DataConfig(source="bbc-news", split="train", max_length=128, limit=args.examples)
+    if args.quick and args.teacher is None:
+        tiny_teacher(teacher)
+    else:
+        source = args.teacher or models.BUNDLED_TEACHER
+        models.save(models.load_classifier(source, label_names=tuple("abcde")), models.load_tokenizer(source), teacher)
+    config = DataConfig(source="bbc-news", split="train", max_length=128, limit=examples_n)
     tokenizer = models.load_tokenizer(teacher)
     examples = Examples.from_dataset(
         data.tokenize(data.load_split(config), tokenizer, 128), 128, tokenizer.pad_token_id
@@ -114,9 +157,11 @@ def main() -> None:
             )
             steady.append(clock.seconds_per_example() * len(examples))
 
-        times = interleave({"bare forward": bare, "extract": run_extract}, args.repeats)
+        times = interleave({"bare forward": bare, "extract": run_extract}, repeats)
         times["extract, steady state"] = steady
         rows[label] = {name: summarize(t, len(examples)) for name, t in times.items()}
+        written = CacheReader(f"{work}/cache")  # the last repeat's, after timing
+        rows[label]["cache"] = {"examples": written.manifest.num_examples, "stored_bytes": written.stored_bytes()}
         for name in ("extract", "extract, steady state"):
             rows[label][f"{name} / bare"] = ratios(times["bare forward"], times[name])
     shutil.rmtree(work, ignore_errors=True)
@@ -133,11 +178,33 @@ def main() -> None:
         )
     named = f"{device} ({torch.cuda.get_device_name(torch.device(device))})" if cuda else None
     write(
+        args.out,
         f"extract_throughput_{args.precision}" + ("-cuda" if cuda else ""),
-        {"examples": len(examples), "precision": args.precision, **({"device": named} if cuda else {}), "rows": rows},
+        {
+            "examples": len(examples),
+            "precision": args.precision,
+            "repeats": repeats,
+            "quick": args.quick,
+            **({"device": named} if cuda else {}),
+            "rows": rows,
+        },
         (f"Device: {named}\n\n" if cuda else "") + "\n".join(lines),
+        sys.argv[1:] if argv is None else argv,
     )
+    return 0
+
+
+def write(out: Path, name: str, payload: dict, text: str, argv: list[str]) -> None:
+    """``<out>/<name>.json`` (the payload with the command and the machine) and ``.md`` (header + table)."""
+    out.mkdir(parents=True, exist_ok=True)
+    command = " ".join(shlex.quote(a) for a in ["python", "-m", "benchmarks.extract_throughput", *argv])
+    payload = {"benchmark": name, "command": command, "machine": machine(), **payload}
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    m = payload["machine"]
+    header = f"# {name}\n\nCommand: `{command}`\n\nMachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}\n\n"
+    (out / f"{name}.md").write_text(header + text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -8,7 +8,8 @@
 #    fp32, bf16, fp16; the collectives on a real NCCL group; torchrun; kill and resume on CUDA and
 #    across CPU <-> CUDA; cache-vs-online equivalence);
 # 3. the GPU variants of the benchmarks, written to benchmarks/results/*-cuda.{json,md} (naming the GPU):
-#    benchmarks.speedup --quick --device cuda, benchmarks.extract_throughput --device cuda (fp32, bf16).
+#    benchmarks.speedup --device cuda (MiniLM and BERT-base-shaped teachers), benchmarks.extract_throughput
+#    --device cuda (fp32, bf16).
 #    benchmarks.loader takes no --device (the loader hands host tensors to the training loop), so it is
 #    not run here.
 #
@@ -72,6 +73,6 @@ if "$PY" -c 'import xdist' 2>/dev/null; then
     workers=(-n 4)  # independent tests; the machine has the cores and the GPU the memory
 fi
 step "CUDA tests" 260 "$PY" -m pytest -q -m cuda tests/test_cuda.py "${workers[@]}"
-step "speedup (cuda)" 100 "$PY" -m benchmarks.speedup --quick --device cuda --steps 6 --repeats 3
+step "speedup (cuda)" 150 "$PY" -m benchmarks.speedup --device cuda --steps 6 --repeats 3
 step "extract_throughput fp32 (cuda)" 60 "$PY" -m benchmarks.extract_throughput --device cuda --precision fp32
 step "extract_throughput bf16 (cuda)" 60 "$PY" -m benchmarks.extract_throughput --device cuda --precision bf16

@@ -1,13 +1,14 @@
 """Scale-out: extraction on 1 vs 2 ranks, DDP training steps, and a cache read from S3 vs local disk.
 
     python -m benchmarks.scale_out [--quick] [--repeats 3] [--extract-examples 1024]
-        [--train-examples 512] [--s3-examples 1024] [--parts extract,train,s3]
+        [--train-examples 512] [--s3-examples 1024] [--parts extract,train,s3] [--out DIR]
 
 Teacher: the bundled MiniLM-L6 re-saved with a 5-class head; data: BBC News train, max length 128;
 spec: layers 2,4,6, tokens topk:10%, batch 32. Every cache has ``--shard-examples`` N/8 (a power of
 two; 8 shards), so that two ranks have shards to share and shard windows have windows to visit (the
 default ~32 MiB shard would hold all of these examples in one). Three measurements, each run
-interleaved, ``--repeats`` rounds (``--quick``: small N, 1 round, a smoke test):
+interleaved, ``--repeats`` rounds (``--quick``: N = 128, 64, 128 and 1 round unless given, a smoke
+run; results go to ``<out>/scale_out.{json,md}``, ``--out`` default ``benchmarks/results``):
 
 1. extraction: wall time of the whole process (start-up, tokenizing, teacher, writes: what a user
    pays), examples/s = N / wall, of ``python -m hsk_cache.cli extract`` (one process, default
@@ -31,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -40,7 +42,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from benchmarks.common import interleave, ratios, spread, summarize, write
+from benchmarks.common import RESULTS, interleave, machine, ratios, spread, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ["--data", "bbc-news", "--split", "train", "--max-length", "128", "--layers", "2,4,6", "--tokens", "topk:10%"]
@@ -50,6 +52,7 @@ TRAIN = ["--hidden-epochs", "1", "--pred-epochs", "0", "--hidden-batch-size", st
 TRAIN += ["--save-every", "0", "--overwrite"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 QUICK = {"extract_examples": 128, "train_examples": 64, "s3_examples": 128, "repeats": 1}
+FULL = {"extract_examples": 1024, "train_examples": 512, "s3_examples": 1024, "repeats": 3}
 
 
 # -- subprocesses ----------------------------------------------------------------------------------
@@ -430,22 +433,24 @@ def object_store_table(r: dict) -> str:
 # -- main ------------------------------------------------------------------------------------------
 
 
-def main() -> None:
+def main(argv=None) -> int:
+    """Run the benchmark (module docstring); returns 0."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small N and 1 round each (a smoke run)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default: %(default)s)")
-    parser.add_argument("--extract-examples", type=int, default=1024, help="part 1's N (default: %(default)s)")
-    parser.add_argument("--train-examples", type=int, default=512, help="part 2's N (default: %(default)s)")
-    parser.add_argument("--s3-examples", type=int, default=1024, help="part 3's N (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="small N and 1 round each, unless given (a smoke run)")
+    parser.add_argument("--repeats", type=int, help="interleaved rounds (default: 3; quick 1)")
+    parser.add_argument("--extract-examples", type=int, help="part 1's N (default: 1024; quick 128)")
+    parser.add_argument("--train-examples", type=int, help="part 2's N (default: 512; quick 64)")
+    parser.add_argument("--s3-examples", type=int, help="part 3's N (default: 1024; quick 128)")
     parser.add_argument("--parts", default="extract,train,s3", help="which parts to run (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where scale_out.md/.json go (default: %(default)s)")
     parser.add_argument("--bare", metavar="TEACHER", help=argparse.SUPPRESS)  # internal: the bare forward loop
     parser.add_argument("--limit", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.bare:
         bare(args.bare, args.limit)
-        return
-    if args.quick:
-        for key, value in QUICK.items():
+        return 0
+    for key, value in (QUICK if args.quick else FULL).items():  # a value given on the command line wins
+        if getattr(args, key) is None:
             setattr(args, key, value)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = set(parts) - {"extract", "train", "s3"}
@@ -456,7 +461,7 @@ def main() -> None:
     quiet_libraries()
     started, load = time.perf_counter(), os.getloadavg()[0]
     work = tempfile.mkdtemp(prefix="hsk-scale-out-")
-    payload, tables = {"repeats": args.repeats, "batch": BATCH, "spec": " ".join(SPEC)}, []
+    payload, tables = {"repeats": args.repeats, "quick": args.quick, "batch": BATCH, "spec": " ".join(SPEC)}, []
     try:
         teacher = make_teacher(work)
         if "extract" in parts:
@@ -479,8 +484,21 @@ def main() -> None:
         f"Total benchmark time: {payload['total_s']:.0f} s; 1-minute load average {load:.2f} at the start, "
         f"{payload['load_average_1min']['end']:.2f} at the end (above ~0.5 on 2 cores, something else was running)."
     )
-    write("scale_out", payload, "\n\n".join(tables) + "\n\n" + footer)
+    write(args.out, payload, "\n\n".join(tables) + "\n\n" + footer, sys.argv[1:] if argv is None else argv)
+    return 0
+
+
+def write(out: Path, payload: dict, text: str, argv: list[str]) -> None:
+    """``<out>/scale_out.json`` (the payload with the command and the machine) and ``.md`` (header + tables)."""
+    out.mkdir(parents=True, exist_ok=True)
+    command = " ".join(shlex.quote(a) for a in ["python", "-m", "benchmarks.scale_out", *argv])
+    payload = {"benchmark": "scale_out", "command": command, "machine": machine(), **payload}
+    (out / "scale_out.json").write_text(json.dumps(payload, indent=2))
+    m = payload["machine"]
+    header = f"# scale_out\n\nCommand: `{command}`\n\nMachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}\n\n"
+    (out / "scale_out.md").write_text(header + text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
