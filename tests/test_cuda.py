@@ -127,6 +127,57 @@ def test_a_cuda_fp32_extraction_matches_the_cpus(tiny_teacher, toy_dir, tmp_path
             assert (x == y).all(), name
 
 
+def test_a_cuda_extraction_copies_only_the_selected_bytes_to_the_host(tiny_teacher, toy_dir, tmp_path, monkeypatch):
+    """The profiler's device → host copies (Kineto ``gpu_memcpy`` DtoH events) against the bytes
+    ``HostCopy`` was handed: selection ran on the GPU, so nothing else of size crosses."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from hsk_cache.extraction import extract
+    from hsk_cache.models import teacher as teacher_module
+
+    crossed = []
+
+    class Recorder(teacher_module.HostCopy):
+        def __init__(self, knowledge):
+            super().__init__(knowledge)
+            crossed.append(self.nbytes)
+
+    monkeypatch.setattr(extract, "HostCopy", Recorder)
+    out = str(tmp_path / "cache")
+    args = ["--data", toy_dir, *DATA, "--layers", "all", "--tokens", "topk:5", "--dtype", "float32", *CUDA]
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        assert main(["extract", "--teacher", tiny_teacher, "--out", out, *args, "--knowledge", "hidden_states"]) == 0
+    trace = tmp_path / "trace.json"
+    prof.export_chrome_trace(str(trace))
+    events = json.loads(trace.read_text())["traceEvents"]
+    dtoh = sum(
+        int(e.get("args", {}).get("bytes", 0))
+        for e in events
+        if e.get("cat") == "gpu_memcpy" and "DtoH" in e.get("name", "")
+    )
+    selected = sum(crossed)
+    stored = zarr.open_group(out, mode="r")
+    n, layers, k, d = stored["hidden_states"].shape
+    assert selected == n * layers * k * (8 + 4 * d)  # token_index int64 + hidden_states float32
+    full = n * layers * 32 * d * 4  # every read layer's [B, T_b, D] at T_b ≤ 32, what used to cross
+    assert selected <= dtoh < selected + full // 10, (dtoh, selected, full)
+
+
+def test_the_cache_loader_delivers_pinned_non_blocking_batches_on_cuda(cache):
+    from hsk_cache import open_cache
+    from hsk_cache.data.loader import pinned
+
+    assert pinned({"x": torch.ones(3), "n": 1})["x"].is_pinned()
+    opened = open_cache(cache)
+    host = list(opened.loader(8, seed=1))
+    on_gpu = list(opened.loader(8, seed=1, device="cuda", prefetch=2))
+    assert len(host) == len(on_gpu) > 1
+    for a, b in zip(host, on_gpu):
+        assert a.keys() == b.keys()
+        for name, value in a.items():
+            assert b[name].is_cuda and torch.equal(b[name].cpu(), value), name
+
+
 @pytest.fixture
 def nccl_group(monkeypatch):
     """A real one-rank NCCL group on cuda:0, hsk_cache told it is rank 0 of 2 so that every helper

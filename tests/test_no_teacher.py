@@ -40,7 +40,7 @@ def test_train_from_cache_never_loads_the_teacher(tiny_teacher, toy_dir, tmp_pat
     monkeypatch.setattr(teacher, "run_teacher", refuse)
     import hsk_cache.data.sources as sources
 
-    monkeypatch.setattr(sources, "run_teacher", refuse)
+    monkeypatch.setattr(sources, "teacher_knowledge", refuse)
     from transformers import AutoModelForSequenceClassification
 
     monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", refuse)

@@ -136,13 +136,21 @@ class Cache:
         return Sampler(len(self), batch_size, seed, self.shard_examples, self.window, rank, world_size)
 
     def loader(
-        self, batch_size: int, seed: int = 0, *, prefetch: int = 1, rank: int = 0, world_size: int = 1
+        self,
+        batch_size: int,
+        seed: int = 0,
+        *,
+        prefetch: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | None = None,
     ) -> Loader:
         """Batches of ``batch_size`` in the seeded epoch order (``loader`` module), each decoded at
         once, ``prefetch`` batches ahead in a background thread; ``len`` is the steps per epoch.
         With ``world_size`` data-parallel ranks, this rank's slice of each global batch (windowed:
-        batches from this rank's own shards)."""
-        return Loader(self.fetch, self.sampler(batch_size, seed, rank, world_size), prefetch)
+        batches from this rank's own shards). ``device``: batches delivered on that device, from
+        pinned host buffers with ``non_blocking`` copies on CUDA (``loader.Loader``)."""
+        return Loader(self.fetch, self.sampler(batch_size, seed, rank, world_size), prefetch, device)
 
     def fetch(self, step: Step) -> dict:
         """One ``loader.Step`` → its batch dict, loading the step's shard window."""

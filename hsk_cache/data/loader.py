@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 def full_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -271,8 +272,19 @@ class Loader:
     with ``sampler.load_state_dict``; ``stream`` serves trainers that count trained batches.
     """
 
-    def __init__(self, fetch, sampler: Sampler, prefetch: int = 1) -> None:
+    def __init__(self, fetch, sampler: Sampler, prefetch: int = 1, device: str | torch.device | None = None) -> None:
+        """``device``: deliver every batch there (``to_device``): on CUDA the background thread
+        pins each batch's host tensors and the copies run ``non_blocking``; None keeps batches
+        where ``fetch`` made them."""
         self.fetch, self.sampler, self.prefetch = fetch, sampler, prefetch
+        self.device = None if device is None else torch.device(device)
+
+    def _produce(self, step: Step) -> dict:
+        batch = self.fetch(step)
+        return pinned(batch) if self.device is not None and self.device.type == "cuda" else batch
+
+    def _deliver(self, batch: dict) -> dict:
+        return batch if self.device is None else to_device(batch, self.device)
 
     def __len__(self) -> int:
         return self.sampler.steps_per_epoch()
@@ -285,15 +297,34 @@ class Loader:
         """The rest of the current epoch; the position moves past each batch as it is taken."""
         epoch = self.sampler.epoch
         steps = [s for s in _until_epoch_end(self.sampler.stream(), epoch)]
-        for step, batch in prefetch(((s, self.fetch(s)) for s in steps), self.prefetch):
+        for step, batch in prefetch(((s, self._produce(s)) for s in steps), self.prefetch):
             self.sampler.advance(step)
-            yield batch
+            yield self._deliver(batch)
 
     def stream(self, count: int) -> Iterator[tuple[Step, dict]]:
         """The next ``count`` (step, batch) pairs from the current position, across epochs,
         without moving it (the trainer calls ``sampler.advance`` for each batch it trains on)."""
         steps = (step for _, step in zip(range(count), self.sampler.stream()))
-        return prefetch(((step, self.fetch(step)) for step in steps), self.prefetch)
+        produced = prefetch(((step, self._produce(step)) for step in steps), self.prefetch)
+        return ((step, self._deliver(batch)) for step, batch in produced)
+
+
+def pinned(batch: dict) -> dict:
+    """The batch's CPU tensors copied into page-locked memory (for ``non_blocking`` host → CUDA
+    copies); other values as they are. Runs in the loader's background thread."""
+    on_host = lambda v: isinstance(v, torch.Tensor) and v.device.type == "cpu"
+    return {k: v.pin_memory() if on_host(v) else v for k, v in batch.items()}
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Every tensor of ``batch`` on ``device``. Copies from pinned memory are issued
+    ``non_blocking``: they are ordered on the current CUDA stream before any kernel that reads
+    them, and the host goes on at once (the pinned source stays referenced until then by the
+    caching allocator's event). Tensors already there are returned as they are."""
+    return {
+        k: v.to(device, non_blocking=v.is_pinned()) if isinstance(v, torch.Tensor) and v.device != device else v
+        for k, v in batch.items()
+    }
 
 
 def _until_epoch_end(steps: Iterator[Step], epoch: int) -> Iterator[Step]:

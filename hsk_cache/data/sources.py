@@ -21,7 +21,7 @@ from hsk_cache.knowledge.batch import Examples, collate
 from hsk_cache.knowledge.plan import Plan
 from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub
-from hsk_cache.models.teacher import run_teacher
+from hsk_cache.models.teacher import teacher_knowledge
 
 
 def read_examples(data_config: DataConfig, tokenizer, label_names: tuple[str, ...] | None = None):
@@ -60,7 +60,14 @@ class DatasetSource:
         return Sampler(len(self), batch_size, seed, rank=rank, world_size=world_size)
 
     def loader(
-        self, batch_size: int, seed: int = 0, *, prefetch: int = 1, rank: int = 0, world_size: int = 1
+        self,
+        batch_size: int,
+        seed: int = 0,
+        *,
+        prefetch: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | None = None,
     ) -> Loader:
         """Batches in the full-permutation epoch order of ``sampler``, assembled ``prefetch``
         batches ahead in a background thread (0: inline).
@@ -69,8 +76,10 @@ class DatasetSource:
             batch_size: the global batch over all ``world_size`` ranks; a multiple of it.
             seed: seeds the epoch order.
             rank, world_size: this process's data-parallel rank and the rank count.
+            device: deliver batches on this device (``loader.Loader``: pinned host buffers and
+                ``non_blocking`` copies on CUDA); None: where they were made.
         """
-        return Loader(self.fetch, self.sampler(batch_size, seed, rank, world_size), prefetch)
+        return Loader(self.fetch, self.sampler(batch_size, seed, rank, world_size), prefetch, device)
 
     def fetch(self, step: Step) -> dict:
         """One ``loader.Step`` of the sampler → its batch dict."""
@@ -134,7 +143,6 @@ class OnlineSource(DatasetSource):
     def batch(self, index: np.ndarray) -> dict:
         """Examples ``index`` ([B] int) as a batch dict (see ``DatasetSource.batch``) with the
         teacher's knowledge, run now in ``precision`` and selected as extraction would
-        (``Plan.select``)."""
+        (``Plan.select``), on the teacher's device."""
         batch = collate(self.examples, index)
-        outputs = run_teacher(self.teacher, batch, self.plan, self.precision)
-        return {**batch.as_dict(), **self.plan.select(outputs, batch)}
+        return {**batch.as_dict(), **teacher_knowledge(self.teacher, batch, self.plan, self.precision)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from hsk_cache.knowledge.batch import Examples, collate, sequential_batches
 from hsk_cache.knowledge.plan import Plan
 from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub
-from hsk_cache.models.teacher import run_teacher
+from hsk_cache.models.teacher import HostCopy, run_teacher, teacher_knowledge
 from hsk_cache.select import SELECTION_VERSION
 from hsk_cache.store import layout
 from hsk_cache.store.manifest import DataInfo, DimsInfo, LayoutInfo, Manifest, SpecInfo, TeacherInfo, TokenizerInfo
@@ -239,13 +240,49 @@ def _write_shards(writer: CacheWriter, p: Prepared, config, shards, committed, p
     total = sum(_shard_size(s, n, p.shard) for s in shards)
     done = sum(_shard_size(s, n, p.shard) for s in np.flatnonzero(committed))
     bar = progress("extract", total + done, done) if progress is not None else None
+    # with the teacher on an accelerator, one writer thread: shard s is compressed, written and
+    # committed while the teacher runs shard s + 1 (at most one shard waits; a write's error is
+    # raised here before the next). On the CPU the teacher's threads use every core and a writer
+    # thread only competes with them (measured: no gain), so writes run inline there.
+    pending = None
     try:
-        for s in shards:
-            start, stop = layout.shard_range(int(s), n, p.shard)
-            writer.write_shard(int(s), start, _extract_shard(p, start, stop, config, bar))
+        with _shard_writer(p.teacher.device.type != "cpu" if OVERLAP_WRITES is None else OVERLAP_WRITES) as pool:
+            for s in shards:
+                start, stop = layout.shard_range(int(s), n, p.shard)
+                block = _extract_shard(p, start, stop, config, bar)
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(writer.write_shard, int(s), start, block)
+            if pending is not None:
+                pending.result()
     finally:
         if bar is not None:
             bar.close()
+
+
+OVERLAP_WRITES: bool | None = None  # None: a writer thread when the teacher is not on the CPU (tests force it)
+
+
+class _Inline:
+    """The executor interface, running each write at once in the caller's thread."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def submit(self, fn, *args) -> Future:
+        done = Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as err:
+            done.set_exception(err)
+        return done
+
+
+def _shard_writer(overlap: bool):
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsk-shard-writer") if overlap else _Inline()
 
 
 def _repair(writer: CacheWriter, progress) -> list[int]:
@@ -289,13 +326,18 @@ def _extract_shard(p: Prepared, start, stop, config, bar) -> dict[str, np.ndarra
     }
     if examples.token_type_ids is not None:
         block["token_type_ids"] = examples.token_type_ids[rows]
-    parts = []
+    parts, pending = [], None
     for index in sequential_batches(stop, config.batch_size, start):
-        batch = collate(examples, index)
-        outputs = run_teacher(p.teacher, batch, plan, config.precision)
-        parts.append(plan.encode(plan.select(outputs, batch)))
+        # selection on the teacher's device; only the selected tensors are copied to the host, and
+        # batch i is encoded (padded, quantized) while the device runs batch i + 1
+        copied = HostCopy(teacher_knowledge(p.teacher, collate(examples, index), plan, config.precision))
+        if pending is not None:
+            parts.append(plan.encode(pending.wait()))
+        pending = copied
         if bar is not None:
             bar.update(len(index))
+    if pending is not None:
+        parts.append(plan.encode(pending.wait()))
     for name in parts[0]:
         block[name] = np.concatenate([part[name] for part in parts])
     return block

@@ -94,7 +94,7 @@ class HiddenStates(KnowledgeKind):
             mask = width.magnitude_mask(hidden, valid, plan.spec.dims.fraction)
         elif plan.dim_index is not None:
             mask = torch.zeros_like(hidden, dtype=torch.bool)
-            mask[..., torch.from_numpy(plan.dim_index)] = valid[..., None]
+            mask[..., torch.from_numpy(plan.dim_index).to(mask.device)] = valid[..., None]
         out = {"token_index": index, "hidden_states": hidden if mask is None else hidden * mask}
         if mask is not None:
             out["hidden_mask"] = mask

@@ -224,7 +224,7 @@ class Plan:
             return length.cls_token(lengths)
         eligible = mask
         if not tokens.with_sep:
-            excluded = torch.tensor(self.excluded_ids, dtype=batch.input_ids.dtype)
+            excluded = torch.tensor(self.excluded_ids, dtype=batch.input_ids.dtype, device=batch.input_ids.device)
             eligible = mask & ~torch.isin(batch.input_ids, excluded)
         if tokens.kind == "left":
             scores = length.left_scores(eligible)

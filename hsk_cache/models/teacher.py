@@ -1,8 +1,10 @@
 """The teacher's forward pass: once per batch, eval mode, no autograd. No files here.
 
 ``run_teacher`` returns only what the plan's selection reads (``Plan.hidden_layers_read``,
-``attention_layers_read``, ``value_layer``); ``Plan.select`` then keeps the spec's knowledge, the
-same numbers for extraction (stored) and online distillation (fed to the loss).
+``attention_layers_read``, ``value_layer``), on the teacher's device; ``Plan.select`` then keeps
+the spec's knowledge there (``teacher_knowledge``), the same numbers for extraction (stored) and
+online distillation (fed to the loss). Only the selected tensors ever reach the host
+(``HostCopy``): on a GPU the full [B, T, D] states and [B, H, T, T] attentions never leave it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def autocast(precision: str, device: str = "cpu"):
 
 
 def run_teacher(model, batch: Batch, plan: Plan, precision: str = "fp32") -> TeacherOutputs:
-    """One teacher forward in eval mode without autograd; outputs in float32 on the CPU.
+    """One teacher forward in eval mode without autograd; outputs in float32 on the teacher's device.
 
     Args:
         model: a transformers encoder (eager attention when the plan needs attention).
@@ -55,14 +57,56 @@ def run_teacher(model, batch: Batch, plan: Plan, precision: str = "fp32") -> Tea
             "top-k tokens; use {tokens} all|cls|left|random and {knowledge} hidden_states,logits",
             field="tokens",
         )
-    # only what selection reads leaves the device (the rest would be wasted copies on a GPU)
+    # only what selection reads is kept (float32, the reference precision of selection), on the device
     layers = plan.hidden_layers_read()
-    hidden = tuple(h.float().cpu() if i in layers else None for i, h in enumerate(out.hidden_states))
+    hidden = tuple(h.float() if i in layers else None for i, h in enumerate(out.hidden_states))
     needed = plan.attention_layers_read()
     attentions = (
-        tuple(a.float().cpu() if i + 1 in needed else None for i, a in enumerate(out.attentions)) if attention else None
+        tuple(a.float() if i + 1 in needed else None for i, a in enumerate(out.attentions)) if attention else None
     )
-    projections = {key: value.float().cpu() for key, value in projections.items()}
+    projections = {key: value.float() for key, value in projections.items()}
     values = projections.get(("value", plan.value_layer)) if plan.value_layer is not None else None
     logits = getattr(out, "logits", None)
-    return TeacherOutputs(hidden, attentions, values, None if logits is None else logits.float().cpu(), projections)
+    return TeacherOutputs(hidden, attentions, values, None if logits is None else logits.float(), projections)
+
+
+def teacher_knowledge(model, batch: Batch, plan: Plan, precision: str = "fp32") -> dict[str, torch.Tensor]:
+    """``run_teacher`` then ``Plan.select``, both on the teacher's device: the batch's selected
+    knowledge (the ``knowledge.batch`` format: token_index [B, L_k, K] int64, hidden_states
+    [B, L_k, K, D] float32, ...) on that device. Raises: as ``run_teacher``."""
+    batch = batch.to(next(model.parameters()).device)
+    return plan.select(run_teacher(model, batch, plan, precision), batch)
+
+
+class HostCopy:
+    """A device → host copy of one batch's selected knowledge, started without waiting.
+
+    On CUDA every tensor is copied into a fresh pinned host buffer with ``non_blocking=True`` and
+    an event is recorded on the current stream: the host does not wait for the copy, goes on to
+    queue the next batch's forward, and ``wait()`` (called after that) blocks on the event only.
+    Tensors already on the host are taken as they are. ``nbytes``: the bytes that cross from the
+    device (0 on the CPU); ``selected_bytes``: the bytes of every tensor handed over.
+    """
+
+    def __init__(self, knowledge: dict[str, torch.Tensor]) -> None:
+        self.nbytes = 0
+        self.selected_bytes = sum(t.numel() * t.element_size() for t in knowledge.values())
+        self._event = None
+        self._host = {}
+        for name, t in knowledge.items():
+            if t.device.type == "cpu":
+                self._host[name] = t
+                continue
+            buffer = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
+            buffer.copy_(t, non_blocking=t.is_cuda)
+            self._host[name] = buffer
+            self.nbytes += t.numel() * t.element_size()
+        if self.nbytes and torch.cuda.is_available() and any(t.is_cuda for t in knowledge.values()):
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def wait(self) -> dict[str, torch.Tensor]:
+        """The knowledge on the host, once its copies have finished."""
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host

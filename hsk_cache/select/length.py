@@ -16,13 +16,13 @@ from hsk_cache.config.specs import TokenSpec
 
 def all_tokens(lengths: torch.Tensor, k: int) -> torch.Tensor:
     """Every real token, in order. lengths: [B] int. Returns: [B, k] with −1 beyond each length."""
-    positions = torch.arange(k).expand(len(lengths), k)
+    positions = torch.arange(k, device=lengths.device).expand(len(lengths), k)
     return torch.where(positions < lengths[:, None], positions, torch.full_like(positions, -1))
 
 
 def cls_token(lengths: torch.Tensor) -> torch.Tensor:
     """The [CLS] position 0. Returns: [B, 1]."""
-    return torch.zeros(len(lengths), 1, dtype=torch.int64)
+    return torch.zeros(len(lengths), 1, dtype=torch.int64, device=lengths.device)
 
 
 def cls_importance(attention_probs: torch.Tensor) -> torch.Tensor:
@@ -37,15 +37,17 @@ def cls_importance(attention_probs: torch.Tensor) -> torch.Tensor:
 
 def left_scores(eligible: torch.Tensor) -> torch.Tensor:
     """Scores ranking positions left to right (the study's "left" strategy). Returns [B, T] float."""
-    return -torch.arange(eligible.shape[1], dtype=torch.float32).expand(eligible.shape)
+    return -torch.arange(eligible.shape[1], dtype=torch.float32, device=eligible.device).expand(eligible.shape)
 
 
 def random_scores(eligible: torch.Tensor, example_ids: torch.Tensor, seed: int) -> torch.Tensor:
     """Uniform random scores, drawn per example from (seed, example id): the same example gets
-    the same tokens in any batch. Returns [B, T] float32."""
+    the same tokens in any batch (drawn on the host, returned on ``eligible``'s device).
+    Returns [B, T] float32."""
     width = eligible.shape[1]
     rows = [np.random.default_rng([seed, int(i)]).random(width, dtype=np.float32) for i in example_ids.tolist()]
-    return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, width)
+    scores = torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, width)
+    return scores.to(eligible.device)
 
 
 def topk_tokens(importance: torch.Tensor, eligible: torch.Tensor, k_per_example: torch.Tensor, k: int) -> torch.Tensor:
@@ -64,7 +66,7 @@ def topk_tokens(importance: torch.Tensor, eligible: torch.Tensor, k_per_example:
     if width < k:
         order = torch.cat([order, order.new_zeros(len(order), k - width)], dim=1)
     order = order[:, :k]
-    keep = torch.arange(k)[None, :] < torch.minimum(k_per_example, eligible.sum(dim=1))[:, None]
+    keep = torch.arange(k, device=order.device)[None, :] < torch.minimum(k_per_example, eligible.sum(dim=1))[:, None]
     return torch.where(keep, order, torch.full_like(order, -1))
 
 

@@ -45,11 +45,11 @@ def magnitude_mask(hidden_states: torch.Tensor, token_valid: torch.Tensor, fract
     scores = hidden_states.abs().float().masked_fill(~token_valid[..., None], -math.inf).reshape(b, layers, k * d)
     valid_elements = token_valid.sum(-1).long() * d  # [B, L_k], an exact integer
     counts = torch.tensor(
-        [kept_elements(fraction, n) for n in valid_elements.flatten().tolist()], dtype=torch.long
+        [kept_elements(fraction, n) for n in valid_elements.flatten().tolist()], dtype=torch.long, device=scores.device
     ).reshape(b, layers)
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
-    keep = torch.arange(k * d)[None, None, :] < counts[..., None]
-    mask = torch.zeros(b, layers, k * d, dtype=torch.bool)
+    keep = torch.arange(k * d, device=scores.device)[None, None, :] < counts[..., None]
+    mask = torch.zeros(b, layers, k * d, dtype=torch.bool, device=scores.device)
     mask.scatter_(-1, order, keep)
     return mask.reshape(b, layers, k, d)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from zarr.core.buffer.cpu import NDBuffer
 
 from hsk_cache.errors import CacheError
 from hsk_cache.store import commits, layout
@@ -15,6 +17,7 @@ from hsk_cache.store.manifest import Manifest
 
 MANIFEST_KEY = "hsk_cache"
 TOKENIZER_GROUP = "tokenizer"  # the teacher tokenizer's files, one uint8 array each
+READ_THREADS = 4  # shards of one array read at once (zarr decodes in its one event loop; the file reads overlap)
 
 
 def read_manifest(
@@ -125,8 +128,9 @@ class CacheReader:
         return name in self.group
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows start..stop of one array, read one shard-aligned block at a time into one output
-        array (measured ~7× faster than a single whole-range read with zarr 3.1 here).
+        """Rows start..stop of one array, read as shard-aligned blocks (measured ~7× faster than a
+        single whole-range read with zarr 3.1 here), ``READ_THREADS`` blocks at a time, each
+        decoded by zarr straight into its rows of one output array.
 
         Raises: CacheError naming the shard when its file is missing (zarr would return fill
         values) or a chunk fails its crc32c.
@@ -141,16 +145,30 @@ class CacheReader:
             if size is None:  # zarr would return fill values
                 raise self.damaged(f"shard {shard} of {name} ({self._rows(shard)}) is missing")
         out = np.empty((stop - start, *array.shape[1:]), dtype=array.dtype)
+        blocks = []
         block = start
         while block < stop:
             end = min(stop, (block // step + 1) * step)
-            out[block - start : end - start] = self._checked(array, name, slice(block, end), block // step)
+            blocks.append((block, end))
             block = end
+
+        def read_block(rows: tuple[int, int]) -> None:  # zarr decodes straight into ``out``: no second copy
+            a, b = rows
+            self._checked(array, name, slice(a, b), a // step, out[a - start : b - start])
+
+        if len(blocks) == 1:
+            read_block(blocks[0])
+        else:  # several shards in flight: their file reads overlap (cold pages: measured ~2x)
+            with ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="hsk-shard-reader") as pool:
+                list(pool.map(read_block, blocks))  # the first error, in shard order, is raised
         return out
 
-    def _checked(self, array, name: str, rows: slice, shard: int | None) -> np.ndarray:
+    def _checked(self, array, name: str, rows: slice, shard: int | None, out: np.ndarray | None = None) -> np.ndarray:
         try:
-            return array[rows]
+            if out is None:
+                return array[rows]
+            array.get_basic_selection(rows, out=NDBuffer.from_numpy_array(out))
+            return out
         except ValueError as err:  # zarr's crc32c codec: "Stored and computed checksum do not match"
             where = f"shard {shard} of {name} ({self._rows(shard)})" if shard is not None else f"array {name}"
             raise self.damaged(f"{where} is corrupt ({str(err).split('.')[0]})") from None

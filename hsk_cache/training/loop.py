@@ -49,7 +49,14 @@ def fit(
     from transformers import get_linear_schedule_with_warmup
 
     rank = rank or distributed.Rank()
-    loader = source.loader(stage.batch_size, seed, prefetch=num_workers, rank=rank.rank, world_size=rank.world_size)
+    loader = source.loader(
+        stage.batch_size,
+        seed,
+        prefetch=num_workers,
+        rank=rank.rank,
+        world_size=rank.world_size,
+        device=None if device == "cpu" else device,  # pinned, non_blocking copies on CUDA
+    )
     sampler = loader.sampler
     steps_per_epoch = sampler.steps_per_epoch()
     total = round(stage.epochs * steps_per_epoch)
@@ -72,8 +79,6 @@ def fit(
     stream = loader.stream(total - done)
     try:
         for step, batch in stream:
-            if device != "cpu":
-                batch = {key: value.to(device) for key, value in batch.items()}
             with autocast(precision, device.split(":")[0]):
                 loss = step_fn(batch)
             optimizer.zero_grad(set_to_none=True)
