@@ -4,7 +4,7 @@ reuse a cache made for the same spec), train a student from the cache, evaluate 
     python -m pipelines.ablate SWEEP --data ../shared/data/glue/SST-2 --teacher runs/sst2_teacher \\
         [--out docs/ablations] [--seeds 0,1] [--train-limit 4000] [--max-length 64] [--student small3]
 
-Sweeps: depth, length, width, joint, baselines, beyond (see ``SWEEPS``). Rows go to
+Sweeps: depth, length, width, joint, baselines, beyond, float8 (see ``SWEEPS``). Rows go to
 ``<out>/results.parquet`` (and ``results.md``); a point already there for the same seed, student,
 epochs and learning rates is skipped, so a sweep resumes where it stopped.
 Plots: ``python -m pipelines.ablation_report``.
@@ -192,7 +192,39 @@ def beyond(ctx: Context) -> list[Point]:
     return points
 
 
-SWEEPS = {"depth": depth, "length": length, "width": width, "joint": joint, "baselines": baselines, "beyond": beyond}
+def float8(ctx: Context) -> list[Point]:
+    """float8_e4m3 (per-row scale, half of float16's bytes) at the specs the int8 points use: the
+    joint point and the mapped layers at all tokens (compare with their float16 rows in the joint,
+    length and width sweeps, and with the beyond sweep's int8 rows)."""
+    mapped, joint_spec = _mapped(ctx), ("last", "topk:10", "magnitude:0.1")
+    return [
+        Point(
+            "float8",
+            "joint float8_e4m3",
+            "float8_e4m3",
+            "joint",
+            ExtractSpec.parse(*joint_spec, dtype="float8_e4m3"),
+            {"layer_map": "uniform"},
+        ),
+        Point(
+            "float8",
+            "mapped all float8_e4m3",
+            "float8_e4m3",
+            "mapped all",
+            ExtractSpec.parse(mapped, "all", dtype="float8_e4m3"),
+        ),
+    ]
+
+
+SWEEPS = {
+    "depth": depth,
+    "length": length,
+    "width": width,
+    "joint": joint,
+    "baselines": baselines,
+    "beyond": beyond,
+    "float8": float8,
+}
 
 
 def kept_fraction(cache: CacheReader) -> float:

@@ -1,0 +1,80 @@
+"""Token classification (word-level tags such as NER): word-piece label alignment and metrics.
+
+Alignment follows transformers' token-classification examples: the first word piece of each word
+carries the word's tag, the other pieces and the special tokens carry ``IGNORE`` (−100, which
+``torch.nn.functional.cross_entropy`` skips). Predictions are read back at the same first pieces.
+
+Entity-level precision, recall and F1 are seqeval's (Ramshaw & Marcus chunks; CoNLL-2000's
+``conlleval`` definitions):
+
+- ``scheme="conlleval"`` (the default, seqeval's default mode): BIO tags read as conlleval does,
+  an ``I-X`` after ``O`` or after another type starts an entity;
+- ``scheme="IOB2"``: seqeval's strict mode, an entity is ``B-X`` followed by ``I-X``; a stray
+  ``I-X`` is no entity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from seqeval.metrics import f1_score, precision_score, recall_score
+from seqeval.scheme import IOB2
+
+from hsk_cache.errors import ConfigError, DataError
+
+IGNORE = -100  # the label of word pieces that are not a word's first, and of special tokens
+SCHEMES = ("conlleval", "IOB2")
+
+
+def align_labels(word_ids: Sequence[int | None], word_labels: Sequence[int]) -> list[int]:
+    """Per-token labels from per-word labels.
+
+    Args:
+        word_ids: for each token, the index of its word or None (special tokens), as a fast
+            tokenizer's ``BatchEncoding.word_ids(i)`` gives them (truncation may cut the last words).
+        word_labels: the tag id of every word of the example.
+    Returns: [T] int: ``word_labels[w]`` at the first piece of word w, ``IGNORE`` elsewhere.
+    Raises: DataError when a token points past the words.
+    """
+    out, previous = [], None
+    for w in word_ids:
+        if w is None or w == previous:
+            out.append(IGNORE)
+        else:
+            if not 0 <= w < len(word_labels):
+                raise DataError(f"token of word {w} but the example has {len(word_labels)} tagged words")
+            out.append(int(word_labels[w]))
+        previous = w if w is not None else previous
+    return out
+
+
+def word_predictions(token_predictions: Sequence[int], aligned_labels: Sequence[int]) -> list[int]:
+    """The predictions at the labelled (first) pieces: one per word that survived truncation.
+
+    Args: token_predictions: [T] predicted tag ids; aligned_labels: [T] from ``align_labels``.
+    Returns: the predicted tag ids in word order.
+    """
+    return [int(p) for p, label in zip(token_predictions, aligned_labels) if label != IGNORE]
+
+
+def entity_metrics(
+    gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]], scheme: str = "conlleval"
+) -> dict:
+    """Entity-level micro precision, recall and F1 over sentences of tag strings.
+
+    Args: gold, predicted: per sentence, its tags (``"B-PER"``, ``"I-PER"``, ``"O"``), the same
+        lengths. scheme: ``conlleval`` or ``IOB2`` (module docstring).
+    Returns: {"precision", "recall", "f1"} in [0, 1]; 0 where undefined (no entity predicted or gold).
+    Raises: ConfigError for an unknown scheme; DataError when the sentences' lengths differ.
+    """
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown tag scheme {scheme!r}: use one of {', '.join(SCHEMES)}", field="scheme")
+    if len(gold) != len(predicted) or any(len(g) != len(p) for g, p in zip(gold, predicted)):
+        raise DataError("gold and predicted tags differ in their number of sentences or of tags in a sentence")
+    gold, predicted = [list(s) for s in gold], [list(s) for s in predicted]
+    options = {"mode": "strict", "scheme": IOB2} if scheme == "IOB2" else {}
+    return {
+        "precision": float(precision_score(gold, predicted, zero_division=0, **options)),
+        "recall": float(recall_score(gold, predicted, zero_division=0, **options)),
+        "f1": float(f1_score(gold, predicted, zero_division=0, **options)),
+    }
