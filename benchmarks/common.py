@@ -87,3 +87,19 @@ def write(name: str, payload: dict, table: str) -> None:
     )
     (RESULTS / f"{name}.md").write_text(header + table + "\n")
     print(table)
+
+
+def write_run(out: Path, name: str, payload: dict, text: str, extra: str = "") -> None:
+    """``<out>/<name>.json`` (the payload: ``command``, ``machine``, ``load_average_1min``
+    {start, end}, ``elapsed_s``, ``description``) and ``<name>.md``: a header naming the command,
+    the machine and its load, the description and ``extra``, then ``text`` (the tables)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    m, load = payload["machine"], payload["load_average_1min"]
+    header = (
+        f"# {name}\n\nCommand: `{payload['command']}`\n\nMachine: {m['cpu']}, {m['cores']} cores, "
+        f"{m['torch_threads']} torch threads, torch {m['torch']}; 1-minute load average {load['start']:.1f} at the "
+        f"start, {load['end']:.1f} at the end; {payload['elapsed_s']:.0f} s in all\n\n{payload['description']}\n\n"
+    )
+    (out / f"{name}.md").write_text(header + extra + text + "\n")
+    print(text)

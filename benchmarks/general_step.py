@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import shlex
 import statistics
@@ -47,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, machine, ratios
+from benchmarks.common import RESULTS, machine, ratios, write_run
 from hsk_cache.cli.progress import quiet_libraries
 from hsk_cache.config.run import DataConfig, StageConfig
 from hsk_cache.data.cache import open_cache
@@ -286,16 +285,7 @@ def table(results: dict) -> str:
 
 def write(out: Path, payload: dict, text: str) -> None:
     """``<out>/general_step.json`` (the payload with the machine) and ``.md`` (header + tables)."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "general_step.json").write_text(json.dumps(payload, indent=2))
-    m, load = payload["machine"], payload["load_average_1min"]
-    header = (
-        f"# general_step\n\nCommand: `{payload['command']}`\n\nMachine: {m['cpu']}, {m['cores']} cores, "
-        f"{m['torch_threads']} torch threads, torch {m['torch']}; 1-minute load average {load['start']:.1f} at the "
-        f"start, {load['end']:.1f} at the end; {payload['elapsed_s']:.0f} s in all\n\n{payload['description']}\n\n"
-    )
-    (out / "general_step.md").write_text(header + text + "\n")
-    print(text)
+    write_run(out, "general_step", payload, text)
 
 
 def main(argv=None) -> int:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import shlex
 import shutil
@@ -49,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, machine, ratios
+from benchmarks.common import RESULTS, machine, ratios, write_run
 from hsk_cache.cli.progress import quiet_libraries
 from hsk_cache.data.cache import open_cache
 
@@ -299,18 +298,11 @@ def table(results: dict) -> str:
 
 def write(out: Path, payload: dict, text: str) -> None:
     """``<out>/loader.json`` (the payload with the machine) and ``.md`` (header + tables)."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "loader.json").write_text(json.dumps(payload, indent=2))
-    m, load = payload["machine"], payload["load_average_1min"]
-    header = (
-        f"# loader\n\nCommand: `{payload['command']}`\n\nMachine: {m['cpu']}, {m['cores']} cores, "
-        f"{m['torch_threads']} torch threads, torch {m['torch']}; 1-minute load average {load['start']:.1f} at the "
-        f"start, {load['end']:.1f} at the end; {payload['elapsed_s']:.0f} s in all\n\n{payload['description']}\n\n"
+    extra = (
         f"This run: {payload['examples']:,} examples ({payload['cache_bytes'] / 1e9:.2f} GB on disk), "
         f"{payload['repeats']} repeats, {payload['epochs']} epochs per steady-state run, batch {BATCH}.\n\n"
     )
-    (out / "loader.md").write_text(header + text + "\n")
-    print(text)
+    write_run(out, "loader", payload, text, extra)
 
 
 def main(argv=None) -> int:
