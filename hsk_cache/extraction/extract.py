@@ -264,7 +264,8 @@ OVERLAP_WRITES: bool | None = None  # None: a writer thread when the teacher is 
 
 
 class _Inline:
-    """The executor interface, running each write at once in the caller's thread."""
+    """The executor interface, running each write at once in the caller's thread (its error is
+    raised at once, before the next shard's teacher pass)."""
 
     def __enter__(self):
         return self
@@ -274,10 +275,7 @@ class _Inline:
 
     def submit(self, fn, *args) -> Future:
         done = Future()
-        try:
-            done.set_result(fn(*args))
-        except BaseException as err:
-            done.set_exception(err)
+        done.set_result(fn(*args))
         return done
 
 
