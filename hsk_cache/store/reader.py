@@ -144,16 +144,12 @@ class CacheReader:
             if size is None:  # zarr would return fill values
                 raise self.damaged(f"shard {shard} of {name} ({self._rows(shard)}) is missing")
         out = np.empty((stop - start, *array.shape[1:]), dtype=array.dtype)
-        blocks = []
-        block = start
-        while block < stop:
-            end = min(stop, (block // step + 1) * step)
-            blocks.append((block, end))
-            block = end
+        firsts = [start, *range((start // step + 1) * step, stop, step)] if start < stop else []
+        blocks = [(a, min(stop, (a // step + 1) * step)) for a in firsts]  # shard-aligned [a, b)
 
         def read_block(rows: tuple[int, int]) -> None:
             a, b = rows
-            self._checked(array, name, slice(a, b), a // step, out[a - start : b - start])
+            out[a - start : b - start] = self._checked(array, name, slice(a, b), a // step)
 
         if len(blocks) == 1:
             read_block(blocks[0])
@@ -162,12 +158,9 @@ class CacheReader:
                 list(pool.map(read_block, blocks))  # the first error, in shard order, is raised
         return out
 
-    def _checked(self, array, name: str, rows: slice, shard: int | None, out: np.ndarray | None = None) -> np.ndarray:
+    def _checked(self, array, name: str, rows: slice, shard: int | None) -> np.ndarray:
         try:
-            if out is None:
-                return array[rows]
-            out[...] = array[rows]
-            return out
+            return array[rows]
         except ValueError as err:  # zarr's crc32c codec: "Stored and computed checksum do not match"
             where = f"shard {shard} of {name} ({self._rows(shard)})" if shard is not None else f"array {name}"
             raise self.damaged(f"{where} is corrupt ({str(err).split('.')[0]})") from None
