@@ -85,25 +85,29 @@ class Cache:
         self.teacher_config = m.teacher.to_dict()["config"]  # a plain dict (a copy)
         self.layers, self.attention_layers = tuple(m.layers), tuple(m.attention_layers)
         self.value_relation_layer = m.value_relation_layer
-        types = reader.read("token_type_ids") if reader.has("token_type_ids") else None
-        self.examples = Examples(
-            reader.read("input_ids"), types, reader.read("lengths"), reader.read("labels"), reader.read("example_ids")
-        )
         dim_index = reader.read("dim_index") if reader.has("dim_index") else None
         self.plan = self.stored = Plan.of_manifest(m, dim_index)  # stored: the name before the plan
-        specs = [s for s in self.plan.arrays(len(self.examples)) if s.per_example]
+        n = m.num_examples
+        specs = [s for s in self.plan.arrays(n) if s.per_example]
         self.names = [s.name for s in specs]
         self.shard_examples = m.layout.shard_examples
         shard_bytes = self.shard_examples * sum(s.row_bytes() for s in specs)
-        total_bytes = len(self.examples) * sum(s.row_bytes() for s in specs)
+        total_bytes = n * sum(s.row_bytes() for s in specs)
         self.window = None if total_bytes <= memory_budget_bytes else max(1, memory_budget_bytes // max(shard_bytes, 1))
-        self.arrays, self.rows, self.loaded = {}, np.arange(len(self.examples)), None
         self._shards: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()  # for dataset items, windowed
+        fields = ["input_ids", "lengths", "labels", "example_ids"]
+        fields += ["token_type_ids"] if reader.has("token_type_ids") else []
         if self.window is None:
             reader.check_files()  # every shard file present with its recorded size
-            self.arrays = {name: reader.read(name) for name in self.names}  # and every chunk's crc32c
+            arrays = reader.read_many(fields + self.names)  # all at once, every chunk's crc32c checked
         else:
             self._verify(progress)
+            arrays = reader.read_many(fields)
+        self.examples = Examples(
+            arrays["input_ids"], arrays.get("token_type_ids"), arrays["lengths"], arrays["labels"], arrays["example_ids"]
+        )
+        self.arrays = {name: arrays[name] for name in self.names} if self.window is None else {}
+        self.rows, self.loaded = np.arange(len(self.examples)), None
         self.pad_token_id = self.tokenizer.pad_token_id or 0
 
     def __len__(self) -> int:
@@ -163,7 +167,8 @@ class Cache:
         if shards == self.loaded:
             return
         ranges = [layout.shard_range(s, len(self), self.shard_examples) for s in shards]
-        self.arrays = {name: np.concatenate([self.reader.read(name, a, b) for a, b in ranges]) for name in self.names}
+        blocks = [self.reader.read_many(self.names, a, b) for a, b in ranges]
+        self.arrays = {name: np.concatenate([block[name] for block in blocks]) for name in self.names}
         self.rows = np.full(len(self), -1, dtype=np.int64)
         ids = np.concatenate([np.arange(a, b) for a, b in ranges])
         self.rows[ids] = np.arange(len(ids))
@@ -205,7 +210,7 @@ class Cache:
         shard = i // self.shard_examples
         if shard not in self._shards:
             start, stop = layout.shard_range(shard, len(self), self.shard_examples)
-            self._shards[shard] = {name: self.reader.read(name, start, stop) for name in self.names}
+            self._shards[shard] = self.reader.read_many(self.names, start, stop)
             while len(self._shards) > self.window:
                 self._shards.popitem(last=False)
         self._shards.move_to_end(shard)

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from zarr.core.buffer.cpu import NDBuffer
 
 from hsk_cache.errors import CacheError
 from hsk_cache.store import commits, layout
@@ -127,40 +128,56 @@ class CacheReader:
         return name in self.group
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows start..stop of one array, read as shard-aligned blocks (measured ~7× faster than a
-        single whole-range read with zarr 3.1 here), ``READ_THREADS`` blocks at a time, each
-        copied into its rows of one output array.
+        """Rows start..stop of one array (``read_many``)."""
+        return self.read_many([name], start, stop)[name]
+
+    def read_many(self, names: list[str], start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+        """Rows start..stop (clipped to each array's length) of several arrays, {name: array}.
+
+        Every array is read as shard-aligned blocks (measured ~7x faster than a single
+        whole-range read with zarr 3.1 here), the blocks of all the arrays ``READ_THREADS`` at a
+        time, each copied into its rows of its array's output: the small arrays' reads overlap
+        the large ones' instead of each paying zarr's per-call latency in turn.
 
         Raises: CacheError naming the shard when its file is missing (zarr would return fill
         values) or a chunk fails its crc32c.
         """
-        array = self.group[name]
-        stop = array.shape[0] if stop is None else min(stop, array.shape[0])
-        if array.ndim == 0 or array.shards is None:
-            return self._checked(array, name, slice(start, stop), None)
-        step = array.shards[0]
-        shards = range(start // step, -(-stop // step))
-        for shard, size in zip(shards, commits.sizes(self.group, [commits.shard_key(array, s) for s in shards])):
+        outs: dict[str, np.ndarray] = {}
+        blocks: list[tuple[str, object, int, int, int]] = []  # (name, array, first row, a, b)
+        keys: list[tuple[str, int, str]] = []
+        for name in names:
+            array = self.group[name]
+            end = array.shape[0] if stop is None else min(stop, array.shape[0])
+            if array.ndim == 0 or array.shards is None:
+                outs[name] = self._checked(array, name, slice(start, end), None)
+                continue
+            step = array.shards[0]
+            keys += [(name, s, commits.shard_key(array, s)) for s in range(start // step, -(-end // step))]
+            outs[name] = np.empty((max(0, end - start), *array.shape[1:]), dtype=array.dtype)
+            firsts = [start, *range((start // step + 1) * step, end, step)] if start < end else []
+            blocks += [(name, array, start, a, min(end, (a // step + 1) * step)) for a in firsts]
+        for (name, shard, _), size in zip(keys, commits.sizes(self.group, [key for _, _, key in keys])):
             if size is None:  # zarr would return fill values
                 raise self.damaged(f"shard {shard} of {name} ({self._rows(shard)}) is missing")
-        out = np.empty((stop - start, *array.shape[1:]), dtype=array.dtype)
-        firsts = [start, *range((start // step + 1) * step, stop, step)] if start < stop else []
-        blocks = [(a, min(stop, (a // step + 1) * step)) for a in firsts]  # shard-aligned [a, b)
 
-        def read_block(rows: tuple[int, int]) -> None:
-            a, b = rows
-            out[a - start : b - start] = self._checked(array, name, slice(a, b), a // step)
+        def read_block(block: tuple[str, object, int, int, int]) -> None:
+            name, array, first, a, b = block
+            self._checked(array, name, slice(a, b), a // array.shards[0], outs[name][a - first : b - first])
 
         if len(blocks) == 1:
             read_block(blocks[0])
-        else:  # several shards in flight: their file reads overlap (cold pages: measured ~2x)
+        elif blocks:  # several shards in flight: their file reads overlap (cold pages: measured ~2x)
             with ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="hsk-shard-reader") as pool:
-                list(pool.map(read_block, blocks))  # the first error, in shard order, is raised
-        return out
+                list(pool.map(read_block, blocks))  # the first error, in block order, is raised
+        return outs
 
-    def _checked(self, array, name: str, rows: slice, shard: int | None) -> np.ndarray:
+    def _checked(self, array, name: str, rows: slice, shard: int | None, out: np.ndarray | None = None) -> np.ndarray:
+        """``array[rows]``, decoded by zarr straight into ``out`` when given (no second copy)."""
         try:
-            return array[rows]
+            if out is None:
+                return array[rows]
+            array.get_basic_selection(rows, out=NDBuffer.from_numpy_array(out))
+            return out
         except ValueError as err:  # zarr's crc32c codec: "Stored and computed checksum do not match"
             where = f"shard {shard} of {name} ({self._rows(shard)})" if shard is not None else f"array {name}"
             raise self.damaged(f"{where} is corrupt ({str(err).split('.')[0]})") from None
