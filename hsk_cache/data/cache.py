@@ -104,7 +104,11 @@ class Cache:
             self._verify(progress)
             arrays = reader.read_many(fields)
         self.examples = Examples(
-            arrays["input_ids"], arrays.get("token_type_ids"), arrays["lengths"], arrays["labels"], arrays["example_ids"]
+            arrays["input_ids"],
+            arrays.get("token_type_ids"),
+            arrays["lengths"],
+            arrays["labels"],
+            arrays["example_ids"],
         )
         self.arrays = {name: arrays[name] for name in self.names} if self.window is None else {}
         self.rows, self.loaded = np.arange(len(self.examples)), None
