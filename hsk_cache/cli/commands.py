@@ -23,7 +23,10 @@ def _data_config(a) -> DataConfig:
         label_column=a.label_column,
         max_length=a.max_length,
         limit=a.limit,
-        corpus=getattr(a, "corpus", False) or _is_corpus(a.data),
+        corpus=getattr(a, "corpus", False) or (getattr(a, "data_format", None) is None and _is_corpus(a.data)),
+        task_type=getattr(a, "task", None),
+        format=getattr(a, "data_format", None),
+        holdout=getattr(a, "holdout", None),
     )
 
 
@@ -324,11 +327,10 @@ def _eval(a) -> int:
     check_precision(a.precision, a.device)
     r = evaluate.run(a.model, _data_config(a), a.batch_size, a.precision, _bar, device=a.device)
     if a.json:
-        print(json.dumps({"model": a.model, "accuracy": r.accuracy, "mcc": r.mcc, "examples": r.examples}))
+        print(json.dumps({"model": a.model, "task": r.task_type, **r.metrics, "examples": r.examples}))
     else:
-        print(
-            f"eval: accuracy {r.accuracy:.4f}, mcc {r.mcc:.4f} on {r.examples} {a.split} examples, {r.elapsed_s:.1f} s"
-        )
+        found = ", ".join(f"{name} {value:.4f}" for name, value in r.metrics.items())
+        print(f"eval: {found} on {r.examples} {a.split} examples, {r.elapsed_s:.1f} s")
     return 0
 
 

@@ -46,7 +46,32 @@ def _add_data(p: argparse.ArgumentParser, split: str) -> None:
         default=None,
         help="text column, or two comma-separated for sentence pairs (default: the source's own, else 'text')",
     )
-    g.add_argument("--label-column", default=None, help="label column (default: the source's own, else 'label')")
+    g.add_argument(
+        "--label-column",
+        default=None,
+        help="label column: class, score or tags (default: the source's own, else 'label'; tags: 'tags' or 'ner_tags')",
+    )
+    g.add_argument(
+        "--task",
+        default=None,
+        help="the task type: classification, regression, token_classification or multi_label_classification "
+        "(default: inferred from the data: scores are regression, a CoNLL file or tokens/tags columns token "
+        "classification, a list of labels per text multi-label; eval: the model's own head)",
+    )
+    g.add_argument(
+        "--data-format",
+        default=None,
+        help="read --data in this format whatever its extension: csv, tsv, json, parquet, conll or text "
+        "(e.g. tsv for the VADER *_GroundTruth.txt files, conll for token<TAB>tag files; default: from the "
+        "extension)",
+    )
+    g.add_argument(
+        "--holdout",
+        type=float,
+        default=None,
+        help="hold out this fraction of a source without a dev split as its dev split (seed 42): --split train "
+        "is the rest, --split dev the held-out part (default: none)",
+    )
     g.add_argument(
         "--max-length",
         type=int,

@@ -12,7 +12,23 @@ from hsk_cache.errors import ConfigError
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp16 autocast (with loss scaling when training) on CUDA only
 
 
-EVAL_METRICS = ("accuracy", "mcc", "loss")  # loss: the dev distillation loss of general distillation
+EVAL_METRICS = (
+    "accuracy",
+    "mcc",
+    "pearson",
+    "spearman",
+    "f1",
+    "micro_f1",
+    "macro_f1",
+    "loss",
+)  # loss: general distillation's dev loss
+DATA_FORMATS = ("csv", "tsv", "json", "parquet", "conll", "text")  # text: an unlabeled corpus
+TASK_TYPES = (
+    "classification",
+    "regression",
+    "token_classification",
+    "multi_label_classification",
+)  # tasks.types.TASK_TYPES' names
 
 
 DEFAULT_SAVE_EVERY = "5min"
@@ -29,7 +45,14 @@ class DataConfig:
     ``<split>.<ext>`` files, or a Hugging Face hub dataset name. text_columns: one column, or two for
     sentence pairs; None picks the source's default. limit: keep only the first N examples.
     corpus: unlabeled text packed into sequences of ``max_length`` tokens (general distillation,
-    ``data.corpus``); set by itself for ``wikitext-2`` and ``.txt`` / ``.txt.gz`` sources.
+    ``data.corpus``); set by itself for ``wikitext-2`` and ``.txt`` / ``.txt.gz`` sources unless
+    ``format`` says otherwise. task_type: ``classification``, ``regression``,
+    ``token_classification`` or ``multi_label_classification`` (``tasks.types``); None infers it
+    from the data (float scores: regression; tokens with tags: token classification; a list of
+    labels per text: multi-label). format: how to read a file whatever its
+    extension (``DATA_FORMATS``; ``tsv`` reads the VADER ``*_GroundTruth.txt`` files, ``conll``
+    ``token<TAB>tag`` files). holdout: a fraction in (0, 1) of a source without a dev split held
+    out as its ``dev`` split (seeded, ``splits.HOLDOUT_SEED``); ``train`` is then the rest.
     """
 
     source: str = "bbc-news"
@@ -39,10 +62,34 @@ class DataConfig:
     max_length: int = 128
     limit: int | None = None
     corpus: bool = False
+    task_type: str | None = None
+    format: str | None = None
+    holdout: float | None = None
 
     def __post_init__(self) -> None:
-        if self.source == "wikitext-2" or self.source.lower().endswith((".txt", ".txt.gz")):
+        if self.task_type is not None and self.task_type not in TASK_TYPES:
+            raise ConfigError(
+                f"unknown {{task}} {self.task_type!r}: use one of {', '.join(TASK_TYPES)}",
+                field="task",
+                value=self.task_type,
+            )
+        if self.format is not None and self.format not in DATA_FORMATS:
+            raise ConfigError(
+                f"unknown {{data_format}} {self.format!r}: use one of {', '.join(DATA_FORMATS)}",
+                field="data_format",
+                value=self.format,
+            )
+        text = self.format == "text" or (
+            self.format is None and (self.source == "wikitext-2" or self.source.lower().endswith((".txt", ".txt.gz")))
+        )
+        if text:
             object.__setattr__(self, "corpus", True)
+        if self.holdout is not None and not (isinstance(self.holdout, float | int) and 0 < self.holdout < 1):
+            raise ConfigError(
+                f"{{holdout}} {self.holdout!r}: give the fraction held out as the dev split, in (0, 1), e.g. 0.2",
+                field="holdout",
+                value=self.holdout,
+            )
         if self.max_length < 2:
             raise ConfigError(
                 f"{{max_length}} {self.max_length} is too small: use at least 2 ([CLS] and [SEP])",
@@ -66,6 +113,9 @@ class DataConfig:
         out = asdict(self)
         if not self.corpus:
             out.pop("corpus")
+        for key in ("task_type", "format", "holdout"):  # absent when unset: older manifests stay equal
+            if out[key] is None:
+                out.pop(key)
         return out
 
 

@@ -16,12 +16,13 @@ import numpy as np
 from hsk_cache.config.run import DataConfig
 from hsk_cache.data import splits
 from hsk_cache.data.loader import Loader, Sampler, Step
-from hsk_cache.errors import ConfigError
+from hsk_cache.errors import ConfigError, ModelError
 from hsk_cache.knowledge.batch import Examples, collate
 from hsk_cache.knowledge.plan import Plan
 from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub
 from hsk_cache.models.teacher import teacher_knowledge
+from hsk_cache.tasks import types
 
 
 def read_examples(data_config: DataConfig, tokenizer, label_names: tuple[str, ...] | None = None):
@@ -100,7 +101,7 @@ def load_teacher(path: str, data_config: DataConfig, spec: ExtractSpec):
     corpus (a corpus has no task: distil ``mlm`` soft targets instead).
     """
     if not data_config.corpus:
-        return hub.load_classifier(path, attention=spec.needs_attention)
+        return hub.load_classifier(path, attention=spec.needs_attention)  # its own head (types.of_config)
     check_corpus_knowledge(data_config, spec)
     return hub.load_encoder(path, mlm=spec.needs_mlm_head, attention=spec.needs_attention)
 
@@ -112,6 +113,28 @@ def check_corpus_knowledge(data_config: DataConfig, spec: ExtractSpec) -> None:
             f"{data_config.source!r} is an unlabeled corpus: it has no task for logits knowledge; drop logits "
             "from {knowledge} (general distillation distils mlm soft targets, relations, hidden states, attention)",
             field="knowledge",
+        )
+
+
+def check_task(split: splits.Split, teacher_config, what: str = "the teacher") -> None:
+    """The teacher's head fits the data: the same task type (``tasks.types.of_config``) and, but
+    for regression, as many classes or tags.
+
+    Raises: ModelError naming both and the fix.
+    """
+    task = types.of_config(teacher_config)
+    if task.name != split.task_type:
+        raise ModelError(
+            f"{what} is a {hub.MODEL_NOUNS[task.name]} but {split.source!r} holds {split.task_type} data: "
+            f"fine-tune a teacher on it first (hsk finetune --task {split.task_type}), or set {{task}} {task.name} "
+            "if the data was read as the wrong task",
+            field="task",
+        )
+    if task.name != "regression" and len(split.label_names) != teacher_config.num_labels:
+        kind = "tags" if task.per_token else "classes"
+        raise ModelError(
+            f"{what} has {teacher_config.num_labels} {kind} but {split.source!r} has {len(split.label_names)}: "
+            "fine-tune a model on this task first (hsk finetune)"
         )
 
 
@@ -134,6 +157,8 @@ class OnlineSource(DatasetSource):
         hub.check_max_length(self.teacher.config, data_config.max_length)
         names = None if data_config.corpus else hub.task_label_names(self.teacher)
         super().__init__(data_config, hub.load_tokenizer(teacher_path), names)
+        if self.split is not None:
+            check_task(self.split, self.teacher.config)
         self.precision = precision
         self.teacher_config = self.teacher.config.to_dict()
         self.plan = self.stored = Plan.make(spec, self.teacher.config, self.tokenizer, data_config.max_length)

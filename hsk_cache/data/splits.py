@@ -10,7 +10,16 @@ Sources (``DataConfig.source``):
 - a CSV/TSV/JSON Lines/Parquet file, or a directory holding ``<split>.<ext>`` files.
 - a directory written by ``hsk augment`` (``hsk_augment.json``): its augmented split's Parquet
   shards once complete, and its copy of the source's dev split.
+- a CoNLL-style ``token<TAB>tag`` file (``.conll``, or any name with ``format="conll"``), or a
+  JSON Lines/Parquet file with ``tokens`` and ``tags`` (or ``ner_tags``) columns: token
+  classification.
 - a Hugging Face hub dataset name, where the network allows it.
+
+Task types (``tasks.types``): the labels are class ids (classification), float scores
+(regression: inferred when the label column holds non-integer numbers) or per-word tag ids
+(token classification: inferred from a CoNLL file or tokens/tags columns); ``DataConfig.task_type``
+names it explicitly. ``DataConfig.holdout`` splits a source without a dev split (seed
+``HOLDOUT_SEED``).
 """
 
 from __future__ import annotations
@@ -27,10 +36,15 @@ import numpy as np
 
 from hsk_cache.config.run import DataConfig
 from hsk_cache.errors import DataError, DataNotFoundError, first_line
+from hsk_cache.tasks import token_classification, types
 
 log = logging.getLogger(__name__)
 
 BBC_SPLIT_SEED = 42
+HOLDOUT_SEED = 42  # DataConfig.holdout: the seed of the train/dev split of a source without one
+TOKEN_COLUMNS = ("tokens", "words")  # token classification: the words of a sentence
+TAG_COLUMNS = ("tags", "ner_tags", "labels")  # and their tags (strings or ids)
+LABEL_SET_SEPARATOR = "|"  # multi-label: a CSV/TSV label cell "sports|politics" holds two labels
 BBC_DEV_FRACTION = 0.2
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 DEV_SPLIT_NAMES = ("dev", "validation", "valid")  # "test" is a split of its own
@@ -74,13 +88,16 @@ COLA_COLUMNS = ["source", "label", "original_label", "sentence"]
 @dataclass(frozen=True)
 class Split:
     """A loaded split: ``dataset`` has text column(s) ``text``/``text_pair`` and int ``label``;
-    ``dropped`` rows of the source had an empty label or text and are not in it."""
+    ``dropped`` rows of the source had an empty label or text and are not in it. Token
+    classification: columns ``tokens`` (list[str]) and ``label`` (list[int], one tag id per word).
+    Regression: ``label`` float32, ``label_names`` empty. ``task_type``: a ``tasks.types`` name."""
 
     dataset: datasets.Dataset  # noqa: F821
     label_names: tuple[str, ...]
     source: str
     task: str | None = None
     dropped: int = 0
+    task_type: str = "classification"
 
 
 def load_split(config: DataConfig, label_names: tuple[str, ...] | None = None) -> Split:
@@ -106,12 +123,179 @@ def load_split(config: DataConfig, label_names: tuple[str, ...] | None = None) -
             raise DataNotFoundError(f"data path {source!r} does not exist: check the path (or use bbc-news)")
         else:
             split, text_columns, label_column, names, task = _load_hub(source, config), None, None, None, None
-    text_columns = config.text_columns or text_columns or _guess_text_columns(split.column_names)
-    label_column = config.label_column or label_column or "label"
-    dataset, label_names, dropped = _normalize(split, text_columns, label_column, label_names or names, source)
+    if config.holdout is not None:
+        split = _held_out(split, config)
+    task_type = _task_type(config, split, label_column)
+    if task_type.per_token:
+        dataset, label_names, dropped = _normalize_tags(split, config, label_names or names, source)
+    else:
+        text_columns = config.text_columns or text_columns or _guess_text_columns(split.column_names)
+        label_column = config.label_column or label_column or "label"
+        if task_type.name == "regression":
+            dataset, label_names, dropped = _normalize_scores(split, text_columns, label_column, source)
+        elif task_type.name == "multi_label_classification":
+            dataset, label_names, dropped = _normalize_label_sets(
+                split, text_columns, label_column, label_names or names, source
+            )
+        else:
+            dataset, label_names, dropped = _normalize(split, text_columns, label_column, label_names or names, source)
     if config.limit is not None:
         dataset = dataset.select(range(min(config.limit, len(dataset))))
-    return Split(dataset, label_names, source, task, dropped)
+    return Split(dataset, label_names, source, task, dropped, task_type.name)
+
+
+def _held_out(split, config: DataConfig):
+    """The ``config.split`` part of a seeded train/dev split of ``split`` (``DataConfig.holdout``)."""
+    parts = split.train_test_split(test_size=config.holdout, seed=HOLDOUT_SEED)
+    if config.split == "train":
+        return parts["train"]
+    if config.split in DEV_SPLIT_NAMES:
+        return parts["test"]
+    raise DataError(
+        f"{{holdout}} splits {config.source!r} into train and dev, not {config.split!r}: use {{split}} train or dev",
+        field="split",
+        value=config.split,
+    )
+
+
+def _task_type(config: DataConfig, split, label_column: str | None) -> types.TaskType:
+    """``config.task_type``, else inferred: tokens and tags columns → token classification; a label
+    column of numbers that are not all integers → regression; else classification."""
+    if config.task_type is not None:
+        return types.get(config.task_type)
+    columns = split.column_names
+    words, tags = _pick(columns, config.text_columns, TOKEN_COLUMNS), _pick(columns, config.label_column, TAG_COLUMNS)
+    if words and tags and all(hasattr(split.features[c], "feature") for c in (words, tags)):  # list columns
+        return types.TOKEN_CLASSIFICATION
+    column = config.label_column or label_column or "label"
+    if column in columns and hasattr(split.features[column], "feature"):  # a list of labels per text
+        return types.MULTI_LABEL
+    if column in columns:
+        values = [v for v in split.unique(column) if not _is_empty(v)]
+        if values and all(isinstance(v, float) for v in values) and not all(v.is_integer() for v in values):
+            return types.REGRESSION
+    return types.CLASSIFICATION
+
+
+def _pick(columns, given, candidates) -> str | None:
+    """The column named by ``given`` (the first one of a tuple) or the first of ``candidates`` present."""
+    if given:
+        name = given[0] if isinstance(given, tuple) else given
+        return name if name in columns else None
+    return next((c for c in candidates if c in columns), None)
+
+
+def _normalize_scores(split, text_columns, label_column, source):
+    """Regression: rename to text/text_pair/label, labels float32, drop rows without text or score."""
+    import datasets
+
+    missing = [c for c in (*text_columns, label_column) if c not in split.column_names]
+    if missing:
+        raise DataError(
+            f"{source!r} has no column(s) {missing} (columns: {split.column_names}): "
+            "name them with {text_columns} and {label_column}",
+            field="label_column" if label_column in missing else "text_columns",
+        )
+    keep = {text_columns[0]: "text", label_column: "label"}
+    if len(text_columns) == 2:
+        keep[text_columns[1]] = "text_pair"
+    split = split.select_columns(list(keep)).rename_columns(keep)
+    split, dropped = _drop_empty(split, source)
+    if len(split) == 0:
+        raise DataError(f"{source!r} has no scored examples in this split: check the label column")
+    bad = [v for v in split.unique("label") if not isinstance(v, (int, float)) or isinstance(v, bool)]
+    if bad:
+        raise DataError(
+            f"{source!r} has non-numeric scores such as {bad[0]!r} in its label column: regression needs numbers "
+            "(or set {task} classification)",
+            field="task",
+        )
+    return split.cast_column("label", datasets.Value("float32")), (), dropped
+
+
+def _normalize_label_sets(split, text_columns, label_column, label_names, source):
+    """Multi-label: rename to text/text_pair/label, each label set (a list, or a string of names
+    joined by ``LABEL_SET_SEPARATOR``) as a multi-hot float32 list over ``label_names`` (the
+    model's, else the sorted union). Rows without text are dropped; an empty set is kept (no label)."""
+    import datasets
+
+    missing = [c for c in (*text_columns, label_column) if c not in split.column_names]
+    if missing:
+        raise DataError(
+            f"{source!r} has no column(s) {missing} (columns: {split.column_names}): "
+            "name them with {text_columns} and {label_column}",
+            field="label_column" if label_column in missing else "text_columns",
+        )
+    keep = {text_columns[0]: "text", label_column: "label"}
+    if len(text_columns) == 2:
+        keep[text_columns[1]] = "text_pair"
+    split = split.select_columns(list(keep)).rename_columns(keep)
+    sets = [
+        [str(v) for v in value]
+        if isinstance(value, list)
+        else [v.strip() for v in str(value or "").split(LABEL_SET_SEPARATOR) if v.strip()]
+        for value in split["label"]
+    ]
+    texts = split.select_columns([c for c in ("text", "text_pair") if c in split.column_names]).to_dict()
+    kept = np.flatnonzero([all(not _is_empty(v[i]) for v in texts.values()) for i in range(len(split))])
+    dropped = len(split) - len(kept)
+    if len(kept) == 0:
+        raise DataError(f"{source!r} has no texts in this split: check the text column")
+    names = tuple(label_names) if label_names else tuple(sorted({name for labels in sets for name in labels}))
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted({name for labels in sets for name in labels} - set(index))
+    if unknown:
+        raise DataError(f"{source!r} has labels {unknown[:5]} the model does not know (it knows {list(names)})")
+    hot = [[0.0] * len(names) for _ in sets]
+    for row, labels in zip(hot, sets):
+        for name in labels:
+            row[index[name]] = 1.0
+    split = split.remove_columns("label").add_column("label", hot).select(kept)
+    return split.cast_column("label", datasets.Sequence(datasets.Value("float32"))), names, dropped
+
+
+def _normalize_tags(split, config: DataConfig, label_names, source):
+    """Token classification: columns tokens (list[str]) and label (list[int] tag ids, one per
+    word), tag names from the model (``label_names``), the data's ``datasets.ClassLabel``, or
+    ``token_classification.tag_names``. Sentences without tokens are dropped."""
+    import datasets
+
+    columns = split.column_names
+    words = _pick(columns, config.text_columns, TOKEN_COLUMNS)
+    tags = _pick(columns, config.label_column, TAG_COLUMNS)
+    if words is None or tags is None:
+        raise DataError(
+            f"{source!r} has no tokens/tags columns (columns: {columns}): token classification reads "
+            "a CoNLL file or columns tokens and tags; name them with {text_columns} and {label_column}",
+            field="label_column" if words else "text_columns",
+        )
+    split = split.select_columns([words, tags]).rename_columns({words: "tokens", tags: "label"})
+    lengths = [len(t) if t is not None else 0 for t in split["tokens"]]
+    keep = np.flatnonzero(np.asarray(lengths) > 0)
+    dropped = len(split) - len(keep)
+    split = split.select(keep) if dropped else split
+    if len(split) == 0:
+        raise DataError(f"{source!r} has no tagged sentences in this split: check the file")
+    feature = split.features["label"]
+    inner = getattr(feature, "feature", None)
+    if isinstance(inner, datasets.ClassLabel):  # hub datasets' ner_tags: ids with names
+        names = tuple(label_names or inner.names)
+        return split.cast_column("label", datasets.Sequence(datasets.Value("int64"))), names, dropped
+    values = split["label"]
+    if any(len(t) != len(w) for t, w in zip(values, split["tokens"])):
+        raise DataError(f"{source!r} has a sentence with more or fewer tags than tokens: check the file")
+    if all(isinstance(v, int) for sentence in values for v in sentence):
+        top = max(v for sentence in values for v in sentence)
+        names = tuple(label_names) if label_names else tuple(str(i) for i in range(top + 1))
+        return split.cast_column("label", datasets.Sequence(datasets.Value("int64"))), names, dropped
+    names = tuple(label_names) if label_names else token_classification.tag_names(values)
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted({str(v) for sentence in values for v in sentence} - set(index))
+    if unknown:
+        raise DataError(f"{source!r} has tags {unknown[:5]} the model does not know (it knows {list(names)})")
+    ids = [[index[str(v)] for v in sentence] for sentence in values]
+    split = split.remove_columns("label").add_column("label", ids)
+    return split.cast_column("label", datasets.Sequence(datasets.Value("int64"))), names, dropped
 
 
 def _load_bbc(split: str):
@@ -156,7 +340,7 @@ def _load_local(path: Path, config: DataConfig):
         file = _split_file(path, config.split)
     else:
         file = path
-    return _read_file(file), None, None, None, None
+    return _read_file(file, data_format=config.format), None, None, None, None
 
 
 def _load_augmented(path: Path, split: str):
@@ -221,7 +405,7 @@ def _load_glue(path: Path, split: str, task: GlueTask):
 def _split_file(directory: Path, split: str) -> Path:
     names = DEV_SPLIT_NAMES if split in DEV_SPLIT_NAMES else (split,)
     for name in names:
-        for ext in FILE_BUILDERS:
+        for ext in (*FILE_BUILDERS, ".conll"):
             if (directory / f"{name}{ext}").exists():
                 return directory / f"{name}{ext}"
     raise DataNotFoundError(
@@ -230,24 +414,34 @@ def _split_file(directory: Path, split: str) -> Path:
     )
 
 
-def _read_file(file: Path | list[Path], column_names: list[str] | None = None):
-    """Read a file (or a list of Parquet shards) with ``datasets``."""
+def _read_file(file: Path | list[Path], column_names: list[str] | None = None, data_format: str | None = None):
+    """Read a file (or a list of Parquet shards) with ``datasets``; ``data_format`` (a
+    ``DataConfig.format``) overrides the file's extension."""
     import datasets
+
+    if data_format == "conll" or (data_format is None and not isinstance(file, list) and file.suffix == ".conll"):
+        tokens, tags = token_classification.read_conll(file)
+        return datasets.Dataset.from_dict({"tokens": tokens, "tags": tags})
 
     if isinstance(file, list):  # shards written by hsk augment: checked when written
         try:
             return datasets.load_dataset("parquet", data_files=[str(f) for f in file], split="train")
         except Exception as err:
             raise DataError(f"cannot read {str(file[0].parent)!r}: {first_line(err)}; rerun hsk augment") from None
-    builder = FILE_BUILDERS.get(file.suffix.lower())
+    suffix = f".{data_format}" if data_format else file.suffix.lower()
+    builder = FILE_BUILDERS.get(suffix)
     if builder is None:
-        raise DataError(f"cannot read {str(file)!r}: use a .csv, .tsv, .jsonl, .json or .parquet file")
+        raise DataError(
+            f"cannot read {str(file)!r}: use a .csv, .tsv, .jsonl, .json, .parquet or .conll file, "
+            "or name its format with {data_format}",
+            field="data_format",
+        )
     if not os.access(file, os.R_OK):
         raise DataError(f"data file {str(file)!r} is not readable: check its permissions")
-    if _has_no_rows(file, header=column_names is None):
+    if _has_no_rows(file, header=column_names is None, suffix=suffix):
         raise DataError(f"{str(file)!r} has no examples: check the file or {{split}}", field="split")
     kwargs = {}
-    if file.suffix.lower() == ".tsv":
+    if suffix == ".tsv":
         kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
         if column_names:
             kwargs.update(column_names=column_names, header=None)
@@ -257,16 +451,16 @@ def _read_file(file: Path | list[Path], column_names: list[str] | None = None):
         raise DataError(f"cannot read {str(file)!r}: {first_line(err)}; check the file's format") from None
 
 
-def _has_no_rows(file: Path, header: bool) -> bool:
+def _has_no_rows(file: Path, header: bool, suffix: str) -> bool:
     """True when a file holds no data rows (checked up front: datasets fails obscurely on them)."""
-    if file.suffix.lower() == ".parquet":
+    if suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
 
             return pq.ParquetFile(file).metadata.num_rows == 0
         except Exception:
             return False  # unreadable: let the reader report it
-    needed = 2 if header and file.suffix.lower() in (".csv", ".tsv") else 1
+    needed = 2 if header and suffix in (".csv", ".tsv") else 1
     with open(file, "rb") as handle:
         lines = (line for line in handle if line.strip())
         return sum(1 for _, _ in zip(range(needed), lines)) < needed
@@ -370,6 +564,8 @@ def tokenize(split: Split, tokenizer, max_length: int):
     label (int64) and example_id (int64, the row's position in the split).
     """
     dataset = split.dataset.add_column("example_id", list(range(len(split.dataset))))
+    if types.get(split.task_type).per_token:
+        return _tokenize_words(dataset, tokenizer, max_length)
     pair = "text_pair" in dataset.column_names
 
     def encode(rows):
@@ -386,6 +582,30 @@ def tokenize(split: Split, tokenizer, max_length: int):
     return dataset.map(encode, batched=True, remove_columns=drop, desc="tokenize")
 
 
+def _tokenize_words(dataset, tokenizer, max_length: int):
+    """Token classification: each sentence's words tokenized as pre-split words, the tags
+    aligned to word pieces (``token_classification.align_labels``: the first piece of a word
+    carries its tag, −100 elsewhere). Raises DataError for a tokenizer without word ids."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError(
+            f"token classification needs a fast tokenizer (word ids), and {type(tokenizer).__name__} is not one: "
+            "use a teacher whose tokenizer.json is saved"
+        )
+
+    def encode(rows):
+        encoded = tokenizer(
+            rows["tokens"],
+            is_split_into_words=True,
+            truncation=True,
+            max_length=max_length,
+            return_attention_mask=False,
+        )
+        labels = [token_classification.align_labels(encoded.word_ids(i), tags) for i, tags in enumerate(rows["label"])]
+        return {**dict(encoded), "label": labels}
+
+    return dataset.map(encode, batched=True, remove_columns=["tokens"], desc="tokenize")
+
+
 def fingerprint(tokenized) -> str:
     """sha256 over the token ids, lengths and labels, in order: equal iff the examples are equal."""
     digest = hashlib.sha256()
@@ -393,5 +613,10 @@ def fingerprint(tokenized) -> str:
         ids = rows["input_ids"]
         digest.update(np.asarray([len(v) for v in ids], dtype=np.int64).tobytes())
         digest.update(np.asarray([t for v in ids for t in v], dtype=np.int64).tobytes())
-        digest.update(np.asarray(rows["label"], dtype=np.int64).tobytes())
+        labels = rows["label"]
+        if labels and isinstance(labels[0], list):  # per-token tag ids or multi-hot label sets
+            digest.update(np.asarray([len(v) for v in labels], dtype=np.int64).tobytes())
+            labels = [t for v in labels for t in v]
+        dtype = np.float64 if labels and isinstance(labels[0], float) else np.int64  # regression scores
+        digest.update(np.asarray(labels, dtype=dtype).tobytes())
     return digest.hexdigest()

@@ -2,7 +2,7 @@
 
 - ``distillation(loss_fn, terms)``: the student's forward with the outputs ``loss_fn`` needs,
   then ``DistillationLoss`` on the chosen terms (``hsk train``'s hidden and prediction stages);
-- ``labels``: cross-entropy on gold labels (fine-tuning; the no-distillation baseline).
+- ``labels``: the task type's loss on gold labels (fine-tuning; the no-distillation baseline).
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 from hsk_cache.distill.loss import DistillationLoss
-from hsk_cache.knowledge import losses
+from hsk_cache.knowledge.logits import gold_loss
 from hsk_cache.models.inputs import model_inputs
+from hsk_cache.tasks import types
 
 
 def distillation(loss_fn: DistillationLoss, terms=None, student_layers=None):
@@ -28,6 +29,9 @@ def distillation(loss_fn: DistillationLoss, terms=None, student_layers=None):
 
 
 def labels(model, batch: dict, world_size: int = 1) -> torch.Tensor:
-    """Cross-entropy on gold labels (fine-tuning; the no-distillation baseline); ``world_size``:
-    the mean over the global batch of that many data-parallel ranks."""
-    return losses.hard_cross_entropy(model(**model_inputs(batch, model)).logits, batch["labels"], world_size)
+    """The gold-label loss of the model's task type (``knowledge.logits.gold_loss``:
+    cross-entropy, MSE for regression, per-token cross-entropy for token classification) on
+    gold labels (fine-tuning; the no-distillation baseline); ``world_size``: the mean over the
+    global batch of that many data-parallel ranks."""
+    task_type = types.of_model(model).name
+    return gold_loss(task_type, model(**model_inputs(batch, model)).logits, batch["labels"], world_size)

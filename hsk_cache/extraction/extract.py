@@ -13,8 +13,8 @@ import numpy as np
 from hsk_cache import distributed
 from hsk_cache.config.run import DataConfig, check_device, check_precision
 from hsk_cache.data import splits
-from hsk_cache.data.sources import check_corpus_knowledge, load_teacher, read_examples
-from hsk_cache.errors import CacheError, ConfigError, HskError, ModelError
+from hsk_cache.data.sources import check_corpus_knowledge, check_task, load_teacher, read_examples
+from hsk_cache.errors import CacheError, ConfigError, HskError
 from hsk_cache.extraction import estimate
 from hsk_cache.knowledge.batch import Examples, collate, sequential_batches
 from hsk_cache.knowledge.plan import Plan
@@ -130,7 +130,7 @@ def prepare(
         names = None if config.data.corpus else hub.task_label_names_of_config(teacher_config)
         split, tokenized, examples = read_examples(config.data, tokenizer, names)
         if split is not None:
-            _check_classes(split, teacher_config)
+            check_task(split, teacher_config)
         examples = plan.prepare_examples(examples, tokenizer)  # static masks (mlm): both models see them
     specs = layout.arrays(plan, len(examples), examples.token_type_ids is not None)
     chunk, shard = layout.chunking(specs, len(examples), config.shard_examples)
@@ -341,12 +341,10 @@ def _extract_shard(p: Prepared, start, stop, config, bar) -> dict[str, np.ndarra
     return block
 
 
-def _check_classes(split, teacher_config) -> None:
-    if len(split.label_names) != teacher_config.num_labels:
-        raise ModelError(
-            f"the teacher has {teacher_config.num_labels} classes but {split.source!r} has {len(split.label_names)}: "
-            "fine-tune a teacher on this task first (hsk finetune)"
-        )
+def _task_type(split) -> dict:
+    """{"task_type": the split's} beyond classification (inferred or given), else {} (so a
+    classification cache's manifest is what it was before task types existed)."""
+    return {"task_type": split.task_type} if split is not None and split.task_type != "classification" else {}
 
 
 def _manifest(config: ExtractConfig, p: Prepared) -> Manifest:
@@ -369,7 +367,7 @@ def _manifest(config: ExtractConfig, p: Prepared) -> Manifest:
         ),
         tokenizer=TokenizerInfo(group=TOKENIZER_GROUP, name_or_path=tokenizer.name_or_path, vocab_size=len(tokenizer)),
         data=DataInfo(
-            **config.data.describe(),
+            **{**config.data.describe(), **_task_type(split)},
             task=split.task if split is not None else (config.data.source if not source.exists() else None),
             fingerprint=splits.fingerprint(p.tokenized),
             resolved_source=str(source.resolve()) if source.exists() else config.data.source,

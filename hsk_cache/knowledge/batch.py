@@ -11,7 +11,9 @@ holds (each kind's module lists its own: ``knowledge/hidden_states.py`` has ``to
 | input_ids       | [B, T_b]            | int64   | token ids, the pad id after each example        |
 | attention_mask  | [B, T_b]            | int64   | 1 = real token                                  |
 | token_type_ids  | [B, T_b]            | int64   | segment ids (when the tokenizer makes them)     |
-| labels          | [B]                 | int64   | gold class ids                                  |
+| labels          | [B]                 | int64   | gold class ids (regression: float32 scores)     |
+| labels          | [B, T_b]            | int64   | token classification: tag ids, −100 off words   |
+| labels          | [B, C]              | float32 | multi-label: 1 = the label is in the set        |
 | example_ids     | [B]                 | int64   | row in the source split                         |
 
 Which teacher layers a knowledge key's layer axis stands for is not in the batch but in the
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+IGNORE_LABEL = -100  # a token without a label (tasks.token_classification.IGNORE)
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Examples:
     None. lengths: [N] int32 real tokens per example. labels: [N] int64 (−1: no label, a corpus).
     example_ids: [N] int64. extra: per-example arrays a kind adds before the teacher runs (static
     masking's ``mlm_positions`` / ``mlm_labels``, ``KnowledgeKind.prepare_examples``), N first;
+    labels is [N] float32 for regression, [N, T] int64 for token classification (−100 at
+    pieces that start no word, and at padding) and [N, C] float32 multi-hot for multi-label;
     collated into the batch under their names.
     """
 
@@ -69,9 +74,21 @@ class Examples:
                 if has_types:
                     token_type_ids[row, : len(ids)] = rows["token_type_ids"][i]
                 row += 1
-        columns = tokenized.select_columns(["label", "example_id"]).with_format("numpy")[:]  # whole columns at once
-        labels = np.asarray(columns["label"], dtype=np.int64)
-        example_ids = np.asarray(columns["example_id"], dtype=np.int64)
+        feature = tokenized.features["label"]
+        if hasattr(feature, "feature") and str(feature.feature.dtype).startswith("float"):  # multi-hot label sets
+            labels = np.asarray(tokenized["label"], dtype=np.float32).reshape(n, -1)
+        elif hasattr(feature, "feature"):  # a list feature, token classification: a tag id per token
+            labels = np.full((n, max_length), IGNORE_LABEL, dtype=np.int64)
+            for row, tags in enumerate(tokenized["label"]):
+                labels[row, : len(tags)] = tags
+        else:
+            column = tokenized.select_columns(["label"]).with_format("numpy")[:]["label"]  # the whole column at once
+            labels = np.asarray(
+                column, dtype=np.float32 if str(getattr(feature, "dtype", "")).startswith("float") else np.int64
+            )
+        example_ids = np.asarray(
+            tokenized.select_columns(["example_id"]).with_format("numpy")[:]["example_id"], np.int64
+        )
         return cls(input_ids, token_type_ids, lengths, labels, example_ids)
 
 
@@ -126,10 +143,16 @@ def collate(examples: Examples, index: np.ndarray) -> Batch:
         input_ids,
         attention_mask,
         token_type_ids,
-        torch.from_numpy(examples.labels[index]),
+        torch.from_numpy(examples.labels[index] if not _per_token(examples.labels) else examples.labels[index, :width]),
         torch.from_numpy(examples.example_ids[index]),
         {k: torch.from_numpy(np.ascontiguousarray(v[index]).astype(np.int64)) for k, v in examples.extra.items()},
     )
+
+
+def _per_token(labels: np.ndarray) -> bool:
+    """[N, T] integer tag ids (token classification), cut to the batch width; [N, C] float multi-hot
+    label sets are not."""
+    return labels.ndim == 2 and labels.dtype.kind == "i"
 
 
 def sequential_batches(n: int, batch_size: int, start: int = 0) -> list[np.ndarray]:

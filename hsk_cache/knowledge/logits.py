@@ -1,15 +1,24 @@
 """Logits: the teacher's prediction-layer outputs, for soft targets.
 
 Source: Hinton et al. 2015 (soft targets at a temperature τ, the τ² factor); TinyBERT Eq. 10
-(prediction-layer distillation, τ = 1); DistilBERT's soft-target loss.
+(prediction-layer distillation, τ = 1; MSE of the outputs for the regression task STS-B);
+DistilBERT's soft-target loss.
 
 | batch key | shape  | dtype   | content        |
 |-----------|--------|---------|----------------|
-| logits    | [B, C] | float32 | teacher logits |
+| logits    | [B, C] | float32 | teacher logits (regression: C = 1, the teacher's score) |
+| logits    | [B, T_b, C] | float32 | token classification: per-token logits, 0 after each example's length |
 
 | array  | shape  | dtype   | content                                    |
 |--------|--------|---------|--------------------------------------------|
 | logits | [N, C] | float32 | teacher logits (never quantized: C is small) |
+| logits | [N, T, C] | float32 | token classification: at every real token, 0 at padding |
+
+The loss follows the plan's task type (``Plan.task_type``): soft cross-entropy at τ for
+classification, the MSE to the teacher's score for regression, per-token soft cross-entropy over
+the real tokens for token classification, per-label sigmoid cross-entropy at τ for multi-label
+classification; each plus ``hard_label_weight`` × its gold-label loss
+(``gold_loss``).
 """
 
 from __future__ import annotations
@@ -18,7 +27,8 @@ import numpy as np
 import torch
 
 from hsk_cache.knowledge import losses
-from hsk_cache.knowledge.kind import ArraySpec, KnowledgeKind, LossOptions, Term
+from hsk_cache.knowledge.kind import ArraySpec, KnowledgeKind, LossOptions, Term, pad
+from hsk_cache.tasks import types
 
 
 class Logits(KnowledgeKind):
@@ -29,40 +39,79 @@ class Logits(KnowledgeKind):
     stage = "prediction"
 
     def select(self, outputs, batch, plan) -> dict[str, torch.Tensor]:
-        """logits [B, C]."""
-        return {"logits": outputs.logits}
+        """logits [B, C], or [B, T_b, C] with 0 after each length (token classification)."""
+        logits = outputs.logits
+        if types.get(plan.task_type).per_token:
+            logits = logits * batch.attention_mask.to(logits.device, logits.dtype)[..., None]
+        return {"logits": logits}
 
     def arrays(self, plan, n: int) -> list[ArraySpec]:
-        """logits [N, C] float32."""
-        return [ArraySpec("logits", (n, plan.classes), "float32", plan.spec.codec)]
+        """logits [N, C] float32, or [N, T, C] (token classification)."""
+        shape = (n, plan.max_length, plan.classes) if types.get(plan.task_type).per_token else (n, plan.classes)
+        return [ArraySpec("logits", shape, "float32", plan.spec.codec)]
 
     def encode(self, knowledge: dict, plan) -> dict[str, np.ndarray]:
-        """float32 rows."""
-        return {"logits": knowledge["logits"].numpy().astype(np.float32)}
+        """float32 rows (token classification: padded with 0 to T)."""
+        logits = knowledge["logits"].float().numpy()
+        if types.get(plan.task_type).per_token:
+            logits = pad(logits, 1, plan.max_length, 0.0)
+        return {"logits": logits.astype(np.float32)}
 
     def decode(self, rows: dict[str, np.ndarray], plan, width: int) -> dict[str, torch.Tensor]:
-        """float32 [B, C]."""
-        return {"logits": torch.from_numpy(rows["logits"].astype(np.float32))}
+        """float32 [B, C], or [B, T_b, C] cut to the batch's width ``width``."""
+        logits = rows["logits"]
+        if types.get(plan.task_type).per_token:
+            logits = logits[:, :width]
+        return {"logits": torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))}
 
     def term(self, plan, student_config, options: LossOptions) -> LogitsTerm:
-        """τ² · soft cross-entropy, plus the weighted gold-label cross-entropy."""
-        return LogitsTerm(options)
+        """The task type's prediction-layer loss (module docstring), plus the weighted gold-label loss."""
+        return LogitsTerm(options, plan.task_type)
+
+
+def gold_loss(task_type: str, logits: torch.Tensor, labels: torch.Tensor, world_size: int = 1) -> torch.Tensor:
+    """The gold-label loss of a task type's outputs (fine-tuning and the ``labels`` term):
+    cross-entropy ([B, C] logits, [B] ids), MSE (regression: [B, 1] outputs, [B] scores),
+    binary cross-entropy (multi-label: [B, C], [B, C] multi-hot), or per-token cross-entropy at
+    the labelled tokens ([B, T, C], [B, T] with −100 elsewhere)."""
+    task = types.get(task_type)
+    if task.name == "regression":
+        return losses.prediction_mse(logits, labels, world_size)
+    if task == types.MULTI_LABEL:
+        return losses.binary_cross_entropy(logits, labels, world_size)
+    if task.per_token:
+        return losses.token_hard_cross_entropy(logits, labels, world_size)
+    return losses.hard_cross_entropy(logits, labels, world_size)
 
 
 class LogitsTerm(Term):
-    """τ² · soft cross-entropy at temperature τ (Hinton et al. 2015), plus
-    ``hard_label_weight`` × cross-entropy with the gold labels (reported as term ``labels``)."""
+    """The prediction-layer loss of ``task_type`` (module docstring): τ² · soft cross-entropy at
+    temperature τ (Hinton et al. 2015), per token for token classification, or the MSE to the
+    teacher's score for regression (TinyBERT, STS-B); plus ``hard_label_weight`` × the gold-label
+    loss (``gold_loss``, reported as term ``labels``)."""
 
     name = "logits"
     stage = "prediction"
 
-    def __init__(self, options: LossOptions) -> None:
+    def __init__(self, options: LossOptions, task_type: str = "classification") -> None:
         self.temperature, self.hard_label_weight = options.temperature, options.hard_label_weight
+        self.task_type = task_type
 
     def __call__(self, outputs, values, batch: dict, world_size: int = 1, training: bool = False) -> dict:
         """{"logits": loss} and {"labels": weighted gold-label loss} when the weight is > 0."""
-        logits = outputs.logits
-        out = {self.name: losses.soft_cross_entropy(logits, batch["logits"], self.temperature, world_size)}
+        logits, teacher = outputs.logits, batch["logits"]
+        task = types.get(self.task_type)
+        if task.name == "regression":
+            loss = losses.prediction_mse(logits, teacher, world_size)
+        elif task == types.MULTI_LABEL:
+            loss = losses.sigmoid_soft_cross_entropy(logits, teacher, self.temperature, world_size)
+        elif task.per_token:
+            loss = losses.token_soft_cross_entropy(
+                logits, teacher, batch["attention_mask"], self.temperature, world_size
+            )
+        else:
+            loss = losses.soft_cross_entropy(logits, teacher, self.temperature, world_size)
+        out = {self.name: loss}
         if self.hard_label_weight:
-            out["labels"] = self.hard_label_weight * losses.hard_cross_entropy(logits, batch["labels"], world_size)
+            out["labels"] = self.hard_label_weight * gold_loss(self.task_type, logits, batch["labels"], world_size)
         return out

@@ -172,6 +172,73 @@ def hard_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor, world
     return _mean(F.cross_entropy(student_logits.float(), labels, reduction="sum"), rows, world_size)
 
 
+def token_soft_cross_entropy(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float = 1.0,
+    world_size: int = 1,
+) -> torch.Tensor:
+    """``soft_cross_entropy`` per token (token classification), averaged over the tokens of ``mask``:
+
+    L = τ² · Σ_{b,t} m_bt [ −Σ_c softmax(z_T,bt/τ)_c · log softmax(z_S,bt/τ)_c ] / Σ m_bt
+
+    Args: student_logits, teacher_logits: [B, T, C] float. mask: [B, T], 1 = a token that counts
+        (the real tokens). temperature: τ > 0.
+    Returns: scalar float32.
+    """
+    targets = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    weight = mask.float()
+    return _mean(-((targets * log_probs).sum(-1) * weight).sum(), weight.sum(), world_size) * temperature**2
+
+
+def prediction_mse(student: torch.Tensor, target: torch.Tensor, world_size: int = 1) -> torch.Tensor:
+    """Mean squared error of predictions, mean over examples (regression: TinyBERT's
+    prediction-layer MSE for STS-B, and the gold-score loss).
+
+    Args: student: [B, 1] or [B] float. target: the same number of values (teacher outputs or gold scores).
+    Returns: scalar float32.
+    """
+    student, target = student.float().reshape(len(student), -1), target.float().reshape(len(student), -1)
+    rows = torch.tensor(float(len(student)), device=student.device)
+    return _mean(((student - target) ** 2).mean(-1).sum(), rows, world_size)
+
+
+def sigmoid_soft_cross_entropy(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, world_size: int = 1
+) -> torch.Tensor:
+    """Multi-label soft targets: each label's binary cross-entropy against the teacher's
+    sigmoid at temperature τ, mean over labels and examples, times τ² (Hinton et al. 2015's soft
+    targets with one sigmoid per label in place of one softmax):
+
+    L = τ² · mean_{b,c} [ −p_T log p_S − (1 − p_T) log(1 − p_S) ],  p = σ(z/τ)
+
+    Args: student_logits, teacher_logits: [B, C] float. temperature: τ > 0.
+    Returns: scalar float32.
+    """
+    targets = torch.sigmoid(teacher_logits.float() / temperature)
+    losses_ = F.binary_cross_entropy_with_logits(student_logits.float() / temperature, targets, reduction="none")
+    rows = torch.tensor(float(len(targets)), device=targets.device)
+    return _mean(losses_.mean(-1).sum(), rows, world_size) * temperature**2
+
+
+def binary_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor, world_size: int = 1) -> torch.Tensor:
+    """Multi-label gold loss: binary cross-entropy with logits, mean over labels and examples
+    (transformers' ``multi_label_classification`` loss). student_logits, labels: [B, C]."""
+    per_row = F.binary_cross_entropy_with_logits(student_logits.float(), labels.float(), reduction="none").mean(-1)
+    rows = torch.tensor(float(len(labels)), device=labels.device)
+    return _mean(per_row.sum(), rows, world_size)
+
+
+def token_hard_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor, world_size: int = 1) -> torch.Tensor:
+    """Cross-entropy against gold tags at the labelled tokens (labels ≠ −100), mean over them.
+    student_logits: [B, T, C]; labels: [B, T] int64."""
+    labelled = (labels != -100).sum().float()
+    total = F.cross_entropy(student_logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+    return _mean(total, labelled, world_size)
+
+
 def topk_soft_cross_entropy(
     student_logits: torch.Tensor,
     topk_ids: torch.Tensor,

@@ -21,6 +21,7 @@ from hsk_cache.knowledge import registry
 from hsk_cache.knowledge.kind import check_layer
 from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.select import length
+from hsk_cache.tasks import types
 
 
 @dataclass
@@ -48,7 +49,8 @@ class Plan:
 
     Attributes:
         spec: the ``ExtractSpec``. max_length: T. kept_tokens: K, the stored token axis.
-        teacher_layers: L. hidden_size: D. heads: H. classes: C.
+        teacher_layers: L. hidden_size: D. heads: H. classes: C (tags for token
+            classification, 1 for regression). task_type: the teacher head's ``tasks.types`` name.
         layers: hidden-state layers stored (L_k; 0 = embeddings). attention_layers: attention
             layers stored (L_a, 1..L). value_relation_layer: the value-relation layer or None.
         kept_dims: D' (uniform/random width; D otherwise). slots: M, magnitude values per
@@ -75,6 +77,7 @@ class Plan:
     dim_index: np.ndarray | None = None
     excluded_ids: tuple[int, ...] = ()
     extra: Mapping = field(default_factory=dict)  # a plain dict, so plans deep-copy and pickle
+    task_type: str = "classification"
 
     @classmethod
     def make(cls, spec: ExtractSpec, config, tokenizer, max_length: int) -> Plan:
@@ -108,6 +111,7 @@ class Plan:
             classes=config.num_labels,
             excluded_ids=excluded_token_ids(tokenizer),
             extra=extra,
+            task_type=types.of_config(config).name,
             **{k: v for k, v in resolved.items() if k in named},
         )
 
@@ -148,6 +152,7 @@ class Plan:
             slots=d.slots,
             dim_index=None if dim_index is None else np.asarray(dim_index, dtype=np.int64),
             extra=extra,
+            task_type=types.of_config(getattr(manifest.teacher, "config", None) or {}).name,
         )
 
     @property

@@ -17,6 +17,13 @@ from pathlib import Path
 
 from hsk_cache.errors import ConfigError, ModelError, first_line
 from hsk_cache.models.families import _getter, max_positions
+from hsk_cache.tasks import types
+
+MODEL_NOUNS = {
+    "classification": "sequence classifier",
+    "regression": "regressor",
+    "token_classification": "token classifier",
+}
 
 log = logging.getLogger(__name__)
 
@@ -93,31 +100,32 @@ def load_tokenizer(path: str):
         raise load_error(path, err, "tokenizer") from None
 
 
-def load_classifier(path: str, label_names: tuple[str, ...] | None = None, attention: bool = False):
-    """Load a sequence classifier in eval mode.
+def load_classifier(
+    path: str, label_names: tuple[str, ...] | None = None, attention: bool = False, task_type: str | None = None
+):
+    """Load a task model (sequence classifier, regressor or token classifier) in eval mode.
 
     Args:
         path: a local directory, the alias ``minilm-l6``, or a hub name.
         label_names: sets num_labels and id2label (for fine-tuning a new head); None keeps the model's.
         attention: load eager attention so ``output_attentions=True`` returns probabilities
             (transformers 5's sdpa attention returns none).
+        task_type: the head to load (``tasks.types``; a new head is made for a model without
+            one); None: the task type the model's config says (``types.of_config``).
     Raises: ModelError when the path holds no loadable model.
     """
-    from transformers import AutoModelForSequenceClassification
-
     path = resolve(path)
     _check_model_dir(path)
+    task = types.get(task_type) if task_type is not None else types.of_config(read_config(path))
     kwargs = _attention_kwargs(attention)
-    if label_names is not None:
-        kwargs.update(
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={name: i for i, name in enumerate(label_names)},
-        )
+    if label_names is not None:  # a new head where the checkpoint's has another shape
+        kwargs.update(task.head_kwargs(label_names), ignore_mismatched_sizes=True)
+    elif task.problem_type:
+        kwargs["problem_type"] = task.problem_type
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        model = task.auto().from_pretrained(path, **kwargs)
     except Exception as err:
-        raise load_error(path, err, "sequence classifier") from None
+        raise load_error(path, err, MODEL_NOUNS[task.name]) from None
     return model.eval()
 
 

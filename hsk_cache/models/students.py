@@ -14,6 +14,7 @@ import torch
 from hsk_cache.errors import ConfigError, ModelError
 from hsk_cache.models import families, hub
 from hsk_cache.models.hub import _attention_kwargs, _check_model_dir, local_dir, weight_files
+from hsk_cache.tasks import types
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,19 @@ def build_student(
 
 
 def _student(student: StudentConfig, teacher_config: dict, label_names: tuple[str, ...], attention: bool):
+    task = types.of_config(teacher_config)
+    classes = 1 if task.name == "regression" else len(label_names)
     if student.kind == "pretrained":
         model = hub.load_classifier(student.path, attention=attention)
-        if model.config.num_labels != len(label_names):
+        if types.of_model(model) != task:
+            raise ConfigError(
+                f"pretrained student {student.path!r} is a {hub.MODEL_NOUNS[types.of_model(model).name]}, the task "
+                f"{task.name}: pick a student for this task"
+            )
+        if model.config.num_labels != classes:
             raise ConfigError(
                 f"pretrained student {student.path!r} has {model.config.num_labels} classes, the task has "
-                f"{len(label_names)}: pick a student for this task"
+                f"{classes}: pick a student for this task"
             )
         return model
     if student.kind == "teacher-layers":
@@ -110,7 +118,7 @@ def _student(student: StudentConfig, teacher_config: dict, label_names: tuple[st
     else:
         model = student_from_config(
             teacher_config,
-            len(label_names),
+            classes,
             student.layers,
             student.hidden,
             student.heads,
@@ -118,10 +126,12 @@ def _student(student: StudentConfig, teacher_config: dict, label_names: tuple[st
             attention,
             family=student.family,
         )
-    if model.config.num_labels != len(label_names):
-        raise ConfigError(f"the student has {model.config.num_labels} classes, the task {len(label_names)}")
-    model.config.id2label = dict(enumerate(label_names))
-    model.config.label2id = {name: i for i, name in enumerate(label_names)}
+    if model.config.num_labels != classes:
+        raise ConfigError(f"the student has {model.config.num_labels} classes, the task {classes}")
+    if task.name != "regression":
+        model.config.id2label = dict(enumerate(label_names))
+        model.config.label2id = {name: i for i, name in enumerate(label_names)}
+    model.config.problem_type = task.problem_type or model.config.problem_type
     return model
 
 
@@ -152,12 +162,13 @@ def student_from_config(
     auto=None,
 ):
     """A randomly initialized student with a new shape, of the teacher's family or of ``family``
-    (one of ``families.FAMILIES``, sharing the teacher's vocabulary); a sequence classifier of
-    ``num_labels`` classes, or the transformers Auto class ``auto`` (``auto_class``) without task.
+    (one of ``families.FAMILIES``, sharing the teacher's vocabulary); a task model of
+    ``num_labels`` classes with the teacher's head (``tasks.types.of_config``: sequence or token
+    classifier, regressor), or the transformers Auto class ``auto`` (``auto_class``) without task.
 
     Raises: ConfigError if hidden is not a multiple of heads, or for an unsupported family.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     if min(layers, hidden, heads, ffn) < 1 or hidden % heads:
         raise ConfigError(
@@ -176,9 +187,11 @@ def student_from_config(
         families.reshape(config, layers, hidden, heads, ffn)
     if auto is not None:
         return auto.from_config(config, **_attention_kwargs(attention))
+    task = types.of_config(teacher_config)
     config.num_labels = num_labels
     config.id2label, config.label2id = teacher_config.get("id2label"), teacher_config.get("label2id")
-    return AutoModelForSequenceClassification.from_config(config, **_attention_kwargs(attention))
+    config.problem_type = task.problem_type or teacher_config.get("problem_type")
+    return task.auto().from_config(config, **_attention_kwargs(attention))
 
 
 def student_from_teacher_layers(
@@ -194,7 +207,7 @@ def student_from_teacher_layers(
     Raises: ConfigError for a layer outside 1..L; ModelError for an unreadable teacher directory,
     or when any student embedding or transformer-layer parameter is not in the files.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     root = local_dir(teacher_path)
     _check_model_dir(str(root))
@@ -207,7 +220,7 @@ def student_from_teacher_layers(
             value=list(layers),
         )
     config.num_hidden_layers = len(layers)
-    auto = AutoModelForSequenceClassification if head == "classifier" else auto_class(head)
+    auto = types.of_config(config).auto() if head == "classifier" else auto_class(head)
     student = auto.from_config(config, **_attention_kwargs(attention))
     state = _with_prefix(_read_weights(root), student)
     pattern = _layer_key(student)

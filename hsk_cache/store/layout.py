@@ -27,6 +27,7 @@ import math
 
 from hsk_cache.knowledge.kind import ArraySpec
 from hsk_cache.knowledge.plan import Plan
+from hsk_cache.tasks import types
 
 FORMAT_NAME = "hsk-cache"
 FORMAT_VERSION = 2  # 2: crc32c per chunk, commit rows with per-file sizes and checksums
@@ -64,12 +65,25 @@ def arrays(plan, n: int, token_types: bool) -> list[ArraySpec]:
     out = [
         ArraySpec("input_ids", (n, t), "int32", "zstd", role="example"),
         ArraySpec("lengths", (n,), "int32", "zstd", role="example"),
-        ArraySpec("labels", (n,), "int64", "zstd", role="example"),
+        ArraySpec("labels", _label_shape(plan, n), _label_dtype(plan), "zstd", role="example"),
         ArraySpec("example_ids", (n,), "int64", "zstd", role="example"),
     ]
     if token_types:
         out.append(ArraySpec("token_type_ids", (n, t), "int8", "zstd", role="example"))
     return out + plan.arrays(n)
+
+
+def _label_shape(plan, n: int) -> tuple[int, ...]:
+    """[N] class ids or scores; token classification: [N, T] tag ids (−100 where no word starts);
+    multi-label: [N, C] multi-hot."""
+    task = types.get(plan.task_type)
+    if task.per_token:
+        return (n, plan.max_length)
+    return (n, plan.classes) if task == types.MULTI_LABEL else (n,)
+
+
+def _label_dtype(plan) -> str:
+    return types.get(plan.task_type).label_dtype
 
 
 def manifest_arrays(manifest) -> list[ArraySpec]:

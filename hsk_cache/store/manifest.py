@@ -92,6 +92,9 @@ class DataInfo(_Section):
     max_length: int
     limit: int | None = None
     corpus: bool = False
+    task_type: str | None = None
+    format: str | None = None
+    holdout: float | None = None
     task: str | None = None
     fingerprint: str
     resolved_source: str | None = None
@@ -103,6 +106,9 @@ class DataInfo(_Section):
         out = _thaw(self)
         if not self.corpus:
             out.pop("corpus")
+        for key in ("task_type", "format", "holdout"):  # stored only when set
+            if out[key] is None:
+                out.pop(key)
         return out
 
 

@@ -18,6 +18,7 @@ from hsk_cache.errors import ConfigError
 from hsk_cache.knowledge.kind import LossOptions
 from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models.students import StudentConfig
+from hsk_cache.tasks import types
 
 DEFAULT_STAGES = (
     StageConfig(kind="hidden", epochs=3, lr=1e-4, batch_size=32),
@@ -29,10 +30,11 @@ DEFAULT_STAGES = (
 class EvalConfig:
     """Dev evaluation during training: ``data`` (a source as in DataConfig) and ``split``;
     ``every`` optimizer steps (0: at stage ends only); ``metric`` picks the best model, among the
-    evaluations of the last stage that trains: ``accuracy`` or ``mcc`` for a task, ``loss`` (the
+    evaluations of the last stage that trains: one of the task type's metrics (``accuracy`` or
+    ``mcc``; regression ``pearson`` or ``spearman``; token classification ``f1``), ``loss`` (the
     dev distillation loss, lower is better) for general distillation, where ``data`` is a cache of
     held-out text extracted with the training cache's spec and teacher (or, training online, a
-    corpus the online teacher reads); None: ``loss`` for a general run, else ``accuracy``. Text
+    corpus the online teacher reads); None: ``loss`` for a general run, else the task type's first. Text
     and label columns default to the training data's; the max length is the training data's (the
     cache's)."""
 
@@ -44,9 +46,10 @@ class EvalConfig:
     metric: str | None = None
     batch_size: int = 64
 
-    def resolved_metric(self, general: bool) -> str:
-        """``metric``, or its default for the run: ``loss`` for general distillation, else ``accuracy``."""
-        return self.metric or ("loss" if general else "accuracy")
+    def resolved_metric(self, general: bool, task_type: str = "classification") -> str:
+        """``metric``, or its default for the run: ``loss`` for general distillation, else the
+        task type's first metric (accuracy; regression: pearson; token classification: f1)."""
+        return self.metric or ("loss" if general else types.get(task_type).metrics[0])
 
     def __post_init__(self) -> None:
         if self.every < 0:

@@ -1,20 +1,31 @@
-"""``hsk eval``: accuracy and Matthews correlation of a classifier on a split."""
+"""``hsk eval`` and dev metrics during training, per task type (``tasks.types``):
+
+- classification: accuracy and Matthews correlation;
+- regression: Pearson and Spearman correlation (``tasks.regression``; ``best/`` follows Pearson
+  unless ``--eval-metric spearman``);
+- multi-label classification: micro and macro F1 of the label sets, a label predicted where
+  its sigmoid exceeds 0.5 (``tasks.multi_label``; ``best/`` follows micro F1);
+- token classification: entity-level F1, precision and recall (seqeval, conlleval's
+  definitions; ``tasks.token_classification``) over the words kept after truncation, read at
+  each word's first piece, and the tag accuracy at those pieces (``best/`` follows F1).
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from hsk_cache.config.run import DataConfig
-from hsk_cache.data.sources import DatasetSource
+from hsk_cache.data.sources import DatasetSource, check_task
 from hsk_cache.errors import ModelError
 from hsk_cache.knowledge.batch import sequential_batches
 from hsk_cache.models import hub
 from hsk_cache.models.inputs import model_inputs
 from hsk_cache.models.teacher import autocast
+from hsk_cache.tasks import multi_label, regression, token_classification, types
 
 
 @dataclass(frozen=True)
@@ -22,17 +33,26 @@ class EvalResult:
     """What ``run`` measured.
 
     Attributes:
-        accuracy: the fraction of examples whose predicted class is their label, in [0, 1].
-        mcc: the Matthews correlation coefficient of predictions and labels, in [−1, 1]
-            (``matthews_corrcoef``; 0 when undefined).
+        metrics: the task type's metrics by name (module docstring), each a float.
         examples: labelled examples evaluated.
         elapsed_s: wall-clock seconds, loading the model and tokenizing the data included.
+        task_type: the model's ``tasks.types`` name.
     """
 
-    accuracy: float
-    mcc: float
+    metrics: dict
     examples: int
     elapsed_s: float
+    task_type: str = "classification"
+
+    @property
+    def accuracy(self) -> float | None:
+        """Classification accuracy in [0, 1] (token classification: tag accuracy); None otherwise."""
+        return self.metrics.get("accuracy")
+
+    @property
+    def mcc(self) -> float | None:
+        """The Matthews correlation coefficient in [−1, 1] (classification); None otherwise."""
+        return self.metrics.get("mcc")
 
 
 def matthews_corrcoef(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
@@ -50,17 +70,44 @@ def matthews_corrcoef(labels: np.ndarray, predictions: np.ndarray, num_classes: 
     return float((c * s - (p * t).sum()) / denominator) if denominator > 0 else 0.0
 
 
-def predict(model, source, batch_size: int = 64, precision: str = "fp32", bar=None, device: str = "cpu") -> np.ndarray:
-    """Predicted class ids [N] int64, in the source's order (the model is left in eval mode)."""
+def predict(model, source, batch_size: int = 64, precision: str = "fp32", bar=None, device: str = "cpu") -> list:
+    """The model's outputs in the source's order (the model is left in eval mode), per batch of
+    ``batch_size``: a list of float32 numpy arrays, [B, C] logits, [B, 1] scores (regression) or
+    [B, T_b, C] per-token logits (token classification)."""
     model.eval()
     out = []
     with torch.no_grad(), autocast(precision, device.split(":")[0]):
         for index in sequential_batches(len(source), batch_size):
             inputs = {key: value.to(device) for key, value in model_inputs(source.batch(index), model).items()}
-            out.append(model(**inputs).logits.argmax(dim=-1).cpu().numpy())
+            out.append(model(**inputs).logits.float().cpu().numpy())
             if bar is not None:
                 bar.update(len(index))
-    return np.concatenate(out)
+    return out
+
+
+def metrics(task_type: str, outputs: list, labels: np.ndarray, label_names: tuple[str, ...], num_labels: int) -> dict:
+    """The task type's metrics (module docstring) of ``predict``'s outputs against the gold
+    ``labels`` ([N] ids, [N] scores, or [N, T] tag ids with −100 where no word starts)."""
+    task = types.get(task_type)
+    if task.name == "regression":
+        return regression.correlations(np.concatenate([o[:, 0] for o in outputs]), labels)
+    if task == types.MULTI_LABEL:
+        return multi_label.f1_scores(np.concatenate(outputs) > 0, labels > 0.5)  # σ(z) > 0.5
+    if task.per_token:
+        gold, predicted, right, total, row = [], [], 0, 0, 0
+        for batch in outputs:
+            for tags in batch.argmax(-1):
+                truth = labels[row, : len(tags)]
+                keep = truth != token_classification.IGNORE
+                gold.append([label_names[t] for t in truth[keep]])
+                predicted.append([label_names[t] for t in tags[keep]])
+                right, total, row = right + int((tags[keep] == truth[keep]).sum()), total + int(keep.sum()), row + 1
+        return {**token_classification.entity_metrics(gold, predicted), "accuracy": right / max(total, 1)}
+    predictions = np.concatenate([o.argmax(-1) for o in outputs])
+    return {
+        "accuracy": float((predictions == labels).mean()),
+        "mcc": matthews_corrcoef(labels, predictions, num_labels),
+    }
 
 
 class Evaluator:
@@ -84,6 +131,7 @@ class Evaluator:
         device: str = "cpu",
     ) -> None:
         self.source = DatasetSource(data_config, tokenizer, label_names)
+        self.task_type = self.source.split.task_type
         if len(self.source.label_names) != len(label_names):
             raise ModelError(
                 f"{{eval_data}} {data_config.source!r} has {len(self.source.label_names)} classes, the "
@@ -101,13 +149,10 @@ class Evaluator:
         )
 
     def __call__(self, model) -> dict:
-        predictions = predict(model, self.source, self.batch_size, self.precision, device=self.device)
+        outputs = predict(model, self.source, self.batch_size, self.precision, device=self.device)
         labels = self.source.examples.labels
-        return {
-            "accuracy": float((predictions == labels).mean()),
-            "mcc": matthews_corrcoef(labels, predictions, self.num_classes),
-            "examples": len(labels),
-        }
+        found = metrics(self.task_type, outputs, labels, self.source.label_names, self.num_classes)
+        return {**found, "examples": len(labels)}
 
 
 class DistillationEvaluator:
@@ -164,7 +209,8 @@ def run(
     progress=None,
     device: str = "cpu",
 ) -> EvalResult:
-    """Evaluate the classifier at ``model_path`` on ``data_config``'s split.
+    """Evaluate the task model at ``model_path`` on ``data_config``'s split (read as the model's
+    task type unless ``data_config.task_type`` says otherwise) with its task type's metrics.
 
     Raises: ModelError for a path with no model; DataError for bad data; ModelError when the
     model's class count differs from the data's; ConfigError when ``max_length`` exceeds the
@@ -172,18 +218,17 @@ def run(
     """
     started = time.perf_counter()
     model = hub.load_classifier(model_path).to(device)
+    task = types.of_model(model)
     hub.check_max_length(model.config, data_config.max_length)
-    source = DatasetSource(data_config, hub.load_tokenizer(model_path), hub.task_label_names(model))
-    if len(source.label_names) != model.config.num_labels:
-        raise ModelError(
-            f"{model_path!r} predicts {model.config.num_labels} classes but the data has {len(source.label_names)}: "
-            "evaluate a model trained on this task"
-        )
+    if data_config.task_type is None:  # read the data as the model's task
+        data_config = replace(data_config, task_type=task.name)
+    names = None if task.name == "regression" else hub.task_label_names(model)
+    source = DatasetSource(data_config, hub.load_tokenizer(model_path), names)
+    check_task(source.split, model.config, repr(model_path))
     bar = progress("eval", len(source), 0) if progress is not None else None
-    predictions = predict(model, source, batch_size, precision, bar, device=device)
+    outputs = predict(model, source, batch_size, precision, bar, device=device)
     if bar is not None:
         bar.close()
     labels = source.examples.labels
-    accuracy = float((predictions == labels).mean())
-    mcc = matthews_corrcoef(labels, predictions, model.config.num_labels)
-    return EvalResult(accuracy, mcc, len(labels), time.perf_counter() - started)
+    found = metrics(task.name, outputs, labels, source.label_names, model.config.num_labels)
+    return EvalResult(found, len(labels), time.perf_counter() - started, task.name)

@@ -17,7 +17,8 @@ from hsk_cache.training.loop import fit
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneConfig:
-    """What ``hsk finetune`` does: one cross-entropy stage on a task's labels.
+    """What ``hsk finetune`` does: one stage on a task's gold labels, with the task type's loss
+    (cross-entropy; MSE for regression; per-token cross-entropy for token classification).
 
     Attributes:
         model: the model to fine-tune: a directory, the alias ``minilm-l6``, or a hub name.
@@ -67,8 +68,9 @@ class FinetuneResult:
 
 
 def run(config: FinetuneConfig, progress=None) -> FinetuneResult:
-    """Load ``config.model`` with a fresh classification head for the task's classes (or keep its
-    head if it already has the task's class names), train with cross-entropy, save to ``config.out``.
+    """Load ``config.model`` with a fresh head of the data's task type (``tasks.types``: sequence
+    classifier, regressor, token classifier) for the task's classes or tags (or keep its head if it
+    already has them), train with the task type's loss, save to ``config.out``.
 
     Raises: ModelError for a path with no model; DataError for bad data; ConfigError when
     ``max_length`` exceeds the model's position embeddings.
@@ -77,7 +79,7 @@ def run(config: FinetuneConfig, progress=None) -> FinetuneResult:
     tokenizer = hub.load_tokenizer(config.model)
     source = DatasetSource(config.data, tokenizer)
     torch.manual_seed(config.seed)
-    model = hub.load_classifier(config.model, label_names=source.label_names)
+    model = hub.load_classifier(config.model, label_names=source.label_names, task_type=source.split.task_type)
     hub.check_max_length(model.config, config.data.max_length)
     model.to(config.device)
     stage = StageConfig(kind="labels", epochs=config.epochs, lr=config.lr, batch_size=config.batch_size)

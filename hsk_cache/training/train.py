@@ -32,6 +32,7 @@ from hsk_cache.knowledge import registry
 from hsk_cache.models import hub
 from hsk_cache.models.students import STUDENT_KINDS, StudentConfig, build_student  # noqa: F401 (public here too)
 from hsk_cache.store import layout
+from hsk_cache.tasks import types
 from hsk_cache.training.configs import StageResult, TrainConfig, TrainResult
 from hsk_cache.training.evaluate import DistillationEvaluator, Evaluator
 from hsk_cache.training.loop import fit
@@ -295,31 +296,34 @@ def _evaluator(config: TrainConfig, source, general: bool = False, loss_fn=None,
     e = config.eval
     if e is None:
         return None
-    metric = e.resolved_metric(general)
-    if general != (metric == "loss"):
+    task = types.get(source.plan.task_type if source.plan is not None else source.split.task_type)
+    metric = e.resolved_metric(general, task.name)
+    if general != (metric == "loss") or (not general and metric not in task.metrics):
         raise ConfigError(
             f"{{eval_metric}} {metric}: "
             + (
                 "a general-distillation run has no labels; its dev metric is the distillation loss: use loss"
                 if general
-                else "loss is the dev distillation loss of general distillation; a task run uses accuracy or mcc"
+                else f"a {task.name} run reports {', '.join(task.metrics)}: use one of them"
             ),
             field="eval_metric",
             value=metric,
         )
     if general:
         return _general_evaluator(config, source, loss_fn, device) if loss_fn is not None else None
-    if config.cache is not None:
-        trained = source.manifest.data
-        columns, label, max_length = trained.text_columns, trained.label_column, source.manifest.max_length
-    else:
-        columns, label, max_length = config.data.text_columns, config.data.label_column, config.data.max_length
+    trained = source.manifest.data if config.cache is not None else config.data
+    columns, label = trained.text_columns, trained.label_column
+    max_length = source.manifest.max_length if config.cache is not None else config.data.max_length
+    same = e.data == trained.source  # the dev split of the training file: read as it was, holdout included
     data = DataConfig(
         source=e.data,
         split=e.split,
         text_columns=e.text_columns or (tuple(columns) if columns else None),
         label_column=e.label_column or label,
         max_length=max_length,
+        task_type=task.name,
+        format=trained.format if same else None,
+        holdout=trained.holdout if same else None,
     )
     return Evaluator(
         data,
