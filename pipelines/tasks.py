@@ -93,10 +93,12 @@ def _append(row: dict) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a") as handle:
         handle.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
 
 
 def _key(row: dict) -> tuple:
-    return (row["task"], row["student"], row["setting"], row["seed"], row["limit"], row["epochs"])
+    epochs = tuple(row["epochs"]) if isinstance(row["epochs"], list) else row["epochs"]
+    return (row["task"], row["student"], row["setting"], row["seed"], row["limit"], epochs)
 
 
 def run(args) -> None:
@@ -110,7 +112,12 @@ def run(args) -> None:
             start = time.perf_counter()
             finetune.run(
                 finetune.FinetuneConfig(
-                    model="minilm-l6", data=train_data, out=str(teacher), epochs=args.teacher_epochs, lr=args.teacher_lr
+                    model="minilm-l6",
+                    data=train_data,
+                    out=str(teacher),
+                    epochs=args.teacher_epochs,
+                    lr=args.teacher_lr,
+                    precision="bf16",
                 )
             )
             result = evaluate.run(str(teacher), dev_data)
@@ -282,7 +289,8 @@ def report() -> str:
             bytes_ = members[0]["bytes_per_example"]
             lines.append(
                 f"| {student} | {setting} | {mean(values):.4f} ± {pstdev(values):.4f} | {mean(others):.4f} | "
-                f"{len(members)} | {bytes_ / 1024:,.1f} KB | {mean(m['train_s'] for m in members):.0f} |"
+                f"{len(members)} | {f'{bytes_ / 1024:,.1f} KB' if bytes_ else '–'} | "
+                f"{mean(m['train_s'] for m in members):.0f} |"
             )
         for r in task_rows:
             if r["setting"] == "step ratio":
@@ -297,6 +305,7 @@ def report() -> str:
 
 
 def main(argv=None) -> int:
+    global RESULTS, DOC
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="regression,ner")
     parser.add_argument("--seeds", default="0,1")
@@ -304,14 +313,17 @@ def main(argv=None) -> int:
     parser.add_argument("--dev-limit", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--teacher-epochs", type=float, default=3.0)
-    parser.add_argument("--teacher-lr", type=float, default=5e-5)
+    parser.add_argument("--teacher-lr", type=float, default=1e-4)
     parser.add_argument("--epochs", default="2+3", help="hidden+prediction epochs of a student (labels: the second)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--hidden-lr", type=float, default=3e-4)
     parser.add_argument("--online-steps", type=int, default=4)
     parser.add_argument("--workdir", default=str(ROOT / "runs" / "tasks"))
     parser.add_argument("--report", action="store_true", help="only rewrite docs/tasks.md")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the results file (default docs/tasks/)")
+    parser.add_argument("--doc", type=Path, default=DOC, help="the report (default docs/tasks.md)")
     args = parser.parse_args(argv)
+    RESULTS, DOC = args.results, args.doc
     if not args.report:
         args.tasks = [t.strip() for t in args.tasks.split(",")]
         args.seeds = [int(s) for s in args.seeds.split(",")]

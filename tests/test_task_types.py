@@ -22,7 +22,7 @@ from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub as models
 from hsk_cache.models.inputs import model_inputs
 from hsk_cache.models.students import StudentConfig
-from hsk_cache.tasks import types
+from hsk_cache.tasks import qa, types
 from hsk_cache.training import configs, evaluate, finetune, train
 from tests.conftest import WORDS, fails
 
@@ -47,6 +47,11 @@ def tiny_task_model(tokenizer, task: str, tags=TAGS, seed: int = 0):
     if task == "regression":
         config.num_labels, config.problem_type = 1, "regression"
         return BertForSequenceClassification(config).eval()
+    if task == "question_answering":
+        from transformers import BertForQuestionAnswering
+
+        config.num_labels = 2
+        return BertForQuestionAnswering(config).eval()
     if task == "multi_label_classification":
         config.num_labels, config.problem_type = len(TOPICS), "multi_label_classification"
         config.id2label, config.label2id = dict(enumerate(TOPICS)), {t: i for i, t in enumerate(TOPICS)}
@@ -74,6 +79,44 @@ def topic_rows(n: int, seed: int) -> list[dict]:
         words = [rng.choice(WORDS["pos"] + WORDS["neg"]) for _ in range(rng.randint(2, 10))]
         rows.append({"text": " ".join(words), "topics": sorted({w for w in words if w in TOPICS})})
     return rows
+
+
+def squad_v2(seed: int) -> dict:
+    """A SQuAD v2.0 file: contexts of 8–14 "<name> lives in <place> ." sentences (longer than one
+    48-token feature), a question per person (answer: the place, at its character offset) and an
+    unanswerable one per context (``is_impossible``)."""
+    rng = random.Random(seed)
+    names = ["ada", "alan", "grace", "linus", "edsger", "barbara", "donald", "frances", "john", "tim", "ken", "dennis"]
+    places = ["paris", "oslo", "rome", "lima", "cairo", "kyoto", "quito", "dakar", "perth", "delhi", "tunis", "sofia"]
+    paragraphs = []
+    for p in range(6):
+        people = rng.sample(names, rng.randint(8, 12))
+        context, qas = "", []
+        for person in people:
+            place = rng.choice(places)
+            sentence = f"{person} lives in "
+            start = len(context) + len(sentence)
+            context += sentence + place + ". "
+            qas.append(
+                {
+                    "id": f"{p}-{person}",
+                    "question": f"where does {person} live?",
+                    "is_impossible": False,
+                    "answers": [{"text": place, "answer_start": start}],
+                }
+            )
+        absent = next(n for n in names if n not in people)
+        qas.append(
+            {
+                "id": f"{p}-{absent}",
+                "question": f"where does {absent} live?",
+                "is_impossible": True,
+                "answers": [],
+                "plausible_answers": [{"text": "paris", "answer_start": 0}],
+            }
+        )
+        paragraphs.append({"context": context.strip(), "qas": qas})
+    return {"version": "v2.0", "data": [{"title": "people", "paragraphs": paragraphs}]}
 
 
 def tagged_sentences(n: int, seed: int) -> list[list[tuple[str, str]]]:
@@ -107,7 +150,8 @@ def task_data(tmp_path_factory, tokenizer):
     with open(root / "topics.jsonl", "w") as handle:
         handle.write("".join(json.dumps(row) + "\n" for row in topic_rows(40, seed=2)))
     teachers = {}
-    for task in ("regression", "token_classification", "multi_label_classification"):
+    (root / "squad.json").write_text(json.dumps(squad_v2(seed=3)))
+    for task in ("regression", "token_classification", "multi_label_classification", "question_answering"):
         teachers[task] = str(root / task)
         models.save(tiny_task_model(tokenizer, task), tokenizer, teachers[task])
     return {
@@ -115,6 +159,7 @@ def task_data(tmp_path_factory, tokenizer):
             source=str(root / "ratings_GroundTruth.txt"), format="tsv", label_column="sentiment", max_length=32
         ),
         "token_classification": DataConfig(source=str(root / "ner.conll"), max_length=32),
+        "question_answering": DataConfig(source=str(root / "squad.json"), max_length=48, doc_stride=12),
         "multi_label_classification": DataConfig(
             source=str(root / "topics.jsonl"), label_column="topics", max_length=32
         ),
@@ -168,10 +213,13 @@ def test_holdout_is_a_seeded_disjoint_split(task_data):
 def _logits_of(teacher_path, batch):
     teacher = models.load_classifier(teacher_path)
     with torch.no_grad():
-        return teacher(**model_inputs(batch, teacher)).logits
+        outputs = teacher(**model_inputs(batch, teacher))
+    return outputs if types.of_model(teacher).labels == "span" else outputs.logits
 
 
-@pytest.mark.parametrize("task", ["regression", "token_classification", "multi_label_classification"])
+@pytest.mark.parametrize(
+    "task", ["regression", "token_classification", "multi_label_classification", "question_answering"]
+)
 def test_stored_logits_are_the_teachers_and_cache_training_equals_online(task, task_data, tmp_path):
     data, teacher = task_data[task], task_data["teachers"][task]
     cache_dir = str(tmp_path / "cache")
@@ -185,6 +233,20 @@ def test_stored_logits_are_the_teachers_and_cache_training_equals_online(task, t
     if task == "regression":
         assert batch["logits"].shape == (12, 1) and batch["labels"].dtype == torch.float32
         assert torch.equal(batch["logits"], own)
+    elif task == "question_answering":
+        width = int(mask.sum(1).max())
+        assert batch["logits"].shape == (12, width, 2) and batch["labels"].shape == (12, 2)
+        stacked = torch.stack([own.start_logits, own.end_logits], -1)
+        assert torch.equal(batch["logits"][mask.bool()], stacked[mask.bool()])
+        assert not batch["logits"][~mask.bool()].any()
+        features = qa.make_features(
+            splits.question_examples(splits.load_split(data).dataset), models.load_tokenizer(teacher), 48, 12
+        )
+        assert len(cache) == len(features) > len(squad_v2(seed=3)["data"][0]["paragraphs"]) * 9  # windows
+        assert batch["labels"].tolist() == [
+            [int(features.start_positions[i]), int(features.end_positions[i])] for i in ids
+        ]
+        assert cache.examples.example_ids.tolist() == features.example_index.tolist()
     elif task == "multi_label_classification":
         assert batch["logits"].shape == batch["labels"].shape == (12, len(TOPICS))
         assert torch.equal(batch["logits"], own)
@@ -218,7 +280,7 @@ def test_stored_logits_are_the_teachers_and_cache_training_equals_online(task, t
         assert a.steps == b.steps and a.steps > 0
         a_loss, b_loss = np.array(a.losses), np.array(b.losses)
         assert np.all(np.abs(a_loss - b_loss) <= 1e-5 * np.abs(b_loss)), (a.kind, a_loss, b_loss)
-    assert from_cache.stages[1].losses[-1] < from_cache.stages[1].losses[0]
+    assert from_cache.stages[0].losses[-1] < from_cache.stages[0].losses[0]  # real training, not constants
     trained = models.load_classifier(str(tmp_path / "a"))
     assert types.of_model(trained).name == task  # the student has the teacher's head
 
@@ -287,6 +349,48 @@ def test_multi_label_finetune_and_eval_give_sklearns_f1(task_data, tmp_path, tin
     found = evaluate.run(out, data)
     assert found.metrics["micro_f1"] == pytest.approx(sk_f1(gold, predicted, average="micro", zero_division=0))
     assert found.metrics["macro_f1"] == pytest.approx(sk_f1(gold, predicted, average="macro", zero_division=0))
+
+
+def test_question_answering_finetune_and_eval_give_squads_metrics(task_data, tmp_path, tiny_teacher):
+    data = task_data["question_answering"]
+    out = str(tmp_path / "reader")
+    result = finetune.run(
+        finetune.FinetuneConfig(model=tiny_teacher, data=data, out=out, epochs=4, batch_size=8, lr=2e-3)
+    )
+    assert result.stage.losses[-1] < result.stage.losses[0]
+    model, tokenizer = models.load_classifier(out), models.load_tokenizer(out)
+    assert types.of_model(model).name == "question_answering"
+    examples = splits.question_examples(splits.load_split(data).dataset)
+    features = qa.make_features(examples, tokenizer, 48, 12)
+    starts, ends = [], []
+    with torch.no_grad():
+        for f in range(len(features)):
+            ids = torch.tensor([features.input_ids[f]])
+            outputs = model(input_ids=ids, token_type_ids=torch.tensor([features.token_type_ids[f]]))
+            starts.append(outputs.start_logits[0].numpy())
+            ends.append(outputs.end_logits[0].numpy())
+    answers = qa.postprocess(examples, features, starts, ends, version_2=True)
+    expected = qa.squad_metrics(answers, {e.id: list(e.answers) for e in examples})
+    found = evaluate.run(out, data)
+    assert found.task_type == "question_answering" and found.examples == len(features)
+    for key in ("exact_match", "f1", "has_answer_f1", "no_answer_exact_match"):
+        assert found.metrics[key] == pytest.approx(expected[key], abs=1e-9), key
+
+
+def test_the_commands_run_question_answering_on_a_squad_v2_file(task_data, tiny_teacher, tmp_path, capsys):
+    from hsk_cache.cli import main
+
+    squad, shape = task_data["question_answering"].source, ["--max-length", "48", "--doc-stride", "12"]
+    teacher, cache, student = (str(tmp_path / name) for name in ("teacher", "cache", "student"))
+    assert main(["finetune", "--model", tiny_teacher, "--data", squad, *shape, "--epochs", "1", "--out", teacher]) == 0
+    assert main(["extract", "--teacher", teacher, "--data", squad, *shape, "--out", cache]) == 0
+    tiny = ["--student-layers", "1", "--student-hidden", "16", "--student-heads", "2", "--student-ffn", "32"]
+    assert main(["train", "--from-cache", cache, *tiny, "--out", student, "--eval-data", squad]) == 0
+    capsys.readouterr()
+    assert main(["eval", student, "--data", squad, *shape, "--json"]) == 0
+    found = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert found["task"] == "question_answering" and 0 <= found["exact_match"] <= found["f1"] <= 1
+    assert found["examples"] == len(open_cache(cache))  # the features, several per question
 
 
 def test_a_head_that_does_not_fit_the_data_is_one_line(task_data, tiny_teacher, tmp_path, capsys):

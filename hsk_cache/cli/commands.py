@@ -27,6 +27,7 @@ def _data_config(a) -> DataConfig:
         task_type=getattr(a, "task", None),
         format=getattr(a, "data_format", None),
         holdout=getattr(a, "holdout", None),
+        doc_stride=getattr(a, "doc_stride", None),
     )
 
 

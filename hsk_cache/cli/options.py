@@ -54,14 +54,15 @@ def _add_data(p: argparse.ArgumentParser, split: str) -> None:
     g.add_argument(
         "--task",
         default=None,
-        help="the task type: classification, regression, token_classification or multi_label_classification "
-        "(default: inferred from the data: scores are regression, a CoNLL file or tokens/tags columns token "
-        "classification, a list of labels per text multi-label; eval: the model's own head)",
+        help="the task type: classification, regression, token_classification, multi_label_classification or "
+        "question_answering (default: inferred from the data: scores are regression, a CoNLL file or tokens/tags "
+        "columns token classification, a list of labels per text multi-label, a SQuAD .json file question "
+        "answering; eval: the model's own head)",
     )
     g.add_argument(
         "--data-format",
         default=None,
-        help="read --data in this format whatever its extension: csv, tsv, json, parquet, conll or text "
+        help="read --data in this format whatever its extension: csv, tsv, json, parquet, conll, squad or text "
         "(e.g. tsv for the VADER *_GroundTruth.txt files, conll for token<TAB>tag files; default: from the "
         "extension)",
     )
@@ -71,6 +72,13 @@ def _add_data(p: argparse.ArgumentParser, split: str) -> None:
         default=None,
         help="hold out this fraction of a source without a dev split as its dev split (seed 42): --split train "
         "is the rest, --split dev the held-out part (default: none)",
+    )
+    g.add_argument(
+        "--doc-stride",
+        type=int,
+        default=None,
+        help="question answering: tokens shared by consecutive windows of a context longer than --max-length "
+        "(default: a quarter of --max-length)",
     )
     g.add_argument(
         "--max-length",

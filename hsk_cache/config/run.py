@@ -20,14 +20,16 @@ EVAL_METRICS = (
     "f1",
     "micro_f1",
     "macro_f1",
+    "exact_match",
     "loss",
 )  # loss: general distillation's dev loss
-DATA_FORMATS = ("csv", "tsv", "json", "parquet", "conll", "text")  # text: an unlabeled corpus
+DATA_FORMATS = ("csv", "tsv", "json", "parquet", "conll", "squad", "text")  # text: an unlabeled corpus
 TASK_TYPES = (
     "classification",
     "regression",
     "token_classification",
     "multi_label_classification",
+    "question_answering",
 )  # tasks.types.TASK_TYPES' names
 
 
@@ -49,7 +51,9 @@ class DataConfig:
     ``format`` says otherwise. task_type: ``classification``, ``regression``,
     ``token_classification`` or ``multi_label_classification`` (``tasks.types``); None infers it
     from the data (float scores: regression; tokens with tags: token classification; a list of
-    labels per text: multi-label). format: how to read a file whatever its
+    labels per text: multi-label; a SQuAD JSON file: question answering). doc_stride: question
+    answering's tokens shared by consecutive windows of a long context (None: max_length // 4).
+    format: how to read a file whatever its
     extension (``DATA_FORMATS``; ``tsv`` reads the VADER ``*_GroundTruth.txt`` files, ``conll``
     ``token<TAB>tag`` files). holdout: a fraction in (0, 1) of a source without a dev split held
     out as its ``dev`` split (seeded, ``splits.HOLDOUT_SEED``); ``train`` is then the rest.
@@ -65,6 +69,7 @@ class DataConfig:
     task_type: str | None = None
     format: str | None = None
     holdout: float | None = None
+    doc_stride: int | None = None
 
     def __post_init__(self) -> None:
         if self.task_type is not None and self.task_type not in TASK_TYPES:
@@ -113,7 +118,7 @@ class DataConfig:
         out = asdict(self)
         if not self.corpus:
             out.pop("corpus")
-        for key in ("task_type", "format", "holdout"):  # absent when unset: older manifests stay equal
+        for key in ("task_type", "format", "holdout", "doc_stride"):  # absent when unset: older manifests stay equal
             if out[key] is None:
                 out.pop(key)
         return out

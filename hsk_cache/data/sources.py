@@ -38,8 +38,9 @@ def read_examples(data_config: DataConfig, tokenizer, label_names: tuple[str, ..
         split, tokenized = None, corpus.load_corpus(data_config, tokenizer, data_config.max_length)
     else:
         split = splits.load_split(data_config, label_names=label_names)
-        tokenized = splits.tokenize(split, tokenizer, data_config.max_length)
-    return split, tokenized, Examples.from_dataset(tokenized, data_config.max_length, tokenizer.pad_token_id)
+        tokenized = splits.tokenize(split, tokenizer, data_config.max_length, data_config.doc_stride)
+    task_type = split.task_type if split is not None else None
+    return split, tokenized, Examples.from_dataset(tokenized, data_config.max_length, tokenizer.pad_token_id, task_type)
 
 
 class DatasetSource:
@@ -130,8 +131,8 @@ def check_task(split: splits.Split, teacher_config, what: str = "the teacher") -
             "if the data was read as the wrong task",
             field="task",
         )
-    if task.name != "regression" and len(split.label_names) != teacher_config.num_labels:
-        kind = "tags" if task.per_token else "classes"
+    if task.labels not in ("score", "span") and len(split.label_names) != teacher_config.num_labels:
+        kind = "tags" if task.labels == "tags" else "classes"
         raise ModelError(
             f"{what} has {teacher_config.num_labels} {kind} but {split.source!r} has {len(split.label_names)}: "
             "fine-tune a model on this task first (hsk finetune)"

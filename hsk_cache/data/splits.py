@@ -36,7 +36,7 @@ import numpy as np
 
 from hsk_cache.config.run import DataConfig
 from hsk_cache.errors import DataError, DataNotFoundError, first_line
-from hsk_cache.tasks import token_classification, types
+from hsk_cache.tasks import qa, token_classification, types
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ BBC_SPLIT_SEED = 42
 HOLDOUT_SEED = 42  # DataConfig.holdout: the seed of the train/dev split of a source without one
 TOKEN_COLUMNS = ("tokens", "words")  # token classification: the words of a sentence
 TAG_COLUMNS = ("tags", "ner_tags", "labels")  # and their tags (strings or ids)
+SQUAD_COLUMNS = ("id", "question", "context", "answers", "answer_starts")  # question answering (tasks.qa)
 LABEL_SET_SEPARATOR = "|"  # multi-label: a CSV/TSV label cell "sports|politics" holds two labels
 BBC_DEV_FRACTION = 0.2
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -126,7 +127,9 @@ def load_split(config: DataConfig, label_names: tuple[str, ...] | None = None) -
     if config.holdout is not None:
         split = _held_out(split, config)
     task_type = _task_type(config, split, label_column)
-    if task_type.per_token:
+    if task_type.labels == "span":
+        dataset, label_names, dropped = _normalize_questions(split, source)
+    elif task_type.labels == "tags":
         dataset, label_names, dropped = _normalize_tags(split, config, label_names or names, source)
     else:
         text_columns = config.text_columns or text_columns or _guess_text_columns(split.column_names)
@@ -164,6 +167,8 @@ def _task_type(config: DataConfig, split, label_column: str | None) -> types.Tas
     if config.task_type is not None:
         return types.get(config.task_type)
     columns = split.column_names
+    if all(c in columns for c in SQUAD_COLUMNS):
+        return types.QUESTION_ANSWERING
     words, tags = _pick(columns, config.text_columns, TOKEN_COLUMNS), _pick(columns, config.label_column, TAG_COLUMNS)
     if words and tags and all(hasattr(split.features[c], "feature") for c in (words, tags)):  # list columns
         return types.TOKEN_CLASSIFICATION
@@ -211,6 +216,18 @@ def _normalize_scores(split, text_columns, label_column, source):
             field="task",
         )
     return split.cast_column("label", datasets.Value("float32")), (), dropped
+
+
+def _normalize_questions(split, source):
+    """Question answering: the SQuAD columns (``SQUAD_COLUMNS``) as they are; no label names."""
+    missing = [c for c in SQUAD_COLUMNS if c not in split.column_names]
+    if missing:
+        raise DataError(
+            f"{source!r} has no column(s) {missing}: question answering reads SQuAD v1.1/v2.0 JSON "
+            "(set {data_format} squad for a file not named .json)",
+            field="data_format",
+        )
+    return split.select_columns(list(SQUAD_COLUMNS)), (), 0
 
 
 def _normalize_label_sets(split, text_columns, label_column, label_names, source):
@@ -422,6 +439,26 @@ def _read_file(file: Path | list[Path], column_names: list[str] | None = None, d
     if data_format == "conll" or (data_format is None and not isinstance(file, list) and file.suffix == ".conll"):
         tokens, tags = token_classification.read_conll(file)
         return datasets.Dataset.from_dict({"tokens": tokens, "tags": tags})
+    if data_format == "squad" or (data_format is None and not isinstance(file, list) and _is_squad(file)):
+        questions = qa.read_squad(file)
+        return datasets.Dataset.from_dict(
+            {
+                "id": [q.id for q in questions],
+                "question": [q.question for q in questions],
+                "context": [q.context for q in questions],
+                "answers": [list(q.answers) for q in questions],
+                "answer_starts": [list(q.answer_starts) for q in questions],
+            },
+            features=datasets.Features(
+                {
+                    "id": datasets.Value("string"),
+                    "question": datasets.Value("string"),
+                    "context": datasets.Value("string"),
+                    "answers": datasets.Sequence(datasets.Value("string")),
+                    "answer_starts": datasets.Sequence(datasets.Value("int64")),
+                }
+            ),
+        )
 
     if isinstance(file, list):  # shards written by hsk augment: checked when written
         try:
@@ -449,6 +486,21 @@ def _read_file(file: Path | list[Path], column_names: list[str] | None = None, d
         return datasets.load_dataset(builder, data_files=str(file), split="train", **kwargs)
     except Exception as err:  # datasets raises many types for malformed files
         raise DataError(f"cannot read {str(file)!r}: {first_line(err)}; check the file's format") from None
+
+
+def _is_squad(file: Path) -> bool:
+    """A ``.json`` file (not JSON Lines) whose top level is SQuAD's ``{"data": [{"paragraphs": ...}]}``."""
+    if file.suffix.lower() != ".json":
+        return False
+    with open(file, "rb") as handle:
+        head = handle.read(1 << 16).lstrip()
+    if not head.startswith(b"{") or b'"data"' not in head:
+        return False
+    try:
+        data = json.loads(file.read_text(encoding="utf-8")).get("data")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return False
+    return isinstance(data, list) and bool(data) and isinstance(data[0], dict) and "paragraphs" in data[0]
 
 
 def _has_no_rows(file: Path, header: bool, suffix: str) -> bool:
@@ -557,15 +609,18 @@ def _drop_empty(split, source: str):
     return split.select(np.flatnonzero(~drop)), int(drop.sum())
 
 
-def tokenize(split: Split, tokenizer, max_length: int):
+def tokenize(split: Split, tokenizer, max_length: int, doc_stride: int | None = None):
     """Tokenize with truncation to ``max_length`` and no padding (batches pad dynamically).
 
     Returns: a Dataset with input_ids (list[int]), token_type_ids if the tokenizer makes them,
     label (int64) and example_id (int64, the row's position in the split).
     """
     dataset = split.dataset.add_column("example_id", list(range(len(split.dataset))))
-    if types.get(split.task_type).per_token:
+    form = types.get(split.task_type).labels
+    if form == "tags":
         return _tokenize_words(dataset, tokenizer, max_length)
+    if form == "span":
+        return _tokenize_questions(split.dataset, tokenizer, max_length, doc_stride)
     pair = "text_pair" in dataset.column_names
 
     def encode(rows):
@@ -580,6 +635,35 @@ def tokenize(split: Split, tokenizer, max_length: int):
 
     drop = [c for c in ("text", "text_pair") if c in dataset.column_names]
     return dataset.map(encode, batched=True, remove_columns=drop, desc="tokenize")
+
+
+def question_examples(dataset) -> list[qa.QAExample]:
+    """The ``tasks.qa.QAExample`` of each row of a question-answering split's dataset."""
+    return [
+        qa.QAExample(r["id"], r["question"], r["context"], tuple(r["answers"]), tuple(r["answer_starts"]))
+        for r in dataset
+    ]
+
+
+def _tokenize_questions(dataset, tokenizer, max_length: int, doc_stride: int | None):
+    """Question answering: each question with windows of its context as features
+    (``tasks.qa.make_features``, ``doc_stride`` tokens shared, default max_length // 4). Columns:
+    input_ids, token_type_ids, label ([start, end] token of the answer in the feature, 0 0 when
+    it is not inside), example_id (the question's row: several features share one), offsets
+    (per token [start, end) characters of the context, [−1, −1] outside it; for post-processing)."""
+    import datasets
+
+    stride = max_length // 4 if doc_stride is None else doc_stride
+    features = qa.make_features(question_examples(dataset), tokenizer, max_length, stride)
+    columns = {
+        "input_ids": features.input_ids,
+        "label": [[int(s), int(e)] for s, e in zip(features.start_positions, features.end_positions)],
+        "example_id": features.example_index.tolist(),
+        "offsets": [[list(o) if o is not None else [-1, -1] for o in row] for row in features.offsets],
+    }
+    if features.token_type_ids is not None:
+        columns["token_type_ids"] = features.token_type_ids
+    return datasets.Dataset.from_dict(columns)
 
 
 def _tokenize_words(dataset, tokenizer, max_length: int):

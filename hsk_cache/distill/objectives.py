@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from hsk_cache.distill.loss import DistillationLoss
-from hsk_cache.knowledge.logits import gold_loss
+from hsk_cache.knowledge.logits import gold_loss, task_logits
 from hsk_cache.models.inputs import model_inputs
 from hsk_cache.tasks import types
 
@@ -34,4 +34,5 @@ def labels(model, batch: dict, world_size: int = 1) -> torch.Tensor:
     gold labels (fine-tuning; the no-distillation baseline); ``world_size``: the mean over the
     global batch of that many data-parallel ranks."""
     task_type = types.of_model(model).name
-    return gold_loss(task_type, model(**model_inputs(batch, model)).logits, batch["labels"], world_size)
+    logits = task_logits(model(**model_inputs(batch, model)))
+    return gold_loss(task_type, logits, batch["labels"], world_size, batch["attention_mask"])

@@ -14,6 +14,7 @@ holds (each kind's module lists its own: ``knowledge/hidden_states.py`` has ``to
 | labels          | [B]                 | int64   | gold class ids (regression: float32 scores)     |
 | labels          | [B, T_b]            | int64   | token classification: tag ids, −100 off words   |
 | labels          | [B, C]              | float32 | multi-label: 1 = the label is in the set        |
+| labels          | [B, 2]              | int64   | question answering: answer start, end token     |
 | example_ids     | [B]                 | int64   | row in the source split                         |
 
 Which teacher layers a knowledge key's layer axis stands for is not in the batch but in the
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+
+from hsk_cache.tasks import types
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 IGNORE_LABEL = -100  # a token without a label (tasks.token_classification.IGNORE)
@@ -59,8 +62,10 @@ class Examples:
         return replace(self, input_ids=input_ids, extra={**self.extra, **extra})
 
     @classmethod
-    def from_dataset(cls, tokenized, max_length: int, pad_id: int) -> Examples:
-        """From a tokenized ``datasets.Dataset`` (input_ids lists no longer than max_length)."""
+    def from_dataset(cls, tokenized, max_length: int, pad_id: int, task_type: str | None = None) -> Examples:
+        """From a tokenized ``datasets.Dataset`` (input_ids lists no longer than max_length);
+        ``task_type`` (``tasks.types``) says how to lay out list labels: per-token tags padded to
+        T with −100, QA's (start, end), or multi-hot sets; None reads them from the feature."""
         n = len(tokenized)
         input_ids = np.full((n, max_length), pad_id, dtype=np.int32)
         has_types = "token_type_ids" in tokenized.column_names
@@ -75,7 +80,10 @@ class Examples:
                     token_type_ids[row, : len(ids)] = rows["token_type_ids"][i]
                 row += 1
         feature = tokenized.features["label"]
-        if hasattr(feature, "feature") and str(feature.feature.dtype).startswith("float"):  # multi-hot label sets
+        form = types.get(task_type).labels if task_type is not None else None
+        if form == "span":  # question answering: the answer's first and last token
+            labels = np.asarray(tokenized["label"], dtype=np.int64).reshape(n, 2)
+        elif hasattr(feature, "feature") and str(feature.feature.dtype).startswith("float"):  # multi-hot label sets
             labels = np.asarray(tokenized["label"], dtype=np.float32).reshape(n, -1)
         elif hasattr(feature, "feature"):  # a list feature, token classification: a tag id per token
             labels = np.full((n, max_length), IGNORE_LABEL, dtype=np.int64)
@@ -143,16 +151,18 @@ def collate(examples: Examples, index: np.ndarray) -> Batch:
         input_ids,
         attention_mask,
         token_type_ids,
-        torch.from_numpy(examples.labels[index] if not _per_token(examples.labels) else examples.labels[index, :width]),
+        torch.from_numpy(examples.labels[index, :width] if _per_token(examples) else examples.labels[index]),
         torch.from_numpy(examples.example_ids[index]),
         {k: torch.from_numpy(np.ascontiguousarray(v[index]).astype(np.int64)) for k, v in examples.extra.items()},
     )
 
 
-def _per_token(labels: np.ndarray) -> bool:
-    """[N, T] integer tag ids (token classification), cut to the batch width; [N, C] float multi-hot
-    label sets are not."""
-    return labels.ndim == 2 and labels.dtype.kind == "i"
+def _per_token(examples: Examples) -> bool:
+    """Labels with a token axis: [N, T] integer tag ids (token classification), cut to the batch
+    width; [N, C] float multi-hot sets and QA's [N, 2] positions are not (T > 2 always holds a
+    question and a context)."""
+    labels = examples.labels
+    return labels.ndim == 2 and labels.dtype.kind == "i" and labels.shape[1] == examples.input_ids.shape[1] > 2
 
 
 def sequential_batches(n: int, batch_size: int, start: int = 0) -> list[np.ndarray]:

@@ -8,6 +8,7 @@ DistilBERT's soft-target loss.
 |-----------|--------|---------|----------------|
 | logits    | [B, C] | float32 | teacher logits (regression: C = 1, the teacher's score) |
 | logits    | [B, T_b, C] | float32 | token classification: per-token logits, 0 after each example's length |
+| logits    | [B, T_b, 2] | float32 | question answering: start and end logits per token, 0 after the length |
 
 | array  | shape  | dtype   | content                                    |
 |--------|--------|---------|--------------------------------------------|
@@ -17,7 +18,8 @@ DistilBERT's soft-target loss.
 The loss follows the plan's task type (``Plan.task_type``): soft cross-entropy at τ for
 classification, the MSE to the teacher's score for regression, per-token soft cross-entropy over
 the real tokens for token classification, per-label sigmoid cross-entropy at τ for multi-label
-classification; each plus ``hard_label_weight`` × its gold-label loss
+classification, and for question answering the soft cross-entropy of the start and of the end
+distribution over the real tokens, averaged; each plus ``hard_label_weight`` × its gold-label loss
 (``gold_loss``).
 """
 
@@ -39,8 +41,9 @@ class Logits(KnowledgeKind):
     stage = "prediction"
 
     def select(self, outputs, batch, plan) -> dict[str, torch.Tensor]:
-        """logits [B, C], or [B, T_b, C] with 0 after each length (token classification)."""
-        logits = outputs.logits
+        """logits [B, C], or [B, T_b, C] with 0 after each length (token classification; QA's
+        start and end logits as C = 2)."""
+        logits = task_logits(outputs)
         if types.get(plan.task_type).per_token:
             logits = logits * batch.attention_mask.to(logits.device, logits.dtype)[..., None]
         return {"logits": logits}
@@ -69,16 +72,30 @@ class Logits(KnowledgeKind):
         return LogitsTerm(options, plan.task_type)
 
 
-def gold_loss(task_type: str, logits: torch.Tensor, labels: torch.Tensor, world_size: int = 1) -> torch.Tensor:
+def task_logits(outputs) -> torch.Tensor:
+    """A task model's outputs as one tensor: ``logits``, or for question answering its
+    ``start_logits`` and ``end_logits`` [B, T] stacked to [B, T, 2]."""
+    logits = getattr(outputs, "logits", None)
+    if logits is None and getattr(outputs, "start_logits", None) is not None:
+        return torch.stack([outputs.start_logits, outputs.end_logits], dim=-1)
+    return logits
+
+
+def gold_loss(
+    task_type: str, logits: torch.Tensor, labels: torch.Tensor, world_size: int = 1, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """The gold-label loss of a task type's outputs (fine-tuning and the ``labels`` term):
     cross-entropy ([B, C] logits, [B] ids), MSE (regression: [B, 1] outputs, [B] scores),
-    binary cross-entropy (multi-label: [B, C], [B, C] multi-hot), or per-token cross-entropy at
-    the labelled tokens ([B, T, C], [B, T] with −100 elsewhere)."""
+    binary cross-entropy (multi-label: [B, C], [B, C] multi-hot), per-token cross-entropy at
+    the labelled tokens ([B, T, C], [B, T] with −100 elsewhere), or QA's mean of the start and end
+    cross-entropies over the real tokens ``mask`` [B, T] ([B, T, 2] logits, [B, 2] positions)."""
     task = types.get(task_type)
     if task.name == "regression":
         return losses.prediction_mse(logits, labels, world_size)
     if task == types.MULTI_LABEL:
         return losses.binary_cross_entropy(logits, labels, world_size)
+    if task == types.QUESTION_ANSWERING:
+        return losses.span_hard_cross_entropy(logits, labels, mask, world_size)
     if task.per_token:
         return losses.token_hard_cross_entropy(logits, labels, world_size)
     return losses.hard_cross_entropy(logits, labels, world_size)
@@ -99,12 +116,15 @@ class LogitsTerm(Term):
 
     def __call__(self, outputs, values, batch: dict, world_size: int = 1, training: bool = False) -> dict:
         """{"logits": loss} and {"labels": weighted gold-label loss} when the weight is > 0."""
-        logits, teacher = outputs.logits, batch["logits"]
+        logits, teacher = task_logits(outputs), batch["logits"]
         task = types.get(self.task_type)
         if task.name == "regression":
             loss = losses.prediction_mse(logits, teacher, world_size)
         elif task == types.MULTI_LABEL:
             loss = losses.sigmoid_soft_cross_entropy(logits, teacher, self.temperature, world_size)
+        elif task == types.QUESTION_ANSWERING:
+            mask = batch["attention_mask"]
+            loss = losses.span_soft_cross_entropy(logits, teacher, mask, self.temperature, world_size)
         elif task.per_token:
             loss = losses.token_soft_cross_entropy(
                 logits, teacher, batch["attention_mask"], self.temperature, world_size
@@ -113,5 +133,7 @@ class LogitsTerm(Term):
             loss = losses.soft_cross_entropy(logits, teacher, self.temperature, world_size)
         out = {self.name: loss}
         if self.hard_label_weight:
-            out["labels"] = self.hard_label_weight * gold_loss(self.task_type, logits, batch["labels"], world_size)
+            out["labels"] = self.hard_label_weight * gold_loss(
+                self.task_type, logits, batch["labels"], world_size, batch["attention_mask"]
+            )
         return out

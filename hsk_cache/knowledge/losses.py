@@ -231,6 +231,47 @@ def binary_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor, wor
     return _mean(per_row.sum(), rows, world_size)
 
 
+def span_soft_cross_entropy(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float = 1.0,
+    world_size: int = 1,
+) -> torch.Tensor:
+    """Extractive QA: ``soft_cross_entropy`` of the start and of the end distribution over the
+    real tokens, averaged (the span version of Hinton et al.'s soft targets, as DistilBERT and
+    TinyBERT distil SQuAD):
+
+    L = ½ Σ_{k ∈ start, end} τ² · mean_b [ −Σ_t softmax(z_T,k/τ)_t · log softmax(z_S,k/τ)_t ]
+
+    with padding tokens (``mask`` 0) left out of both softmaxes.
+    Args: student_logits, teacher_logits: [B, T, 2] float. mask: [B, T], 1 = a real token.
+    Returns: scalar float32.
+    """
+    padding = ~mask.bool()
+    total = 0.0
+    for k in (0, 1):
+        student = student_logits[..., k].float().masked_fill(padding, -1e4)
+        teacher = teacher_logits[..., k].float().masked_fill(padding, -1e4)
+        total = total + soft_cross_entropy(student, teacher, temperature, world_size)
+    return total / 2
+
+
+def span_hard_cross_entropy(
+    student_logits: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None, world_size: int = 1
+) -> torch.Tensor:
+    """Extractive QA's gold loss (transformers' ``*ForQuestionAnswering``): the mean of the start
+    and end cross-entropies. student_logits: [B, T, 2]; positions: [B, 2] int64 (start, end token;
+    0, 0 for no answer in the feature); mask: [B, T] real tokens (padding left out) or None."""
+    total = 0.0
+    for k in (0, 1):
+        logits = student_logits[..., k].float()
+        if mask is not None:
+            logits = logits.masked_fill(~mask.bool(), -1e4)
+        total = total + hard_cross_entropy(logits, positions[:, k], world_size)
+    return total / 2
+
+
 def token_hard_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor, world_size: int = 1) -> torch.Tensor:
     """Cross-entropy against gold tags at the labelled tokens (labels ≠ −100), mean over them.
     student_logits: [B, T, C]; labels: [B, T] int64."""

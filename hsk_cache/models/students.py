@@ -97,7 +97,7 @@ def build_student(
 
 def _student(student: StudentConfig, teacher_config: dict, label_names: tuple[str, ...], attention: bool):
     task = types.of_config(teacher_config)
-    classes = 1 if task.name == "regression" else len(label_names)
+    classes = task.classes(label_names)
     if student.kind == "pretrained":
         model = hub.load_classifier(student.path, attention=attention)
         if types.of_model(model) != task:
@@ -128,7 +128,7 @@ def _student(student: StudentConfig, teacher_config: dict, label_names: tuple[st
         )
     if model.config.num_labels != classes:
         raise ConfigError(f"the student has {model.config.num_labels} classes, the task {classes}")
-    if task.name != "regression":
+    if task.labels not in ("score", "span"):
         model.config.id2label = dict(enumerate(label_names))
         model.config.label2id = {name: i for i, name in enumerate(label_names)}
     model.config.problem_type = task.problem_type or model.config.problem_type

@@ -15,6 +15,7 @@ import torch
 
 from hsk_cache.errors import ModelError
 from hsk_cache.knowledge.batch import Batch
+from hsk_cache.knowledge.logits import task_logits
 from hsk_cache.knowledge.plan import Plan, TeacherOutputs
 from hsk_cache.models.hooks import capture_projections
 from hsk_cache.models.inputs import model_inputs
@@ -66,7 +67,7 @@ def run_teacher(model, batch: Batch, plan: Plan, precision: str = "fp32") -> Tea
     )
     projections = {key: value.float() for key, value in projections.items()}
     values = projections.get(("value", plan.value_layer)) if plan.value_layer is not None else None
-    logits = getattr(out, "logits", None)
+    logits = task_logits(out)  # QA: start and end logits stacked, [B, T, 2]
     return TeacherOutputs(hidden, attentions, values, None if logits is None else logits.float(), projections)
 
 

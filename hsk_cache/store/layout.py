@@ -75,11 +75,10 @@ def arrays(plan, n: int, token_types: bool) -> list[ArraySpec]:
 
 def _label_shape(plan, n: int) -> tuple[int, ...]:
     """[N] class ids or scores; token classification: [N, T] tag ids (−100 where no word starts);
-    multi-label: [N, C] multi-hot."""
-    task = types.get(plan.task_type)
-    if task.per_token:
-        return (n, plan.max_length)
-    return (n, plan.classes) if task == types.MULTI_LABEL else (n,)
+    multi-label: [N, C] multi-hot; question answering: [N, 2] start and end token."""
+    return {"tags": (n, plan.max_length), "set": (n, plan.classes), "span": (n, 2)}.get(
+        types.get(plan.task_type).labels, (n,)
+    )
 
 
 def _label_dtype(plan) -> str:

@@ -95,6 +95,7 @@ class DataInfo(_Section):
     task_type: str | None = None
     format: str | None = None
     holdout: float | None = None
+    doc_stride: int | None = None
     task: str | None = None
     fingerprint: str
     resolved_source: str | None = None
@@ -106,7 +107,7 @@ class DataInfo(_Section):
         out = _thaw(self)
         if not self.corpus:
             out.pop("corpus")
-        for key in ("task_type", "format", "holdout"):  # stored only when set
+        for key in ("task_type", "format", "holdout", "doc_stride"):  # stored only when set
             if out[key] is None:
                 out.pop(key)
         return out

@@ -6,8 +6,12 @@
 | ``regression``           | the same, ``problem_type="regression"`` | [N] float32 score    | [B, 1]      |
 | ``token_classification`` | ``AutoModelForTokenClassification``     | [N, T] int64 tag id  | [B, T_b, C] |
 | ``multi_label_classification`` | the first, ``problem_type`` the name  | [N, C] float32 0/1   | [B, C]      |
+| ``question_answering``   | ``AutoModelForQuestionAnswering``       | [N, 2] int64 start, end token | [B, T_b, 2] |
 
-Token classification's tag id sits at each word's first piece, −100 elsewhere.
+Token classification's tag id sits at each word's first piece, −100 elsewhere. Question
+answering's rows are features (question + one window of the context, ``tasks.qa``), several per
+question; its logits are the start and end logits stacked on the last axis, and its labels the
+answer's first and last token in the feature (0, 0: no answer in it).
 
 A teacher's task type is read from its config (``of_config``: the architecture's name and
 ``problem_type``), so a cache's task type follows from the teacher config its manifest stores,
@@ -29,7 +33,9 @@ class TaskType:
     Attributes:
         name: the type's name (``--task``). auto_class: the transformers Auto class of its head.
         problem_type: the ``problem_type`` its config carries (None: transformers infers it).
-        per_token: the labels and logits have a token axis. label_dtype: the labels' numpy dtype.
+        per_token: the logits have a token axis. labels: the labels' form: ``id`` (a class),
+            ``score``, ``tags`` (per token), ``set`` (multi-hot), ``span`` (start, end).
+        label_dtype: the labels' numpy dtype.
         metrics: the dev metrics it reports; ``metrics[0]`` picks the best model by default.
     """
 
@@ -37,8 +43,13 @@ class TaskType:
     auto_class: str
     problem_type: str | None
     per_token: bool
+    labels: str
     label_dtype: str
     metrics: tuple[str, ...]
+
+    def classes(self, label_names: tuple[str, ...]) -> int:
+        """The head's outputs for ``label_names``: 1 (regression), 2 (start, end: QA), else one per name."""
+        return {"score": 1, "span": 2}.get(self.labels, len(label_names))
 
     def auto(self):
         """The transformers Auto class (imported on demand)."""
@@ -48,14 +59,9 @@ class TaskType:
 
     def head_kwargs(self, label_names: tuple[str, ...]) -> dict:
         """from_pretrained / config keyword arguments for a new head over ``label_names`` (class or
-        tag names; regression: one output, no names)."""
-        if self.name == "regression":
-            return {
-                "num_labels": 1,
-                "problem_type": "regression",
-                "id2label": {0: "LABEL_0"},
-                "label2id": {"LABEL_0": 0},
-            }
+        tag names; regression: one output, QA: start and end, with placeholder names)."""
+        if self.labels in ("score", "span"):
+            label_names = tuple(f"LABEL_{i}" for i in range(self.classes(())))
         out = {
             "num_labels": len(label_names),
             "id2label": dict(enumerate(label_names)),
@@ -69,6 +75,7 @@ CLASSIFICATION = TaskType(
     "AutoModelForSequenceClassification",
     None,
     per_token=False,
+    labels="id",
     label_dtype="int64",
     metrics=("accuracy", "mcc"),
 )
@@ -77,6 +84,7 @@ REGRESSION = TaskType(
     "AutoModelForSequenceClassification",
     "regression",
     per_token=False,
+    labels="score",
     label_dtype="float32",
     metrics=("pearson", "spearman"),
 )
@@ -85,6 +93,7 @@ TOKEN_CLASSIFICATION = TaskType(
     "AutoModelForTokenClassification",
     None,
     per_token=True,
+    labels="tags",
     label_dtype="int64",
     metrics=("f1", "precision", "recall", "accuracy"),
 )
@@ -93,10 +102,20 @@ MULTI_LABEL = TaskType(
     "AutoModelForSequenceClassification",
     "multi_label_classification",
     per_token=False,
+    labels="set",
     label_dtype="float32",
     metrics=("micro_f1", "macro_f1"),
 )
-TASK_TYPES = {t.name: t for t in (CLASSIFICATION, REGRESSION, TOKEN_CLASSIFICATION, MULTI_LABEL)}
+QUESTION_ANSWERING = TaskType(
+    "question_answering",
+    "AutoModelForQuestionAnswering",
+    None,
+    per_token=True,
+    labels="span",
+    label_dtype="int64",
+    metrics=("f1", "exact_match"),
+)
+TASK_TYPES = {t.name: t for t in (CLASSIFICATION, REGRESSION, TOKEN_CLASSIFICATION, MULTI_LABEL, QUESTION_ANSWERING)}
 
 
 def get(name: str | None) -> TaskType:
@@ -117,17 +136,22 @@ def of_model(model) -> TaskType:
     unwrapped = getattr(model, "module", model)  # DistributedDataParallel
     if type(unwrapped).__name__.endswith("ForTokenClassification"):
         return TOKEN_CLASSIFICATION
+    if type(unwrapped).__name__.endswith("ForQuestionAnswering"):
+        return QUESTION_ANSWERING
     return of_config(unwrapped.config)
 
 
 def of_config(config) -> TaskType:
     """The task type of a model with this transformers config (an object or a dict): token
-    classification for a ``*ForTokenClassification`` architecture, regression or multi-label
+    classification or question answering for a ``*ForTokenClassification`` /
+    ``*ForQuestionAnswering`` architecture, regression or multi-label
     classification by ``problem_type``, else classification (also for a base encoder)."""
     get_ = config.get if isinstance(config, Mapping) else lambda key, default=None: getattr(config, key, default)
     architectures = get_("architectures") or ()
     if any(str(a).endswith("ForTokenClassification") for a in architectures):
         return TOKEN_CLASSIFICATION
+    if any(str(a).endswith("ForQuestionAnswering") for a in architectures):
+        return QUESTION_ANSWERING
     if get_("problem_type") == "regression":
         return REGRESSION
     if get_("problem_type") == "multi_label_classification":

@@ -5,6 +5,8 @@
   unless ``--eval-metric spearman``);
 - multi-label classification: micro and macro F1 of the label sets, a label predicted where
   its sigmoid exceeds 0.5 (``tasks.multi_label``; ``best/`` follows micro F1);
+- question answering: SQuAD exact match and F1 of the post-processed answers, over the
+  questions (not the features; ``best/`` follows F1);
 - token classification: entity-level F1, precision and recall (seqeval, conlleval's
   definitions; ``tasks.token_classification``) over the words kept after truncation, read at
   each word's first piece, and the tag accuracy at those pieces (``best/`` follows F1).
@@ -19,13 +21,15 @@ import numpy as np
 import torch
 
 from hsk_cache.config.run import DataConfig
+from hsk_cache.data import splits
 from hsk_cache.data.sources import DatasetSource, check_task
 from hsk_cache.errors import ModelError
 from hsk_cache.knowledge.batch import sequential_batches
+from hsk_cache.knowledge.logits import task_logits
 from hsk_cache.models import hub
 from hsk_cache.models.inputs import model_inputs
 from hsk_cache.models.teacher import autocast
-from hsk_cache.tasks import multi_label, regression, token_classification, types
+from hsk_cache.tasks import multi_label, qa, regression, token_classification, types
 
 
 @dataclass(frozen=True)
@@ -79,21 +83,27 @@ def predict(model, source, batch_size: int = 64, precision: str = "fp32", bar=No
     with torch.no_grad(), autocast(precision, device.split(":")[0]):
         for index in sequential_batches(len(source), batch_size):
             inputs = {key: value.to(device) for key, value in model_inputs(source.batch(index), model).items()}
-            out.append(model(**inputs).logits.float().cpu().numpy())
+            out.append(task_logits(model(**inputs)).float().cpu().numpy())
             if bar is not None:
                 bar.update(len(index))
     return out
 
 
-def metrics(task_type: str, outputs: list, labels: np.ndarray, label_names: tuple[str, ...], num_labels: int) -> dict:
+def metrics(
+    task_type: str, outputs: list, labels: np.ndarray, label_names: tuple[str, ...], num_labels: int, source=None
+) -> dict:
     """The task type's metrics (module docstring) of ``predict``'s outputs against the gold
-    ``labels`` ([N] ids, [N] scores, or [N, T] tag ids with −100 where no word starts)."""
+    ``labels`` ([N] ids, [N] scores, [N, T] tag ids with −100 where no word starts, [N, C]
+    label sets); question answering reads the questions and the features' offsets from the
+    ``DatasetSource`` ``source`` instead."""
     task = types.get(task_type)
+    if task.labels == "span":
+        return question_metrics(outputs, source)
     if task.name == "regression":
         return regression.correlations(np.concatenate([o[:, 0] for o in outputs]), labels)
     if task == types.MULTI_LABEL:
         return multi_label.f1_scores(np.concatenate(outputs) > 0, labels > 0.5)  # σ(z) > 0.5
-    if task.per_token:
+    if task.labels == "tags":
         gold, predicted, right, total, row = [], [], 0, 0, 0
         for batch in outputs:
             for tags in batch.argmax(-1):
@@ -108,6 +118,26 @@ def metrics(task_type: str, outputs: list, labels: np.ndarray, label_names: tupl
         "accuracy": float((predictions == labels).mean()),
         "mcc": matthews_corrcoef(labels, predictions, num_labels),
     }
+
+
+def question_metrics(outputs: list, source) -> dict:
+    """SQuAD exact match and F1 (``tasks.qa``, the official definitions, as fractions) of
+    ``predict``'s [B, T_b, 2] start/end logits over ``source``'s features: post-processed to
+    answer texts with ``tasks.qa.postprocess`` (n-best 20, at most 30 tokens; SQuAD v2.0's null
+    answer allowed when the split has an unanswerable question)."""
+    examples = splits.question_examples(source.split.dataset)
+    columns = source.tokenized.select_columns(["example_id", "offsets"])
+    offsets = [[tuple(o) if o[0] >= 0 else None for o in row] for row in columns["offsets"]]
+    features = qa.QAFeatures(
+        source.tokenized["input_ids"], None, np.asarray(columns["example_id"]), offsets, np.zeros(0), np.zeros(0)
+    )
+    rows = [row for batch in outputs for row in batch]
+    starts = [row[: len(offsets[f]), 0] for f, row in enumerate(rows)]
+    ends = [row[: len(offsets[f]), 1] for f, row in enumerate(rows)]
+    version_2 = any(not e.answers for e in examples)
+    predictions = qa.postprocess(examples, features, starts, ends, version_2=version_2)
+    found = qa.squad_metrics(predictions, {e.id: list(e.answers) for e in examples})
+    return {key: float(value) for key, value in found.items() if not key.endswith("total")}
 
 
 class Evaluator:
@@ -151,7 +181,7 @@ class Evaluator:
     def __call__(self, model) -> dict:
         outputs = predict(model, self.source, self.batch_size, self.precision, device=self.device)
         labels = self.source.examples.labels
-        found = metrics(self.task_type, outputs, labels, self.source.label_names, self.num_classes)
+        found = metrics(self.task_type, outputs, labels, self.source.label_names, self.num_classes, self.source)
         return {**found, "examples": len(labels)}
 
 
@@ -222,7 +252,7 @@ def run(
     hub.check_max_length(model.config, data_config.max_length)
     if data_config.task_type is None:  # read the data as the model's task
         data_config = replace(data_config, task_type=task.name)
-    names = None if task.name == "regression" else hub.task_label_names(model)
+    names = None if task.labels in ("score", "span") else hub.task_label_names(model)
     source = DatasetSource(data_config, hub.load_tokenizer(model_path), names)
     check_task(source.split, model.config, repr(model_path))
     bar = progress("eval", len(source), 0) if progress is not None else None
@@ -230,5 +260,5 @@ def run(
     if bar is not None:
         bar.close()
     labels = source.examples.labels
-    found = metrics(task.name, outputs, labels, source.label_names, model.config.num_labels)
+    found = metrics(task.name, outputs, labels, source.label_names, model.config.num_labels, source)
     return EvalResult(found, len(labels), time.perf_counter() - started, task.name)

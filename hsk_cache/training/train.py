@@ -324,6 +324,7 @@ def _evaluator(config: TrainConfig, source, general: bool = False, loss_fn=None,
         task_type=task.name,
         format=trained.format if same else None,
         holdout=trained.holdout if same else None,
+        doc_stride=trained.doc_stride,
     )
     return Evaluator(
         data,
