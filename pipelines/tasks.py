@@ -108,12 +108,13 @@ def run(args) -> None:
         train_data = task_data(task, "train", args.limit, args.max_length)
         dev_data = task_data(task, "dev", args.dev_limit, args.max_length)
         teacher = work / task / "teacher"
+        teacher_data = task_data(task, "train", args.teacher_limit, args.max_length)
         if not (teacher / "config.json").exists():
             start = time.perf_counter()
             finetune.run(
                 finetune.FinetuneConfig(
                     model="minilm-l6",
-                    data=train_data,
+                    data=teacher_data,
                     out=str(teacher),
                     epochs=args.teacher_epochs,
                     lr=args.teacher_lr,
@@ -127,8 +128,9 @@ def run(args) -> None:
                     "student": "teacher",
                     "setting": "fine-tuned MiniLM-L6",
                     "seed": 0,
-                    "limit": args.limit,
+                    "limit": args.teacher_limit,
                     "epochs": args.teacher_epochs,
+                    "lr": args.teacher_lr,
                     "metrics": result.metrics,
                     "dev_examples": result.examples,
                     "train_s": time.perf_counter() - start,
@@ -245,36 +247,36 @@ def _step_ratio(teacher: Path, data: DataConfig, cache: Path, work: Path, args) 
     }
 
 
-def report() -> str:
-    rows = _rows()
-    lines = [
-        "# Beyond classification: regression and NER from the cache",
-        "",
-        "Written by `python -m pipelines.tasks --report` from `docs/tasks/results.jsonl` (do not edit by hand);",
-        "the module docstring of `pipelines/tasks.py` says what each row is. Produced on this machine (2 CPU",
-        "cores, bf16 autocast) with:",
-        "",
-    ]
-    commands = sorted(
-        {
-            (r["limit"], tuple(r["epochs"]) if isinstance(r["epochs"], list) else r["epochs"])
-            for r in rows
-            if r["student"] != "teacher" and r["setting"] != "step ratio"
-        }
-    )
-    for limit, epochs in commands:
-        lines.append(f"    python -m pipelines.tasks --limit {limit} --epochs {epochs[0]:g}+{epochs[1]:g}")
+MARK, END = "<!-- results -->\n", "<!-- /results -->"
+
+
+def report(rows: list[dict]) -> str:
+    """The tables of docs/tasks.md (between its results markers) from the result rows."""
+    lines = ["Produced on this machine (2 CPU cores, bf16 autocast) with:", ""]
+    for task in ("regression", "ner"):
+        teacher = next((r for r in rows if r["task"] == task and r["student"] == "teacher"), None)
+        trained = [r for r in rows if r["task"] == task and r["student"] != "teacher" and r["setting"] != "step ratio"]
+        if teacher is None or not trained:
+            continue
+        first = trained[0]
+        limit = f" --teacher-limit {teacher['limit']}" if teacher["limit"] else ""
+        seeds = ",".join(str(x) for x in sorted({r["seed"] for r in trained}))
+        lines.append(
+            f"    python -m pipelines.tasks --tasks {task} --limit {first['limit']} --epochs "
+            f"{first['epochs'][0]:g}+{first['epochs'][1]:g} --seeds {seeds}{limit} --teacher-epochs "
+            f"{teacher['epochs']:g} --teacher-lr {teacher.get('lr', 1e-4):g}"
+        )
     lines.append("")
     for task, metric, what in (
-        ("regression", "pearson", "VADER Amazon ratings, Pearson r (Spearman ρ)"),
-        ("ner", "f1", "WNUT-16, entity F1 (seqeval, conlleval)"),
+        ("regression", "pearson", "VADER Amazon review ratings, dev Pearson r (Spearman ρ)"),
+        ("ner", "f1", "WNUT-16 NER, dev entity F1 (seqeval, conlleval) and tag accuracy"),
     ):
         task_rows = [r for r in rows if r["task"] == task]
         if not task_rows:
             continue
         other = "spearman" if task == "regression" else "accuracy"
         lines += [
-            f"## {task}: {what}",
+            f"### {task}: {what}",
             "",
             f"| student | setting | {metric}, mean ± sd over seeds | {other} | seeds | cache bytes/example | train s |",
             "|---|---|---|---|---|---|---|",
@@ -296,12 +298,19 @@ def report() -> str:
             if r["setting"] == "step ratio":
                 lines += [
                     "",
-                    f"Cache vs online, tiny4's hidden stage on the full hidden states, {r['steps']} steps "
-                    f"of 32: online {r['online_s_per_step']:.3f} s/step, cache {r['cache_s_per_step']:.3f} "
-                    f"s/step, **{r['ratio']:.2f}×** faster from the cache.",
+                    f"Cache vs online, tiny4's hidden stage on the full hidden states, {r['steps']} steps of 32: "
+                    f"online {r['online_s_per_step']:.3f} s/step, cache {r['cache_s_per_step']:.3f} s/step, "
+                    f"**{r['ratio']:.2f}×** faster from the cache.",
                 ]
         lines.append("")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
+
+
+def write_doc(rows: list[dict]) -> None:
+    """Rewrite the tables between docs/tasks.md's results markers (the prose around them stays)."""
+    text = DOC.read_text() if DOC.exists() else f"# Beyond classification\n\n{MARK}{END}\n"
+    head, rest = text.split(MARK)
+    DOC.write_text(head + MARK + report(rows) + END + rest.split(END, 1)[1])
 
 
 def main(argv=None) -> int:
@@ -312,6 +321,9 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=1000, help="training examples per task (default %(default)s)")
     parser.add_argument("--dev-limit", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument(
+        "--teacher-limit", type=int, default=None, help="the teacher's training examples (default: the whole split)"
+    )
     parser.add_argument("--teacher-epochs", type=float, default=3.0)
     parser.add_argument("--teacher-lr", type=float, default=1e-4)
     parser.add_argument("--epochs", default="2+3", help="hidden+prediction epochs of a student (labels: the second)")
@@ -329,7 +341,7 @@ def main(argv=None) -> int:
         args.seeds = [int(s) for s in args.seeds.split(",")]
         args.epochs = [float(e) for e in args.epochs.split("+")]
         run(args)
-    DOC.write_text(report())
+    write_doc(_rows())
     return 0
 
 

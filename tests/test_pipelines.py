@@ -25,3 +25,15 @@ def test_augmentation_doc_quotes_the_committed_results():
     table = augmentation.markdown(json.loads((ROOT / "docs" / "augmentation" / "results.json").read_text()))
     assert (ROOT / "docs" / "augmentation" / "results.md").read_text() == table
     assert table in (ROOT / "docs" / "augmentation.md").read_text()
+
+
+def test_tasks_doc_tables_are_the_committed_results():
+    from pipelines import tasks
+
+    rows = tasks._rows()
+    for task in ("regression", "ner"):
+        for student in ("small3", "tiny4"):
+            seeds = {r["seed"] for r in rows if r["task"] == task and r["student"] == student}
+            assert len(seeds) >= 2, (task, student)  # every setting of the table with 2 seeds at least
+    tables = tasks.DOC.read_text().split(tasks.MARK)[1].split(tasks.END)[0]
+    assert tables == tasks.report(rows)  # python -m pipelines.tasks --report rewrites them

@@ -285,6 +285,23 @@ def test_stored_logits_are_the_teachers_and_cache_training_equals_online(task, t
     assert types.of_model(trained).name == task  # the student has the teacher's head
 
 
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_per_token_logits_are_stored_in_the_specs_dtype_within_its_bound(dtype, task_data, tmp_path):
+    data, teacher = task_data["token_classification"], task_data["teachers"]["token_classification"]
+    spec = ExtractSpec.parse(knowledge="logits", dtype=dtype)
+    extract.run(extract.ExtractConfig(teacher=teacher, data=data, out=str(tmp_path / "c"), spec=spec))
+    cache = open_cache(str(tmp_path / "c"))
+    stored = cache.reader.group["logits"]
+    assert stored.dtype == np.dtype(dtype) and stored.shape == (40, 32, len(TAGS))
+    batch = cache.batch(np.arange(16))
+    real = batch["attention_mask"].bool()
+    own = _logits_of(teacher, batch)[real]
+    decoded = batch["logits"][real]
+    peak = own.abs().max(-1, keepdim=True).values
+    bound = peak / 254 + 1e-6 if dtype == "int8" else peak * 2**-11 + 1e-6  # half a step of int8 / fp16
+    assert (decoded - own).abs().le(bound).all() and not torch.equal(decoded, own)
+
+
 def test_finetune_and_eval_give_the_task_metrics(task_data, tmp_path, tiny_teacher):
     # regression: a classifier's body gets a new one-output head; eval = scipy on the outputs
     data = task_data["regression"]

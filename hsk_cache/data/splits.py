@@ -13,12 +13,17 @@ Sources (``DataConfig.source``):
 - a CoNLL-style ``token<TAB>tag`` file (``.conll``, or any name with ``format="conll"``), or a
   JSON Lines/Parquet file with ``tokens`` and ``tags`` (or ``ner_tags``) columns: token
   classification.
+- a SQuAD v1.1/v2.0 JSON file (``.json`` with a top-level ``data`` list of paragraphs, or
+  ``format="squad"``): extractive question answering, tokenized into doc-stride features.
+- a label column holding a list of labels per text (or ``a|b`` strings with the multi-label
+  task type): multi-label classification.
 - a Hugging Face hub dataset name, where the network allows it.
 
 Task types (``tasks.types``): the labels are class ids (classification), float scores
-(regression: inferred when the label column holds non-integer numbers) or per-word tag ids
-(token classification: inferred from a CoNLL file or tokens/tags columns); ``DataConfig.task_type``
-names it explicitly. ``DataConfig.holdout`` splits a source without a dev split (seed
+(regression: inferred when the label column holds non-integer numbers), per-word tag ids
+(token classification: inferred from a CoNLL file or tokens/tags list columns), label sets
+(multi-label) or answer spans (question answering); ``DataConfig.task_type`` names it
+explicitly. ``DataConfig.holdout`` splits a source without a dev split (seed
 ``HOLDOUT_SEED``).
 """
 
@@ -194,17 +199,7 @@ def _normalize_scores(split, text_columns, label_column, source):
     """Regression: rename to text/text_pair/label, labels float32, drop rows without text or score."""
     import datasets
 
-    missing = [c for c in (*text_columns, label_column) if c not in split.column_names]
-    if missing:
-        raise DataError(
-            f"{source!r} has no column(s) {missing} (columns: {split.column_names}): "
-            "name them with {text_columns} and {label_column}",
-            field="label_column" if label_column in missing else "text_columns",
-        )
-    keep = {text_columns[0]: "text", label_column: "label"}
-    if len(text_columns) == 2:
-        keep[text_columns[1]] = "text_pair"
-    split = split.select_columns(list(keep)).rename_columns(keep)
+    split = _text_and_label(split, text_columns, label_column, source)
     split, dropped = _drop_empty(split, source)
     if len(split) == 0:
         raise DataError(f"{source!r} has no scored examples in this split: check the label column")
@@ -236,17 +231,7 @@ def _normalize_label_sets(split, text_columns, label_column, label_names, source
     model's, else the sorted union). Rows without text are dropped; an empty set is kept (no label)."""
     import datasets
 
-    missing = [c for c in (*text_columns, label_column) if c not in split.column_names]
-    if missing:
-        raise DataError(
-            f"{source!r} has no column(s) {missing} (columns: {split.column_names}): "
-            "name them with {text_columns} and {label_column}",
-            field="label_column" if label_column in missing else "text_columns",
-        )
-    keep = {text_columns[0]: "text", label_column: "label"}
-    if len(text_columns) == 2:
-        keep[text_columns[1]] = "text_pair"
-    split = split.select_columns(list(keep)).rename_columns(keep)
+    split = _text_and_label(split, text_columns, label_column, source)
     sets = [
         [str(v) for v in value]
         if isinstance(value, list)
@@ -538,10 +523,11 @@ def _guess_text_columns(columns: list[str]) -> tuple[str, ...]:
     return ("text",)
 
 
-def _normalize(split, text_columns, label_column, label_names, source):
-    """Rename to text/text_pair/label, map string labels to ids, drop rows without text or label."""
-    import datasets
+def _text_and_label(split, text_columns, label_column, source):
+    """The text column(s) and the label column renamed to text/text_pair/label.
 
+    Raises: DataError naming a missing column and the flags that name them, or an empty split.
+    """
     missing = [c for c in (*text_columns, label_column) if c not in split.column_names]
     if missing:
         raise DataError(
@@ -554,7 +540,14 @@ def _normalize(split, text_columns, label_column, label_names, source):
     keep = {text_columns[0]: "text", label_column: "label"}
     if len(text_columns) == 2:
         keep[text_columns[1]] = "text_pair"
-    split = split.select_columns(list(keep)).rename_columns(keep)
+    return split.select_columns(list(keep)).rename_columns(keep)
+
+
+def _normalize(split, text_columns, label_column, label_names, source):
+    """Rename to text/text_pair/label, map string labels to ids, drop rows without text or label."""
+    import datasets
+
+    split = _text_and_label(split, text_columns, label_column, source)
     split, dropped = _drop_empty(split, source)
     if len(split) == 0:
         raise DataError(f"{source!r} has no labelled examples in this split: check the label column")

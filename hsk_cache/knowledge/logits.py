@@ -13,7 +13,9 @@ DistilBERT's soft-target loss.
 | array  | shape  | dtype   | content                                    |
 |--------|--------|---------|--------------------------------------------|
 | logits | [N, C] | float32 | teacher logits (never quantized: C is small) |
-| logits | [N, T, C] | float32 | token classification: at every real token, 0 at padding |
+| logits | [N, T, C] | stored dtype | per token (token classification; QA, C = 2): every real   |
+|        |           |         | token, 0 at padding, in the spec's dtype as hidden states are |
+| logits_scale | [N, T] | float32 | the per-row absmax scale of int8 / float8 per-token logits |
 
 The loss follows the plan's task type (``Plan.task_type``): soft cross-entropy at τ for
 classification, the MSE to the teacher's score for regression, per-token soft cross-entropy over
@@ -29,7 +31,16 @@ import numpy as np
 import torch
 
 from hsk_cache.knowledge import losses
-from hsk_cache.knowledge.kind import ArraySpec, KnowledgeKind, LossOptions, Term, pad
+from hsk_cache.knowledge.kind import (
+    ArraySpec,
+    KnowledgeKind,
+    LossOptions,
+    Term,
+    dequantized,
+    pad,
+    quantized,
+    value_arrays,
+)
 from hsk_cache.tasks import types
 
 
@@ -49,23 +60,27 @@ class Logits(KnowledgeKind):
         return {"logits": logits}
 
     def arrays(self, plan, n: int) -> list[ArraySpec]:
-        """logits [N, C] float32, or [N, T, C] (token classification)."""
-        shape = (n, plan.max_length, plan.classes) if types.get(plan.task_type).per_token else (n, plan.classes)
-        return [ArraySpec("logits", shape, "float32", plan.spec.codec)]
+        """logits [N, C] float32; per token (token classification, QA) [N, T, C] in the spec's
+        stored dtype, with its per-row scale for int8 / float8 (``kind.value_arrays``)."""
+        if types.get(plan.task_type).per_token:
+            return value_arrays("logits", (n, plan.max_length, plan.classes), plan)
+        return [ArraySpec("logits", (n, plan.classes), "float32", plan.spec.codec)]
 
     def encode(self, knowledge: dict, plan) -> dict[str, np.ndarray]:
-        """float32 rows (token classification: padded with 0 to T)."""
+        """float32 rows; per token padded with 0 to T and quantized to the spec's dtype."""
         logits = knowledge["logits"].float().numpy()
-        if types.get(plan.task_type).per_token:
-            logits = pad(logits, 1, plan.max_length, 0.0)
-        return {"logits": logits.astype(np.float32)}
+        if not types.get(plan.task_type).per_token:
+            return {"logits": logits.astype(np.float32)}
+        out: dict[str, np.ndarray] = {}
+        quantized(out, "logits", pad(logits, 1, plan.max_length, 0.0).astype(np.float32), plan.spec.dtype)
+        return out
 
     def decode(self, rows: dict[str, np.ndarray], plan, width: int) -> dict[str, torch.Tensor]:
-        """float32 [B, C], or [B, T_b, C] cut to the batch's width ``width``."""
-        logits = rows["logits"]
-        if types.get(plan.task_type).per_token:
-            logits = logits[:, :width]
-        return {"logits": torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))}
+        """float32 [B, C], or [B, T_b, C] cut to the batch's width ``width`` (dequantized)."""
+        if not types.get(plan.task_type).per_token:
+            return {"logits": torch.from_numpy(rows["logits"].astype(np.float32))}
+        cut = {name: values[:, :width] for name, values in rows.items() if name.startswith("logits")}
+        return {"logits": torch.from_numpy(np.ascontiguousarray(dequantized(cut, "logits", plan.spec.dtype)))}
 
     def term(self, plan, student_config, options: LossOptions) -> LogitsTerm:
         """The task type's prediction-layer loss (module docstring), plus the weighted gold-label loss."""
