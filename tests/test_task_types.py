@@ -302,6 +302,24 @@ def test_per_token_logits_are_stored_in_the_specs_dtype_within_its_bound(dtype, 
     assert (decoded - own).abs().le(bound).all() and not torch.equal(decoded, own)
 
 
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_dry_run_predicts_a_token_caches_bytes_within_10_percent(codec, task_data, tmp_path):
+    from hsk_cache.store.info import cache_info
+
+    spec = ExtractSpec.parse(layers="last", tokens="topk:4", dtype="float16", codec=codec)
+    config = extract.ExtractConfig(
+        teacher=task_data["teachers"]["token_classification"],
+        data=task_data["token_classification"],
+        out=str(tmp_path / "cache"),
+        spec=spec,
+        shard_examples=16,
+    )
+    predicted = extract.dry_run(config).total_bytes
+    extract.run(config)
+    real = cache_info(str(tmp_path / "cache"))["stored_bytes"]
+    assert abs(predicted - real) <= 0.10 * real, (predicted, real)
+
+
 def test_finetune_and_eval_give_the_task_metrics(task_data, tmp_path, tiny_teacher):
     # regression: a classifier's body gets a new one-output head; eval = scipy on the outputs
     data = task_data["regression"]

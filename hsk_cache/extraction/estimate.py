@@ -94,6 +94,8 @@ def _data_bytes(spec: ArraySpec, examples: Examples, n: int, plan, kept: np.ndar
     if spec.role == "index":
         return _compressed(_synthetic_index(spec.shape, kept, ordered), chunk)
     # float knowledge: the rows of kept tokens are incompressible, padding rows vanish
+    if spec.role == "real_tokens":
+        return int(spec.nbytes() * float(np.mean(examples.lengths)) / plan.max_length / FLOAT_RATIO)
     fraction = kept.sum() / max(n * plan.kept_tokens, 1)
     if spec.role == "key_rows":  # rows over all T keys: only the real ones hold values
         fraction *= float(np.mean(examples.lengths)) / plan.max_length

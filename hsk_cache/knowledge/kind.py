@@ -30,7 +30,7 @@ from hsk_cache.errors import ConfigError
 from hsk_cache.knowledge import quantize, sparse_rows
 
 ITEMSIZE = {"int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "float16": 2, "int32": 4, "float32": 4, "int64": 8}
-ROLES = ("example", "index", "values", "key_rows")
+ROLES = ("example", "index", "values", "key_rows", "real_tokens")
 WIDTH_TARGETS = ("zero", "ignore")
 ATTENTION_LOSSES = ("kl", "mse")
 HIDDEN_LOSSES = ("mse", "cosine")
@@ -49,8 +49,9 @@ class ArraySpec:
         per_example: chunked along N (False for small global arrays such as dim_index, one chunk).
         role: how the size estimate treats its bytes: ``example`` (token ids and labels, known
             before the teacher runs), ``index`` (kept positions, −1 padded), ``values`` (float
-            knowledge at kept tokens) or ``key_rows`` (rows over all T keys: scaled by the mean
-            real length too).
+            knowledge at kept tokens), ``key_rows`` (rows over all T keys: scaled by the mean
+            real length too) or ``real_tokens`` (values at every real token, such as per-token
+            logits: scaled by the mean real length alone).
     """
 
     name: str
@@ -273,7 +274,8 @@ def value_arrays(name: str, shape: tuple[int, ...], plan, role: str = "values") 
     dtype, codec = plan.spec.dtype, plan.spec.codec
     out = [ArraySpec(name, shape, quantize.STORAGE_DTYPE[dtype], codec, role=role)]
     if quantize.needs_scale(dtype):
-        out.append(ArraySpec(f"{name}_scale", shape[:-1], "float32", codec))
+        scale_role = role if role == "real_tokens" else "values"  # one scale per row of values
+        out.append(ArraySpec(f"{name}_scale", shape[:-1], "float32", codec, role=scale_role))
     return out
 
 

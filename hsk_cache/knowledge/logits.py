@@ -63,7 +63,7 @@ class Logits(KnowledgeKind):
         """logits [N, C] float32; per token (token classification, QA) [N, T, C] in the spec's
         stored dtype, with its per-row scale for int8 / float8 (``kind.value_arrays``)."""
         if types.get(plan.task_type).per_token:
-            return value_arrays("logits", (n, plan.max_length, plan.classes), plan)
+            return value_arrays("logits", (n, plan.max_length, plan.classes), plan, role="real_tokens")
         return [ArraySpec("logits", (n, plan.classes), "float32", plan.spec.codec)]
 
     def encode(self, knowledge: dict, plan) -> dict[str, np.ndarray]:
