@@ -194,3 +194,21 @@ def test_usage_errors_exit_2(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2 and needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra,needles",
+    [
+        (["--eval-every", "5"], ["--eval-every 5 needs --eval-data"]),
+        (["--eval-metric", "mcc"], ["--eval-metric mcc needs --eval-data"]),
+        (["--eval-split", "banana"], ["--eval-split banana needs --eval-data"]),
+        (["--memory-budget-gb", "-1"], ["--memory-budget-gb -1 GiB", "positive"]),
+        (["--memory-budget-gb", "0"], ["--memory-budget-gb 0 GiB"]),
+    ],
+)
+def test_options_that_cannot_do_what_was_asked_are_refused(extra, needles, tmp_path, capsys):
+    from tests.conftest import fails
+
+    out = tmp_path / "student"
+    fails(capsys, ["train", "--from-cache", str(tmp_path / "no-cache"), "--out", str(out), *extra], *needles)
+    assert not out.exists()  # refused before anything is written

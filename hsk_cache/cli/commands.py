@@ -229,6 +229,20 @@ def _train(a) -> int:
     )
     online = a.online_teacher is not None
     evaluation = None
+    if not a.eval_data:  # evaluation options without data to evaluate on would be ignored
+        given = [
+            (name, value)
+            for name, value, default in (("eval_every", a.eval_every, 0), ("eval_metric", a.eval_metric, None))
+            + (("eval_split", a.eval_split, "dev"),)
+            if value != default
+        ]
+        if given:
+            name, value = given[0]
+            raise ConfigError(
+                f"{{{name}}} {value} needs {{eval_data}}: name the dev data to evaluate on, or drop {{{name}}}",
+                field=name,
+                value=value,
+            )
     if a.eval_data:
         evaluation = configs.EvalConfig(
             data=a.eval_data,

@@ -254,8 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-metric",
         default=None,
         choices=EVAL_METRICS,
-        help="the metric that picks the best model: accuracy or mcc for a task; loss (the dev distillation "
-        "loss, lowest best) for general distillation (default: accuracy; loss for general distillation)",
+        help="the metric that picks the best model, one the task reports: accuracy or mcc (classification), "
+        "pearson or spearman (regression), f1 (token classification, QA), exact_match (QA), micro_f1 or "
+        "macro_f1 (multi-label); loss (the dev distillation loss, lowest best) for general distillation "
+        "(default: the task's first; loss for general distillation)",
     )
 
     p = sub.add_parser(

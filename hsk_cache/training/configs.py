@@ -129,6 +129,13 @@ class TrainConfig:
                 field="schedule",
                 value=self.schedule,
             )
+        if self.memory_budget_bytes < 1:
+            raise ConfigError(
+                f"{{memory_budget_bytes}} {self.memory_budget_bytes / (1 << 30):g} GiB: give a positive budget "
+                "(e.g. 4; a cache larger than it is read a window of shards at a time)",
+                field="memory_budget_bytes",
+                value=self.memory_budget_bytes,
+            )
         if (self.cache is None) == (self.online_teacher is None):
             raise ConfigError("give exactly one of {cache} CACHE or {online_teacher} TEACHER", field="cache")
         if self.online_teacher is not None and self.data is None:
