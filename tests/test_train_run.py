@@ -3,6 +3,7 @@ model, refusing another config at the same --out, --overwrite, --resume, and fin
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -182,14 +183,20 @@ def test_another_config_at_the_same_out_is_refused(cache, tmp_path, capsys):
     assert run["identity"]["stages"][1]["lr"] == 1e-3
 
 
-def test_resume_needs_a_checkpoint_and_foreign_directories_are_kept(cache, tmp_path, capsys):
+def test_resume_needs_a_checkpoint_and_foreign_directories_are_kept(cache, tmp_path, capsys, tiny_teacher):
     fails(capsys, _train(cache, tmp_path / "new", "--resume"), "holds no checkpoint to resume from")
     assert not (tmp_path / "new").exists()
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "todo.txt").write_text("keep me")
-    fails(capsys, _train(cache, foreign), "exists and holds no hsk train run", "--overwrite")
+    fails(capsys, _train(cache, foreign), "exists and holds no hsk train run", "choose another --out")
     assert os.listdir(foreign) == ["todo.txt"]
+    # --overwrite replaces only hsk train's own runs: a saved model stays as it was
+    model = tmp_path / "model"
+    shutil.copytree(tiny_teacher, model)
+    before = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
+    fails(capsys, _train(cache, model, "--overwrite"), "holds no hsk train run", "--overwrite replaces only")
+    assert {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()} == before
     fails(capsys, _train(cache, tmp_path / "x", "--resume", "--overwrite"), "at most one of --overwrite")
 
 

@@ -43,9 +43,10 @@ _OWN = (RUN_FILE, METRICS_FILE, SUMMARY_FILE, BEST_DIR, checkpoint.CHECKPOINTS)
 RUN_OUTPUT = outputs.OutputKind(
     run="a run",
     error=CheckpointError,
-    foreign="exists and holds no hsk train run: choose another {out}, or pass {overwrite} to write the student there",
+    foreign="exists and holds no hsk train run (a saved model, say): choose another {out}",
     fix="rerun the original command to resume it, pass {overwrite} to start over, or choose another {out}",
-    overwrite_replaces_foreign=True,  # a saved model, say (a later issue)
+    foreign_overwrite="holds no hsk train run, and {overwrite} replaces only hsk train's own runs (this may be a "
+    "saved model): choose another {out}, or remove it yourself",
 )
 
 
