@@ -93,3 +93,41 @@ def fails(capsys, argv, *needles) -> str:
     for needle in needles:
         assert needle in err, err
     return err
+
+
+@pytest.fixture(scope="module")
+def task_data(tmp_path_factory, tokenizer):
+    """Generated data of every task type and a tiny teacher of each (``tests.task_data``)."""
+    import json
+
+    from hsk_cache.config.run import DataConfig
+    from tests.task_data import scored_rows, squad_v2, tagged_sentences, tiny_task_model, topic_rows
+
+    root = tmp_path_factory.mktemp("tasks")
+    # VADER's layout: id, mean rating, text, tab-separated with a header, CRLF, named .txt
+    with open(root / "ratings_GroundTruth.txt", "w", newline="") as handle:
+        handle.write("id\tsentiment\ttext\r\n")
+        for i, (text, score) in enumerate(scored_rows(48, seed=0)):
+            handle.write(f"{i}_1\t{score}\t{text}\r\n")
+    with open(root / "ner.conll", "w") as handle:
+        for sentence in tagged_sentences(40, seed=1):
+            handle.write("".join(f"{w}\t{t}\n" for w, t in sentence) + "\t\n")  # lone-tab separators, as WNUT
+    with open(root / "topics.jsonl", "w") as handle:
+        handle.write("".join(json.dumps(row) + "\n" for row in topic_rows(40, seed=2)))
+    teachers = {}
+    (root / "squad.json").write_text(json.dumps(squad_v2(seed=3)))
+    for task in ("regression", "token_classification", "multi_label_classification", "question_answering"):
+        teachers[task] = str(root / task)
+        models.save(tiny_task_model(tokenizer, task), tokenizer, teachers[task])
+    return {
+        "regression": DataConfig(
+            source=str(root / "ratings_GroundTruth.txt"), format="tsv", label_column="sentiment", max_length=32
+        ),
+        "token_classification": DataConfig(source=str(root / "ner.conll"), max_length=32),
+        "question_answering": DataConfig(source=str(root / "squad.json"), max_length=48, doc_stride=12),
+        "multi_label_classification": DataConfig(
+            source=str(root / "topics.jsonl"), label_column="topics", max_length=32
+        ),
+        "teachers": teachers,
+        "root": root,
+    }

@@ -1,8 +1,6 @@
 """Task types beyond classification (regression, token classification) through the whole pipeline:
 data → finetune → extract → train from the cache / online → eval, against independent references."""
 
-import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ from seqeval.metrics import f1_score
 
 from hsk_cache.config import run as run_settings
 from hsk_cache.config.run import DataConfig, StageConfig
-from hsk_cache.data import splits
+from hsk_cache.data import splits, task_columns
 from hsk_cache.data.cache import open_cache
 from hsk_cache.data.sources import OnlineSource
 from hsk_cache.errors import ConfigError, DataError, ModelError
@@ -24,148 +22,16 @@ from hsk_cache.models.inputs import model_inputs
 from hsk_cache.models.students import StudentConfig
 from hsk_cache.tasks import qa, types
 from hsk_cache.training import configs, evaluate, finetune, train
-from tests.conftest import WORDS, fails
-
-LOSSLESS = ExtractSpec.parse(layers="all", tokens="all", dims="all", dtype="float32")
-TAGS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
-TOPICS = ("cold", "sad", "warm")  # multi-label: a text has every topic whose word it holds
-PEOPLE, PLACES = ["ada lovelace", "alan", "grace hopper", "linus"], ["paris", "new york", "oslo", "rome"]
-
-
-def tiny_task_model(tokenizer, task: str, tags=TAGS, seed: int = 0):
-    from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
-
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(seed)
-    if task == "regression":
-        config.num_labels, config.problem_type = 1, "regression"
-        return BertForSequenceClassification(config).eval()
-    if task == "question_answering":
-        from transformers import BertForQuestionAnswering
-
-        config.num_labels = 2
-        return BertForQuestionAnswering(config).eval()
-    if task == "multi_label_classification":
-        config.num_labels, config.problem_type = len(TOPICS), "multi_label_classification"
-        config.id2label, config.label2id = dict(enumerate(TOPICS)), {t: i for i, t in enumerate(TOPICS)}
-        return BertForSequenceClassification(config).eval()
-    config.num_labels, config.id2label = len(tags), dict(enumerate(tags))
-    config.label2id = {t: i for i, t in enumerate(tags)}
-    return BertForTokenClassification(config).eval()
-
-
-def scored_rows(n: int, seed: int) -> list[tuple[str, float]]:
-    """Sentences scored by (positive − negative words) / words, a float in [−1, 1]."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words = [rng.choice(WORDS[rng.choice(("pos", "neg"))]) for _ in range(rng.randint(3, 15))]
-        score = (sum(w in WORDS["pos"] for w in words) - sum(w in WORDS["neg"] for w in words)) / len(words)
-        rows.append((" ".join(words), round(score + 0.01, 4)))
-    return rows
-
-
-def topic_rows(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words = [rng.choice(WORDS["pos"] + WORDS["neg"]) for _ in range(rng.randint(2, 10))]
-        rows.append({"text": " ".join(words), "topics": sorted({w for w in words if w in TOPICS})})
-    return rows
-
-
-def squad_v2(seed: int) -> dict:
-    """A SQuAD v2.0 file: contexts of 8–14 "<name> lives in <place> ." sentences (longer than one
-    48-token feature), a question per person (answer: the place, at its character offset) and an
-    unanswerable one per context (``is_impossible``)."""
-    rng = random.Random(seed)
-    names = ["ada", "alan", "grace", "linus", "edsger", "barbara", "donald", "frances", "john", "tim", "ken", "dennis"]
-    places = ["paris", "oslo", "rome", "lima", "cairo", "kyoto", "quito", "dakar", "perth", "delhi", "tunis", "sofia"]
-    paragraphs = []
-    for p in range(6):
-        people = rng.sample(names, rng.randint(8, 12))
-        context, qas = "", []
-        for person in people:
-            place = rng.choice(places)
-            sentence = f"{person} lives in "
-            start = len(context) + len(sentence)
-            context += sentence + place + ". "
-            qas.append(
-                {
-                    "id": f"{p}-{person}",
-                    "question": f"where does {person} live?",
-                    "is_impossible": False,
-                    "answers": [{"text": place, "answer_start": start}],
-                }
-            )
-        absent = next(n for n in names if n not in people)
-        qas.append(
-            {
-                "id": f"{p}-{absent}",
-                "question": f"where does {absent} live?",
-                "is_impossible": True,
-                "answers": [],
-                "plausible_answers": [{"text": "paris", "answer_start": 0}],
-            }
-        )
-        paragraphs.append({"context": context.strip(), "qas": qas})
-    return {"version": "v2.0", "data": [{"title": "people", "paragraphs": paragraphs}]}
-
-
-def tagged_sentences(n: int, seed: int) -> list[list[tuple[str, str]]]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        sentence = []
-        for _ in range(rng.randint(2, 8)):
-            pick = rng.random()
-            if pick < 0.2:
-                sentence += [(w, ("B-" if i == 0 else "I-") + "PER") for i, w in enumerate(rng.choice(PEOPLE).split())]
-            elif pick < 0.4:
-                sentence += [(w, ("B-" if i == 0 else "I-") + "LOC") for i, w in enumerate(rng.choice(PLACES).split())]
-            else:
-                sentence.append((rng.choice(WORDS["pos"] + WORDS["neg"]), "O"))
-        out.append(sentence)
-    return out
-
-
-@pytest.fixture(scope="module")
-def task_data(tmp_path_factory, tokenizer):
-    root = tmp_path_factory.mktemp("tasks")
-    # VADER's layout: id, mean rating, text, tab-separated with a header, CRLF, named .txt
-    with open(root / "ratings_GroundTruth.txt", "w", newline="") as handle:
-        handle.write("id\tsentiment\ttext\r\n")
-        for i, (text, score) in enumerate(scored_rows(48, seed=0)):
-            handle.write(f"{i}_1\t{score}\t{text}\r\n")
-    with open(root / "ner.conll", "w") as handle:
-        for sentence in tagged_sentences(40, seed=1):
-            handle.write("".join(f"{w}\t{t}\n" for w, t in sentence) + "\t\n")  # lone-tab separators, as WNUT
-    with open(root / "topics.jsonl", "w") as handle:
-        handle.write("".join(json.dumps(row) + "\n" for row in topic_rows(40, seed=2)))
-    teachers = {}
-    (root / "squad.json").write_text(json.dumps(squad_v2(seed=3)))
-    for task in ("regression", "token_classification", "multi_label_classification", "question_answering"):
-        teachers[task] = str(root / task)
-        models.save(tiny_task_model(tokenizer, task), tokenizer, teachers[task])
-    return {
-        "regression": DataConfig(
-            source=str(root / "ratings_GroundTruth.txt"), format="tsv", label_column="sentiment", max_length=32
-        ),
-        "token_classification": DataConfig(source=str(root / "ner.conll"), max_length=32),
-        "question_answering": DataConfig(source=str(root / "squad.json"), max_length=48, doc_stride=12),
-        "multi_label_classification": DataConfig(
-            source=str(root / "topics.jsonl"), label_column="topics", max_length=32
-        ),
-        "teachers": teachers,
-        "root": root,
-    }
+from tests.conftest import fails
+from tests.task_data import (
+    LOSSLESS,
+    TAGS,
+    TOPICS,
+    scored_rows,
+    squad_v2,
+    tagged_sentences,
+    topic_rows,
+)
 
 
 def test_data_is_read_as_its_task_type(task_data):
@@ -240,7 +106,7 @@ def test_stored_logits_are_the_teachers_and_cache_training_equals_online(task, t
         assert torch.equal(batch["logits"][mask.bool()], stacked[mask.bool()])
         assert not batch["logits"][~mask.bool()].any()
         features = qa.make_features(
-            splits.question_examples(splits.load_split(data).dataset), models.load_tokenizer(teacher), 48, 12
+            task_columns.question_examples(splits.load_split(data).dataset), models.load_tokenizer(teacher), 48, 12
         )
         assert len(cache) == len(features) > len(squad_v2(seed=3)["data"][0]["paragraphs"]) * 9  # windows
         assert batch["labels"].tolist() == [
@@ -386,51 +252,12 @@ def test_multi_label_finetune_and_eval_give_sklearns_f1(task_data, tmp_path, tin
     assert found.metrics["macro_f1"] == pytest.approx(sk_f1(gold, predicted, average="macro", zero_division=0))
 
 
-def test_question_answering_finetune_and_eval_give_squads_metrics(task_data, tmp_path, tiny_teacher):
-    data = task_data["question_answering"]
-    out = str(tmp_path / "reader")
-    result = finetune.run(
-        finetune.FinetuneConfig(model=tiny_teacher, data=data, out=out, epochs=4, batch_size=8, lr=2e-3)
-    )
-    assert result.stage.losses[-1] < result.stage.losses[0]
-    model, tokenizer = models.load_classifier(out), models.load_tokenizer(out)
-    assert types.of_model(model).name == "question_answering"
-    examples = splits.question_examples(splits.load_split(data).dataset)
-    features = qa.make_features(examples, tokenizer, 48, 12)
-    starts, ends = [], []
-    with torch.no_grad():
-        for f in range(len(features)):
-            ids = torch.tensor([features.input_ids[f]])
-            outputs = model(input_ids=ids, token_type_ids=torch.tensor([features.token_type_ids[f]]))
-            starts.append(outputs.start_logits[0].numpy())
-            ends.append(outputs.end_logits[0].numpy())
-    answers = qa.postprocess(examples, features, starts, ends, version_2=True)
-    expected = qa.squad_metrics(answers, {e.id: list(e.answers) for e in examples})
-    found = evaluate.run(out, data)
-    assert found.task_type == "question_answering" and found.examples == len(features)
-    for key in ("exact_match", "f1", "has_answer_f1", "no_answer_exact_match"):
-        assert found.metrics[key] == pytest.approx(expected[key], abs=1e-9), key
-
-
-def test_the_commands_run_question_answering_on_a_squad_v2_file(task_data, tiny_teacher, tmp_path, capsys):
-    from hsk_cache.cli import main
-
-    squad, shape = task_data["question_answering"].source, ["--max-length", "48", "--doc-stride", "12"]
-    teacher, cache, student = (str(tmp_path / name) for name in ("teacher", "cache", "student"))
-    assert main(["finetune", "--model", tiny_teacher, "--data", squad, *shape, "--epochs", "1", "--out", teacher]) == 0
-    assert main(["extract", "--teacher", teacher, "--data", squad, *shape, "--out", cache]) == 0
-    tiny = ["--student-layers", "1", "--student-hidden", "16", "--student-heads", "2", "--student-ffn", "32"]
-    assert main(["train", "--from-cache", cache, *tiny, "--out", student, "--eval-data", squad]) == 0
-    capsys.readouterr()
-    assert main(["eval", student, "--data", squad, *shape, "--json"]) == 0
-    found = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert found["task"] == "question_answering" and 0 <= found["exact_match"] <= found["f1"] <= 1
-    assert found["examples"] == len(open_cache(cache))  # the features, several per question
-
-
 def test_a_head_that_does_not_fit_the_data_is_one_line(task_data, tiny_teacher, tmp_path, capsys):
     with pytest.raises(ModelError, match="sequence classifier but .* holds regression data"):
         extract.prepare(extract.ExtractConfig(teacher=tiny_teacher, data=task_data["regression"], out=str(tmp_path)))
+    reader, conll_data = task_data["teachers"]["question_answering"], task_data["token_classification"]
+    with pytest.raises(ModelError, match="question-answering model but .* holds token_classification data"):
+        extract.prepare(extract.ExtractConfig(teacher=reader, data=conll_data, out=str(tmp_path)))
     regressor = task_data["teachers"]["regression"]
     conll = task_data["token_classification"].source
     fails(capsys, ["extract", "--teacher", regressor, "--data", conll, "--out", str(tmp_path / "c")], "regressor")

@@ -126,7 +126,7 @@ def check_task(split: splits.Split, teacher_config, what: str = "the teacher") -
     task = types.of_config(teacher_config)
     if task.name != split.task_type:
         raise ModelError(
-            f"{what} is a {hub.MODEL_NOUNS[task.name]} but {split.source!r} holds {split.task_type} data: "
+            f"{what} is a {task.noun} but {split.source!r} holds {split.task_type} data: "
             f"fine-tune a teacher on it first (hsk finetune --task {split.task_type}), or set {{task}} {task.name} "
             "if the data was read as the wrong task",
             field="task",

@@ -19,12 +19,6 @@ from hsk_cache.errors import ConfigError, ModelError, first_line
 from hsk_cache.models.families import _getter, max_positions
 from hsk_cache.tasks import types
 
-MODEL_NOUNS = {
-    "classification": "sequence classifier",
-    "regression": "regressor",
-    "token_classification": "token classifier",
-}
-
 log = logging.getLogger(__name__)
 
 BUNDLED_TEACHER = "minilm-l6"
@@ -125,7 +119,7 @@ def load_classifier(
     try:
         model = task.auto().from_pretrained(path, **kwargs)
     except Exception as err:
-        raise load_error(path, err, MODEL_NOUNS[task.name]) from None
+        raise load_error(path, err, task.noun) from None
     return model.eval()
 
 

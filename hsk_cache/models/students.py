@@ -102,7 +102,7 @@ def _student(student: StudentConfig, teacher_config: dict, label_names: tuple[st
         model = hub.load_classifier(student.path, attention=attention)
         if types.of_model(model) != task:
             raise ConfigError(
-                f"pretrained student {student.path!r} is a {hub.MODEL_NOUNS[types.of_model(model).name]}, the task "
+                f"pretrained student {student.path!r} is a {types.of_model(model).noun}, the task "
                 f"{task.name}: pick a student for this task"
             )
         if model.config.num_labels != classes:

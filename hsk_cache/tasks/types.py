@@ -37,6 +37,7 @@ class TaskType:
             ``score``, ``tags`` (per token), ``set`` (multi-hot), ``span`` (start, end).
         label_dtype: the labels' numpy dtype.
         metrics: the dev metrics it reports; ``metrics[0]`` picks the best model by default.
+        noun: what messages call a model with this head ("a sequence classifier").
     """
 
     name: str
@@ -46,6 +47,7 @@ class TaskType:
     labels: str
     label_dtype: str
     metrics: tuple[str, ...]
+    noun: str
 
     def classes(self, label_names: tuple[str, ...]) -> int:
         """The head's outputs for ``label_names``: 1 (regression), 2 (start, end: QA), else one per name."""
@@ -78,6 +80,7 @@ CLASSIFICATION = TaskType(
     labels="id",
     label_dtype="int64",
     metrics=("accuracy", "mcc"),
+    noun="sequence classifier",
 )
 REGRESSION = TaskType(
     "regression",
@@ -87,6 +90,7 @@ REGRESSION = TaskType(
     labels="score",
     label_dtype="float32",
     metrics=("pearson", "spearman"),
+    noun="regressor",
 )
 TOKEN_CLASSIFICATION = TaskType(
     "token_classification",
@@ -96,6 +100,7 @@ TOKEN_CLASSIFICATION = TaskType(
     labels="tags",
     label_dtype="int64",
     metrics=("f1", "precision", "recall", "accuracy"),
+    noun="token classifier",
 )
 MULTI_LABEL = TaskType(
     "multi_label_classification",
@@ -105,6 +110,7 @@ MULTI_LABEL = TaskType(
     labels="set",
     label_dtype="float32",
     metrics=("micro_f1", "macro_f1"),
+    noun="multi-label classifier",
 )
 QUESTION_ANSWERING = TaskType(
     "question_answering",
@@ -114,6 +120,7 @@ QUESTION_ANSWERING = TaskType(
     labels="span",
     label_dtype="int64",
     metrics=("f1", "exact_match"),
+    noun="question-answering model",
 )
 TASK_TYPES = {t.name: t for t in (CLASSIFICATION, REGRESSION, TOKEN_CLASSIFICATION, MULTI_LABEL, QUESTION_ANSWERING)}
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from hsk_cache.config.run import DataConfig
-from hsk_cache.data import splits
+from hsk_cache.data import task_columns
 from hsk_cache.data.sources import DatasetSource, check_task
 from hsk_cache.errors import ModelError
 from hsk_cache.knowledge.batch import sequential_batches
@@ -125,7 +125,7 @@ def question_metrics(outputs: list, source) -> dict:
     ``predict``'s [B, T_b, 2] start/end logits over ``source``'s features: post-processed to
     answer texts with ``tasks.qa.postprocess`` (n-best 20, at most 30 tokens; SQuAD v2.0's null
     answer allowed when the split has an unanswerable question)."""
-    examples = splits.question_examples(source.split.dataset)
+    examples = task_columns.question_examples(source.split.dataset)
     columns = source.tokenized.select_columns(["example_id", "offsets"])
     offsets = [[tuple(o) if o[0] >= 0 else None for o in row] for row in columns["offsets"]]
     features = qa.QAFeatures(
