@@ -16,7 +16,8 @@ interleaved in every repeat (the order rotates), medians of ``--repeats`` with m
     The plain read drops each file's bytes at once, so it reuses one buffer; for reference, the
     same read into new memory kept until the pass ends (``readinto`` a fresh array per file, as
     any reader holding the cache must), and the rate of a first write into as much fresh memory
-    (the page faults such a reader pays);
+    (the page faults such a reader pays), and ``open_cache`` with every shard read by zarr
+    instead of ``store.shards``' direct read (``store.shards.ENABLED`` off);
 (b) steady state, examples/s over ``--epochs`` epochs once the cache is in memory:
     ``cache.loader(32, seed)`` (collate, gather, decode to float32 tensors, prefetch 1) against a
     bare numpy gather of the same arrays (a random permutation; per batch of 32,
@@ -51,6 +52,7 @@ import torch
 from benchmarks.common import RESULTS, machine, ratios, write_run
 from hsk_cache.cli.progress import quiet_libraries
 from hsk_cache.data.cache import open_cache
+from hsk_cache.store import shards
 
 D, K, T, BATCH = 768, 16, 128, 32
 TARGETS = {"open_cache / plain read, warm": 0.5, "open_cache / plain read, cold": 0.5, "loader / bare gather": 0.8}
@@ -157,6 +159,15 @@ def open_and_read(path: str) -> float:
     return seconds
 
 
+def open_and_read_zarr(path: str) -> float:
+    """``open_and_read`` with every shard read by zarr (``store.shards.ENABLED`` off)."""
+    shards.ENABLED = False
+    try:
+        return open_and_read(path)
+    finally:
+        shards.ENABLED = True
+
+
 def loader_epochs(cache, epochs: int) -> float:
     """Examples/s of ``cache.loader(32)`` over ``epochs`` epochs (every tensor of every batch made)."""
     loader, examples = cache.loader(BATCH, seed=0), 0
@@ -222,9 +233,11 @@ def run(path: str, repeats: int, epochs: int, total_bytes: int) -> dict:
         "plain read, warm",
         "plain read into kept memory, warm",
         "open_cache, warm",
+        "open_cache, zarr read, warm",
         "plain read, cold",
         "plain read into kept memory, cold",
         "open_cache, cold",
+        "open_cache, zarr read, cold",
         "fresh memory, first touch",
     )
     seconds = {name: [] for name in names}
@@ -233,7 +246,7 @@ def run(path: str, repeats: int, epochs: int, total_bytes: int) -> dict:
     cache = open_cache(path)  # steady state: one cache in memory, every repeat
     for repeat in range(repeats):
         reads = [("plain read", plain_read), ("plain read into kept memory", plain_read_kept)]
-        reads.append(("open_cache", open_and_read))
+        reads += [("open_cache", open_and_read), ("open_cache, zarr read", open_and_read_zarr)]
         steady = [("loader", loader_epochs), ("bare gather", bare_gather)]
         steady.append(("bare gather, torch conversion", bare_gather_torch))
         if repeat % 2:
@@ -262,6 +275,12 @@ def run(path: str, repeats: int, epochs: int, total_bytes: int) -> dict:
         ),
         "open_cache / plain read into kept memory, cold": ratios(
             seconds["plain read into kept memory, cold"], seconds["open_cache, cold"]
+        ),
+        "open_cache / open_cache with zarr's read, warm": ratios(
+            seconds["open_cache, zarr read, warm"], seconds["open_cache, warm"]
+        ),
+        "open_cache / open_cache with zarr's read, cold": ratios(
+            seconds["open_cache, zarr read, cold"], seconds["open_cache, cold"]
         ),
         "loader / bare gather": ratios(rates["loader"], rates["bare gather"]),
         "loader / bare gather, torch conversion": ratios(rates["loader"], rates["bare gather, torch conversion"]),

@@ -11,7 +11,7 @@ import numpy as np
 from zarr.core.buffer.cpu import NDBuffer
 
 from hsk_cache.errors import CacheError
-from hsk_cache.store import commits, layout
+from hsk_cache.store import commits, layout, shards
 from hsk_cache.store.location import Location
 from hsk_cache.store.manifest import Manifest
 
@@ -143,8 +143,7 @@ class CacheReader:
         values) or a chunk fails its crc32c.
         """
         outs: dict[str, np.ndarray] = {}
-        blocks: list[tuple[str, object, int, int, int]] = []  # (name, array, first row, a, b)
-        keys: list[tuple[str, int, str]] = []
+        blocks: list[tuple[str, object, int, int, int, str]] = []  # (name, array, first row, a, b, key)
         for name in names:
             array = self.group[name]
             end = array.shape[0] if stop is None else min(stop, array.shape[0])
@@ -152,17 +151,31 @@ class CacheReader:
                 outs[name] = self._checked(array, name, slice(start, end), None)
                 continue
             step = array.shards[0]
-            keys += [(name, s, commits.shard_key(array, s)) for s in range(start // step, -(-end // step))]
             outs[name] = np.empty((max(0, end - start), *array.shape[1:]), dtype=array.dtype)
             firsts = [start, *range((start // step + 1) * step, end, step)] if start < end else []
-            blocks += [(name, array, start, a, min(end, (a // step + 1) * step)) for a in firsts]
-        for (name, shard, _), size in zip(keys, commits.sizes(self.group, [key for _, _, key in keys])):
+            blocks += [
+                (name, array, start, a, min(end, (a // step + 1) * step), commits.shard_key(array, a // step))
+                for a in firsts
+            ]
+        for (name, array, _, a, _, _), size in zip(blocks, commits.sizes(self.group, [b[-1] for b in blocks])):
             if size is None:  # zarr would return fill values
+                shard = a // array.shards[0]
                 raise self.damaged(f"shard {shard} of {name} ({self._rows(shard)}) is missing")
+        direct = {name: shards.direct_layout(self.group[name]) for name in {b[0] for b in blocks}}
 
-        def read_block(block: tuple[str, object, int, int, int]) -> None:
-            name, array, first, a, b = block
-            self._checked(array, name, slice(a, b), a // array.shards[0], outs[name][a - first : b - first])
+        def read_block(block: tuple[str, object, int, int, int, str]) -> None:
+            name, array, first, a, b, key = block
+            out = outs[name][a - first : b - first]
+            shard = a // array.shards[0]
+            if direct[name] is None:
+                self._checked(array, name, slice(a, b), shard, out)
+                return
+            try:
+                shards.read_shard(f"{self.location.root}/{key}", direct[name], shard, a, b, out)
+            except shards.ShardDamage as err:
+                raise self.damaged(f"shard {shard} of {name} ({self._rows(shard)}) is corrupt ({err})") from None
+            except OSError as err:
+                raise self.damaged(f"shard {shard} of {name} ({self._rows(shard)}) cannot be read ({err})") from None
 
         if len(blocks) == 1:
             read_block(blocks[0])
