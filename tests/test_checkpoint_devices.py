@@ -4,6 +4,8 @@ tests/test_cuda.py checks on a GPU (a CUDA-saved checkpoint resuming on the CPU 
 
 from __future__ import annotations
 
+import json
+
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -28,6 +30,11 @@ def _saved(tmp_path):
     return path, modules, optimizer, rng["torch"]
 
 
+def _state(path):
+    """state.json as saved (``checkpoint.check`` would refuse it: _saved rewrote rng.safetensors)."""
+    return json.loads((path / checkpoint.STATE_FILE).read_text())
+
+
 def _fresh():
     modules = torch.nn.ModuleDict({"student": torch.nn.Linear(3, 2)})
     optimizer = torch.optim.AdamW(modules.parameters(), lr=1e-2)
@@ -42,7 +49,7 @@ def test_a_checkpoint_with_cuda_rng_states_resumes_on_the_cpu(tmp_path, monkeypa
     modules, optimizer, scheduler = _fresh()
     checkpoint.load_weights(path, modules)
     torch.manual_seed(123)  # moved on: the restore must bring it back
-    checkpoint.load_training(path, checkpoint.load_state(path), optimizer, scheduler)
+    checkpoint.load_training(path, _state(path), optimizer, scheduler)
     assert called == []  # no CUDA here: its generators are left alone
     assert torch.equal(torch.get_rng_state(), cpu_state)
     for a, b in zip(modules.parameters(), saved_modules.parameters()):
@@ -61,7 +68,7 @@ def test_cuda_rng_states_restore_only_for_the_gpus_present(tmp_path, monkeypatch
     restored = []
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append(device))
     modules, optimizer, scheduler = _fresh()
-    checkpoint.load_training(path, checkpoint.load_state(path), optimizer, scheduler)
+    checkpoint.load_training(path, _state(path), optimizer, scheduler)
     assert restored == [0]  # cuda.1 has no GPU here (set_rng_state_all would fail on it)
 
 

@@ -7,11 +7,15 @@ A checkpoint is a directory ``<out>/checkpoints/stage<i>-step<n>``:
     rng.safetensors        torch's CPU generator state (``torch``) and, when CUDA is in use, each
                            visible GPU's (``cuda.<i>``)
     state.json             stage index, step, sampler position, the optimizer's and scheduler's other
-                           state (tensors replaced by references into optimizer.safetensors), counters
+                           state (tensors replaced by references into optimizer.safetensors), counters,
+                           and ``files``: each other file's size in bytes and crc32c (written last)
 
 It is written under a temporary name, each file flushed to disk, then renamed (atomic on POSIX):
-a directory with a final name is always complete. The previous checkpoint is removed only after
-the new one is in place.
+a directory with a final name is complete when written. The two newest checkpoints are kept (an
+older one is removed only after the new one is in place): ``resumable`` checks the newest's
+files against the sizes and checksums its state.json recorded and falls back to the one before
+when it is damaged (a disk error, a truncated copy, an edit), so a run never resumes silently
+from damaged weights.
 
 Tensors are stored from the CPU and loaded onto the devices of the run that resumes, which may
 differ from the one that saved (a CPU checkpoint resumes on CUDA and back): the weights onto the
@@ -22,18 +26,27 @@ CUDA generators only where CUDA is available (and only for the GPUs present).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from hsk_cache.errors import CheckpointError
+from hsk_cache.errors import CheckpointError, first_line
 from hsk_cache.outputs import write_dir
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
+FILES = ("weights.safetensors", "optimizer.safetensors", "rng.safetensors")  # recorded in state.json
+KEEP = 2  # checkpoints kept: the newest and the one a damaged newest falls back to
+STATE_KEYS = ("stage", "step", "stage_done", "sampler", "files")
+_READ_BYTES = 8 << 20
 _NAME = re.compile(r"^stage(\d+)-step(\d+)$")
 _TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
 
@@ -80,13 +93,105 @@ def name(stage: int, step: int) -> str:
     return f"stage{stage}-step{step:09d}"
 
 
-def latest(out: str | Path) -> Path | None:
-    """The newest complete checkpoint under ``out/checkpoints`` (highest stage, then step), or None."""
+def checkpoints(out: str | Path) -> list[Path]:
+    """The checkpoint directories under ``out/checkpoints``, newest first (highest stage, then step)."""
     root = Path(out) / CHECKPOINTS
     if not root.is_dir():
-        return None
+        return []
     found = [(tuple(map(int, m.groups())), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def latest(out: str | Path) -> Path | None:
+    """The newest checkpoint under ``out/checkpoints`` (highest stage, then step), or None."""
+    found = checkpoints(out)
+    return found[0] if found else None
+
+
+def file_record(path: Path) -> dict:
+    """``{"bytes": size, "crc32c": "8 hex digits"}`` of one file, read in 8 MiB pieces."""
+    checksum, size = google_crc32c.Checksum(), 0
+    with open(path, "rb") as handle:
+        while piece := handle.read(_READ_BYTES):
+            checksum.update(piece)
+            size += len(piece)
+    return {"bytes": size, "crc32c": checksum.digest().hex()}
+
+
+def check(path: Path) -> dict:
+    """The state.json of checkpoint ``path`` once every file it records is present with the size
+    and crc32c recorded at save time.
+
+    Raises: CheckpointError naming the file and what is wrong with it: state.json missing,
+    unreadable, not a JSON object, lacking a field, or of another stage or step than the
+    directory's name; a recorded file missing, of another size or another crc32c.
+    """
+    where = path / STATE_FILE
+    try:
+        state = json.loads(where.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{str(where)!r} is missing") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{str(where)!r} is unreadable ({first_line(err)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{str(where)!r} holds a JSON {type(state).__name__}, not an object")
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"{str(where)!r} lacks {', '.join(missing)} (written by another hsk, or edited)")
+    stage, step = (int(v) for v in _NAME.match(path.name).groups())
+    files = state["files"]
+    if (state["stage"], state["step"]) != (stage, step) or not isinstance(files, dict) or set(files) != set(FILES):
+        raise CheckpointError(f"{str(where)!r} does not describe checkpoint {path.name} (edited?)")
+    for file_name in FILES:
+        file, expected = path / file_name, files[file_name]
+        if not file.is_file():
+            raise CheckpointError(f"{str(file)!r} is missing")
+        found = file_record(file)
+        if not isinstance(expected, dict) or found["bytes"] != expected.get("bytes"):
+            written = expected.get("bytes") if isinstance(expected, dict) else expected
+            raise CheckpointError(f"{str(file)!r} has {found['bytes']} bytes, {written} were written")
+        if found["crc32c"] != expected.get("crc32c"):
+            raise CheckpointError(
+                f"{str(file)!r} is corrupt (crc32c {found['crc32c']}, {expected.get('crc32c')} written)"
+            )
+    return state
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """The checkpoint a run resumes from: ``path`` and its checked ``state``; ``damaged``: the
+    newer checkpoints that failed ``check``, as (path, problem)."""
+
+    path: Path
+    state: dict
+    damaged: tuple[tuple[Path, str], ...] = ()
+
+
+def resumable(out: str | Path) -> Resumable | None:
+    """The newest intact checkpoint under ``out`` (``check``), None when there is none at all.
+    Each damaged newer one is logged in one line (the run falls back past it).
+
+    Raises: CheckpointError (field ``overwrite``) naming the newest checkpoint's problem when no
+    checkpoint is intact.
+    """
+    damaged = []
+    for path in checkpoints(out):
+        try:
+            state = check(path)
+        except CheckpointError as err:
+            damaged.append((path, str(err)))
+            continue
+        for bad, problem in damaged:
+            log.warning("checkpoint %s is damaged: %s; resuming from the one before it, %s", bad.name, problem, path)
+        return Resumable(path, state, tuple(damaged))
+    if not damaged:
+        return None
+    path, problem = damaged[0]
+    earlier = "and no earlier checkpoint is intact" if len(damaged) > 1 else "and there is no earlier checkpoint"
+    raise CheckpointError(
+        f"cannot resume from checkpoint {path.name}: {problem}, {earlier}: pass {{overwrite}} to start over",
+        field="overwrite",
+    )
 
 
 def save(
@@ -98,10 +203,14 @@ def save(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler=None,
 ) -> Path:
-    """Write a checkpoint atomically and remove the older ones. ``optimizer``/``scheduler``: the
-    stage's, or None at a stage end (the next stage starts its own). Returns its directory."""
+    """Write a checkpoint atomically (state.json, with every other file's size and crc32c, last)
+    and remove all but the ``KEEP`` newest. ``optimizer``/``scheduler``: the stage's, or None at a
+    stage end (the next stage starts its own). Returns its directory.
+
+    Raises: CheckpointError when the checkpoint cannot be written (a full disk, permissions): the
+    partial one is removed, the earlier ones are kept.
+    """
     root = Path(out) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     final = root / name(stage, step)
     state = {**state, "stage": stage, "step": step}
 
@@ -114,25 +223,27 @@ def save(
         if scheduler is not None:
             state["scheduler"] = flatten(scheduler.state_dict(), tensors, "scheduler")
         save_file(tensors, str(tmp / "optimizer.safetensors"))
+        state["files"] = {file: file_record(tmp / file) for file in FILES}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
 
-    write_dir(final, write)
-    for old in root.iterdir():
-        if old != final and (_NAME.match(old.name) or old.name.startswith(".tmp-")):
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_state(path: Path) -> dict:
-    """state.json of a checkpoint. Raises: CheckpointError if it is unreadable."""
     try:
-        return json.loads((path / STATE_FILE).read_text())
-    except (OSError, ValueError) as err:
+        root.mkdir(parents=True, exist_ok=True)
+        write_dir(final, write)
+    except Exception as err:  # OSError, or safetensors' SafetensorError for the same disk errors
+        for partial in root.glob(f".tmp-{final.name}-*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        before = latest(out)
+        then = f"rerun the same command to resume from {before.name}" if before else "rerun the same command"
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is unreadable ({err}): remove it to resume from an earlier "
-            "one, or pass {overwrite} to start over",
-            field="overwrite",
+            f"cannot write checkpoint {str(final)!r} ({first_line(err)}): free space or fix permissions "
+            f"on {{out}}, then {then}",
+            field="out",
         ) from None
+    for old in checkpoints(out)[KEEP:]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
 
 
 def load_weights(path: Path, modules: torch.nn.ModuleDict) -> None:

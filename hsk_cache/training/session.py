@@ -28,7 +28,7 @@ from filelock import FileLock, Timeout
 
 from hsk_cache import outputs
 from hsk_cache.config.run import DEFAULT_SAVE_EVERY, Interval
-from hsk_cache.errors import CheckpointError
+from hsk_cache.errors import CheckpointError, first_line
 from hsk_cache.training import checkpoint
 from hsk_cache.training.stop import StopRequest
 
@@ -39,6 +39,7 @@ LOCK_FILE = ".hsk_train.lock"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "hsk_train.json"
 BEST_DIR = "best"
+BEST_FILE = "best.json"  # in best/: the evaluation it won and each file's size and crc32c
 _OWN = (RUN_FILE, METRICS_FILE, SUMMARY_FILE, BEST_DIR, checkpoint.CHECKPOINTS)
 RUN_OUTPUT = outputs.OutputKind(
     run="a run",
@@ -84,6 +85,7 @@ class Session:
         self.out, self.identity, self.writer = out, identity, writer
         self.stop = stop if stop is not None else StopRequest()  # armed from start to close
         self.resume_from, self.state = resume_from, state  # the checkpoint resumed from, and its state.json
+        self.damaged: list[Path] = []  # newer checkpoints that failed their check (removed by ``start``)
         self.modules: torch.nn.ModuleDict | None = None
         self.evaluator = None
         self.save_every = Interval.parse(DEFAULT_SAVE_EVERY)
@@ -133,12 +135,15 @@ class Session:
                     field="resume",
                 )
             return cls(out, identity, None, None, writer, stop)
-        path = checkpoint.latest(out)
-        if path is None and require_checkpoint:
+        found = checkpoint.resumable(out)  # the newest intact checkpoint; damaged newer ones are logged
+        if found is None and require_checkpoint:
             raise CheckpointError(
                 f"{{resume}}: {str(out)!r} holds no checkpoint yet: drop {{resume}} to start over", field="resume"
             )
-        return cls(out, identity, path, checkpoint.load_state(path) if path else None, writer, stop)
+        check_best(out)
+        session = cls(out, identity, found and found.path, found and found.state, writer, stop)
+        session.damaged = [path for path, _ in found.damaged] if found else []
+        return session
 
     @property
     def finished(self) -> bool:
@@ -169,13 +174,17 @@ class Session:
                 field="out",
                 value=str(self.out),
             ) from None
-        if checkpoint.latest(self.out) != self.resume_from and not overwrite:
+        newest = checkpoint.checkpoints(self.out)[: len(self.damaged) + (self.resume_from is not None)]
+        if newest != [*self.damaged, *([self.resume_from] if self.resume_from else [])] and not overwrite:
             self.close()
             raise CheckpointError(
                 f"the run in {{out}} {str(self.out)!r} changed while this one started: rerun the command",
                 field="out",
                 value=str(self.out),
             )
+        for bad in self.damaged:  # the steps after resume_from are run again and checkpointed anew
+            shutil.rmtree(bad, ignore_errors=True)
+            log.info("removed the damaged checkpoint %s", bad)
         for stale in self.out.glob(".tmp-*"):  # a write cut short by a kill
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         self.stop.arm()
@@ -212,7 +221,16 @@ class Session:
                 "{memory_budget_bytes}, or pass {overwrite} to start over",
                 field="memory_budget_bytes",
             ) from None
-        checkpoint.load_training(self.resume_from, s, ctx.optimizer, ctx.scheduler)
+        try:
+            checkpoint.load_training(self.resume_from, s, ctx.optimizer, ctx.scheduler)
+        except CheckpointError:
+            raise
+        except Exception as err:  # intact files (checked at open) that do not fit this optimizer
+            raise CheckpointError(
+                f"cannot resume from checkpoint {str(self.resume_from)!r}: its optimizer or RNG state does not fit "
+                f"this run ({first_line(err)}): pass {{overwrite}} to start over",
+                field="overwrite",
+            ) from None
         self._last_save = (s["step"], time.perf_counter())
         return s["step"]
 
@@ -302,7 +320,8 @@ class Session:
 
         def write(tmp: Path) -> None:
             hub.save(student, self.evaluator.tokenizer, tmp)
-            (tmp / "best.json").write_text(json.dumps(self.best, indent=1))
+            files = {p.name: checkpoint.file_record(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            (tmp / BEST_FILE).write_text(json.dumps({**self.best, "files": files}, indent=1))
 
         outputs.write_dir(self.out / BEST_DIR, write)
 
@@ -353,6 +372,38 @@ class Session:
         for line in lines:
             if line.get("event") == "train":
                 self.losses.setdefault(line["stage_index"], []).append(line["loss"])
+
+
+def check_best(out: Path) -> None:
+    """``out/best`` (when there) holds every file its best.json recorded, with its size and crc32c.
+
+    Raises: CheckpointError naming the damaged file, and the fix (remove best/ to go on without
+    it, the next best evaluation writes a new one; or start over).
+    """
+    best = Path(out) / BEST_DIR
+    if not best.is_dir():
+        return
+    problem = None
+    try:
+        files = json.loads((best / BEST_FILE).read_text())["files"]
+        for file_name, record in files.items():
+            if not (best / file_name).is_file():
+                problem = f"{file_name} is missing"
+            elif (found := checkpoint.file_record(best / file_name)) != record:
+                problem = (
+                    f"{file_name} has {found['bytes']} bytes and crc32c {found['crc32c']}, "
+                    f"{record.get('bytes')} bytes and {record.get('crc32c')} were written"
+                )
+            if problem:
+                break
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        problem = f"{BEST_FILE} is unreadable or lacks its file records ({first_line(err)})"
+    if problem:
+        raise CheckpointError(
+            f"the best model {str(best)!r} is damaged: {problem}; remove it to resume without it "
+            "(the next best evaluation writes a new one), or pass {overwrite} to start over",
+            field="overwrite",
+        )
 
 
 def _read_json(path: Path) -> dict:
