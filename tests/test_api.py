@@ -1,5 +1,5 @@
 """The public API: open_cache / Cache (dataset, collate, loader, epoch order), the typed manifest,
-DistillationLoss, the examples (HF Trainer, Accelerate) and the snippets of docs/api.md."""
+DistillationLoss, the examples (HF Trainer, Accelerate, Lightning) and the snippets of docs/api.md."""
 
 from __future__ import annotations
 
@@ -168,18 +168,17 @@ def test_examples_train_a_student_from_the_cache(full_cache, tmp_path):
         assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 16
 
 
-def test_hf_trainer_and_hsk_train_take_the_same_steps(full_cache, tokenizer, tmp_path):
-    """Same student weights, seed, batch order (``--hsk-order``), AdamW and schedule, one hidden
-    stage over every intermediate term (W_h trained, attention dropout off, hidden dropout on).
-
-    Trainer differs in how it runs a step (accelerate's backward, its own no-op gradient-norm
-    call, a DataLoader with its own generator): the losses agree to float32 round-off, not
-    bitwise, so the check is 1e-5 relative at every step."""
-    student_dir = tmp_path / "init"
+@pytest.fixture(scope="module")
+def hidden_stage(full_cache, tokenizer, tmp_path_factory) -> tuple[str, list[float]]:
+    """(a saved student's directory, ``hsk train``'s per-step losses from it): one hidden stage
+    over every intermediate term, 3 epochs of batch 8 (24 steps), lr 1e-3, seed 2; W_h trained,
+    attention dropout off, hidden dropout on. The examples' equivalence tests start from it."""
+    root = tmp_path_factory.mktemp("hidden_stage")
+    student_dir = root / "init"
     models.save(tiny_bert(tokenizer, layers=2, hidden=16, heads=4, seed=7), tokenizer, student_dir)
     result = train.run(
         configs.TrainConfig(
-            out=str(tmp_path / "hsk"),
+            out=str(root / "hsk"),
             cache=full_cache,
             student=students.StudentConfig(kind="pretrained", path=str(student_dir)),
             stages=(StageConfig(kind="hidden", epochs=3, lr=1e-3, batch_size=8),),
@@ -188,30 +187,55 @@ def test_hf_trainer_and_hsk_train_take_the_same_steps(full_cache, tokenizer, tmp
             num_workers=0,
         )
     )
-    hsk = result.stages[0].losses
+    return str(student_dir), result.stages[0].losses
+
+
+# the example options of the hidden_stage fixture's run
+HIDDEN_STAGE = (
+    *("--epochs", "3", "--batch-size", "8", "--lr", "1e-3", "--seed", "2", "--hsk-order"),
+    *("--terms", "hidden_states,attention_probs,value_relation"),
+)
+
+
+def test_hf_trainer_and_hsk_train_take_the_same_steps(full_cache, hidden_stage, tmp_path):
+    """Same student weights, seed, batch order (``--hsk-order``), AdamW and schedule, one hidden
+    stage over every intermediate term (W_h trained, attention dropout off, hidden dropout on).
+
+    Trainer differs in how it runs a step (accelerate's backward, its own no-op gradient-norm
+    call, a DataLoader with its own generator): the losses agree to float32 round-off, not
+    bitwise, so the check is 1e-5 relative at every step."""
+    student_dir, hsk = hidden_stage
     trainer = _run(
         "hf_trainer.py",
         "--cache",
         full_cache,
         "--student",
-        str(student_dir),
-        "--epochs",
-        "3",
-        "--batch-size",
-        "8",
-        "--lr",
-        "1e-3",
-        "--seed",
-        "2",
-        "--hsk-order",
-        "--terms",
-        "hidden_states,attention_probs,value_relation",
+        student_dir,
+        *HIDDEN_STAGE,
         "--out",
         str(tmp_path / "trainer"),
     )
     assert len(trainer["losses"]) == len(hsk) == 24
     np.testing.assert_allclose(trainer["losses"], hsk, rtol=1e-5)
     assert trainer["losses"][0] == hsk[0]  # the first step (no update yet) is bitwise equal
+
+
+def test_lightning_module_trains_and_takes_hsk_train_s_steps(full_cache, hidden_stage, tmp_path):
+    """examples/lightning_module.py from the hidden_stage fixture's student with its seed, batch
+    order (``--hsk-order``), AdamW, schedule and clipping: the loss falls, every step's loss
+    equals ``hsk train``'s, and the student, tokenizer, W_h and losses.json are saved."""
+    student_dir, hsk = hidden_stage
+    out = tmp_path / "lightning"
+    result = _run(
+        "lightning_module.py", "--cache", full_cache, "--student", student_dir, *HIDDEN_STAGE, "--out", str(out)
+    )
+    assert result["steps"] == len(result["losses"]) == len(hsk) == 24
+    assert _falls(result["losses"]), result["losses"]
+    assert set(result["terms"][0]) == {"loss", "hidden_states", "attention_probs", "value_relation"}
+    assert result["losses"] == hsk
+    student = models.load_classifier(str(out))
+    assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 16
+    assert (out / "distillation_loss.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
 
 
 def test_docs_api_snippets_run(full_cache, tmp_path, monkeypatch):
