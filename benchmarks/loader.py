@@ -70,7 +70,7 @@ def build(path: str, n: int) -> None:
     from hsk_cache.knowledge.spec import ExtractSpec
     from hsk_cache.models import hub
     from hsk_cache.store import layout
-    from hsk_cache.store.writer import CacheWriter
+    from hsk_cache.store.writer import CacheWriter, tokenizer_files
 
     spec = ExtractSpec.parse("last", f"topk:{K}", dtype="float16")
     data = DataConfig(source="synthetic", max_length=T)
@@ -89,9 +89,10 @@ def build(path: str, n: int) -> None:
     specs = layout.arrays(plan, n, token_types=True)
     chunk, shard = layout.chunking(specs, n)
     prepared = extract.Prepared(tokenizer, None, teacher, None, tokenized, examples, plan, specs, chunk, shard)
-    writer = CacheWriter.open(path, extract._manifest(config, prepared), specs)
+    stored_tokenizer = tokenizer_files(tokenizer)
+    writer = CacheWriter.open(path, extract._manifest(config, prepared, stored_tokenizer), specs)
     try:
-        writer.write_tokenizer(tokenizer)
+        writer.write_tokenizer(stored_tokenizer)
         for s in range(layout.num_shards(n, shard)):
             a, b = layout.shard_range(s, n, shard)
             block = {

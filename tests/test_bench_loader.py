@@ -11,6 +11,8 @@ COMPETITORS = {
     "open_cache, warm (GB/s)",
     "plain read, cold (GB/s)",
     "open_cache, cold (GB/s)",
+    "open_cache, zarr read, warm (GB/s)",
+    "open_cache, zarr read, cold (GB/s)",
     "plain read into kept memory, warm (GB/s)",
     "plain read into kept memory, cold (GB/s)",
     "fresh memory, first touch (GB/s)",

@@ -168,7 +168,7 @@ def test_damaged_commit_records_and_tokenizer_are_reported(capsys, reference, tm
     assert status == 1 and report["bad_shards"] == [3] and report["committed"] == 7  # of 8
     assert {(p["shard"], p["array"]) for p in report["problems"]} == {
         (3, "shard_commits"),
-        (None, "tokenizer/tokenizer.json"),
+        (None, "tokenizer"),
     }
 
 

@@ -174,13 +174,16 @@ def _verify(a) -> int:
     if r.problems:
         print(verify.table(r))
     state = "complete" if r.complete else f"incomplete ({r.committed}/{r.num_shards} shards extracted)"
-    bad_globals = sum(p.shard is None for p in r.problems)
-    verdict = "ok" if not r.problems else f"{len(r.bad_shards)} bad shards, {bad_globals} bad global arrays"
+    others = sum(p.shard is None for p in r.problems)
+    verdict = "ok" if not r.problems else f"{len(r.bad_shards)} bad shards, {others} other problems"
     print(f"verify: {verdict}; {r.committed} shards checked ({_size(r.checked_bytes)}), {state}, {r.elapsed_s:.1f} s")
     if r.problems:
-        from hsk_cache.store.reader import CacheReader
+        from hsk_cache.store.reader import SEAL_FIX, CacheReader
 
-        print(f"repair: {CacheReader(a.cache, options).repair_command}")
+        if any(p.array == verify.MANIFEST for p in r.problems):
+            print(f"repair: {SEAL_FIX}")
+        else:
+            print(f"repair: {CacheReader(a.cache, options, check_seal=False).repair_command}")
     return 0 if r.ok else 1
 
 

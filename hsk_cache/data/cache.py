@@ -77,6 +77,7 @@ class Cache:
         self.reader = reader = CacheReader(path, storage_options)
         self.path = reader.path
         reader.require_complete()
+        reader.check_shapes()
         m: Manifest = reader.manifest
         self.manifest = m
         self.tokenizer = reader.load_tokenizer()

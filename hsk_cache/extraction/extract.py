@@ -26,7 +26,7 @@ from hsk_cache.store import layout
 from hsk_cache.store.manifest import DataInfo, DimsInfo, LayoutInfo, Manifest, SpecInfo, TeacherInfo, TokenizerInfo
 from hsk_cache.store.reader import TOKENIZER_GROUP
 from hsk_cache.store.verify import check_group
-from hsk_cache.store.writer import CacheWriter
+from hsk_cache.store.writer import CacheWriter, file_records, tokenizer_files
 from hsk_cache.version import __version__
 
 log = logging.getLogger(__name__)
@@ -178,12 +178,13 @@ def _run(config: ExtractConfig, rank: distributed.Rank, progress, started: float
         try:
             p = prepare(config, device=device)
             run_teacher(p.teacher, collate(p.examples, np.arange(1)), p.plan, config.precision)  # fails early
-            manifest = _manifest(config, p)
+            stored_tokenizer = tokenizer_files(hub.load_tokenizer(config.teacher))
+            manifest = _manifest(config, p, stored_tokenizer)
             writer = CacheWriter.open(config.out, manifest, p.specs, config.overwrite, config.storage_options)
             repaired = _repair(writer, progress) if writer.resumed else []
             # as loaded, not as tokenizing left it (its truncation state depends on whether datasets'
             # cache answered), so the stored bytes depend only on the teacher
-            writer.write_tokenizer(hub.load_tokenizer(config.teacher))
+            writer.write_tokenizer(stored_tokenizer)
             if p.plan.dim_index is not None:
                 writer.write_global("dim_index", p.plan.dim_index.astype(np.int16))
             committed = writer.committed()
@@ -347,8 +348,9 @@ def _task_type(split) -> dict:
     return {"task_type": split.task_type} if split is not None and split.task_type != "classification" else {}
 
 
-def _manifest(config: ExtractConfig, p: Prepared) -> Manifest:
-    """The typed manifest of the cache ``config`` writes (``complete`` False, no counts yet)."""
+def _manifest(config: ExtractConfig, p: Prepared, stored_tokenizer: dict[str, bytes]) -> Manifest:
+    """The typed manifest of the cache ``config`` writes (``complete`` False, no counts yet);
+    ``stored_tokenizer``: the tokenizer files the cache stores (``writer.tokenizer_files``)."""
     tokenizer, split, plan, n = p.tokenizer, p.split, p.plan, len(p.examples)
     teacher_path = hub.resolve(config.teacher)
     source = Path(config.data.source).expanduser()
@@ -365,7 +367,12 @@ def _manifest(config: ExtractConfig, p: Prepared) -> Manifest:
             num_heads=p.teacher_config.num_attention_heads,
             config=p.teacher_config.to_dict(),
         ),
-        tokenizer=TokenizerInfo(group=TOKENIZER_GROUP, name_or_path=tokenizer.name_or_path, vocab_size=len(tokenizer)),
+        tokenizer=TokenizerInfo(
+            group=TOKENIZER_GROUP,
+            name_or_path=tokenizer.name_or_path,
+            vocab_size=len(tokenizer),
+            files=file_records(stored_tokenizer),
+        ),
         data=DataInfo(
             **{**config.data.describe(), **_task_type(split)},
             task=split.task if split is not None else (config.data.source if not source.exists() else None),

@@ -8,6 +8,8 @@ attributes (``manifest.data.num_examples``, ``manifest.layers``, …) instead of
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields, replace
 from types import MappingProxyType
@@ -72,11 +74,21 @@ class TeacherInfo(_Section):
 
 @dataclass(frozen=True)
 class TokenizerInfo(_Section):
-    """The teacher tokenizer stored in the cache (its files in the ``group`` subgroup)."""
+    """The teacher tokenizer stored in the cache (its files in the ``group`` subgroup).
+    ``files``: each file's ``{"bytes": size, "crc32c": 8 hex digits}`` as written (None in
+    caches written before it was recorded)."""
 
     group: str
     name_or_path: str
     vocab_size: int
+    files: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict:
+        """The JSON form (``files`` only when recorded)."""
+        out = _thaw(self)
+        if out["files"] is None:
+            out.pop("files")
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,6 +211,7 @@ class Manifest:
     counts: Mapping[str, Any]
     complete: bool
     kinds: Mapping[str, Any] | None = None  # resolved fields of kinds added after format version 2
+    manifest_sha256: str | None = None  # ``digest()`` when written (None in caches written before it was)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -254,7 +267,30 @@ class Manifest:
         out = {f.name: _thaw_section(getattr(self, f.name)) for f in fields(self)}
         if out["kinds"] is None:  # caches of the four original kinds have no such section
             del out["kinds"]
+        if out["manifest_sha256"] is None:
+            del out["manifest_sha256"]
         return out
+
+    def digest(self) -> str:
+        """sha256 (hex) of the canonical JSON (sorted keys, no spaces) of ``to_dict()`` without
+        ``manifest_sha256``: what a writer records, so any edit of the stored manifest shows."""
+        body = {k: v for k, v in self.to_dict().items() if k != "manifest_sha256"}
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def sealed(self) -> Manifest:
+        """A copy with ``manifest_sha256`` set to ``digest()`` (what the writers store)."""
+        return replace(self, manifest_sha256=self.digest())
+
+    def seal_problem(self) -> str | None:
+        """Why the stored manifest is not the one written (its sha256 differs from the recorded
+        one), or None: intact, or written before the sha256 was recorded."""
+        if self.manifest_sha256 is None:
+            return None
+        found = self.digest()
+        if found == self.manifest_sha256:
+            return None
+        return f"its manifest was edited or damaged (sha256 {found[:12]}…, {self.manifest_sha256[:12]}… written)"
 
     def with_state(self, **changes) -> Manifest:
         """A copy with ``complete`` and/or ``counts`` changed (what a writer updates)."""

@@ -7,16 +7,18 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 from zarr.core.buffer.cpu import NDBuffer
 
-from hsk_cache.errors import CacheError
+from hsk_cache.errors import CacheError, first_line
 from hsk_cache.store import commits, layout, shards
 from hsk_cache.store.location import Location
 from hsk_cache.store.manifest import Manifest
 
 MANIFEST_KEY = "hsk_cache"
 TOKENIZER_GROUP = "tokenizer"  # the teacher tokenizer's files, one uint8 array each
+SEAL_FIX = "restore its original zarr.json, or re-extract it with --overwrite"
 READ_THREADS = 4  # shards of one array read at once (zarr decodes in its one event loop; the file reads overlap)
 
 
@@ -53,9 +55,14 @@ def read_manifest(
 
 class CacheReader:
     """Read-only access to one cache at a path or fsspec URL (``location``).
-    ``manifest``: its typed ``Manifest``; ``path``: the path or URL (str)."""
+    ``manifest``: its typed ``Manifest``; ``path``: the path or URL (str).
 
-    def __init__(self, path: str | Path, storage_options: dict | None = None) -> None:
+    Raises: CacheError when there is no cache, it is of another format version, or (with
+    ``check_seal``, the default) its manifest is not the one written (``Manifest.seal_problem``);
+    ``hsk verify`` opens with ``check_seal=False`` to report it among the other problems.
+    """
+
+    def __init__(self, path: str | Path, storage_options: dict | None = None, check_seal: bool = True) -> None:
         self.location = Location.of(path, storage_options)
         self.path = self.location.url
         try:
@@ -64,6 +71,8 @@ class CacheReader:
             if self.path in str(err):
                 raise
             raise CacheError(f"cache {self.path!r}: {err}") from None
+        if check_seal and (problem := self.manifest.seal_problem()):
+            raise CacheError(f"cache {self.path!r}: {problem}; {SEAL_FIX}")
         self.group = self.location.open_group("r")
 
     @property
@@ -199,13 +208,73 @@ class CacheReader:
         """Bytes on disk of the knowledge: every file except the tokenizer subgroup's."""
         return self.location.stored_bytes(exclude=(TOKENIZER_GROUP,))
 
+    def shape_problems(self) -> list[str]:
+        """Where the arrays' shapes disagree with the manifest's counts (examples N along every
+        per-example array, its shards S along the commit record), or []: metadata only, no data read."""
+        m, found = self.manifest, []
+        n = m.num_examples
+        shards = -(-n // m.layout.shard_examples) if m.layout.shard_examples > 0 else None
+        if shards != m.layout.num_shards:
+            found.append(f"the manifest's {m.layout.num_shards} shards do not hold its {n} examples")
+        for spec in layout.manifest_arrays(m):
+            if spec.per_example and spec.name in self.group and self.group[spec.name].shape[0] != n:
+                found.append(f"{spec.name} has {self.group[spec.name].shape[0]} rows, the manifest says {n} examples")
+        if layout.COMMIT_ARRAY in self.group and self.group[layout.COMMIT_ARRAY].shape[0] != m.layout.num_shards:
+            rows = self.group[layout.COMMIT_ARRAY].shape[0]
+            found.append(f"{layout.COMMIT_ARRAY} has {rows} rows, the manifest says {m.layout.num_shards} shards")
+        return found
+
+    def check_shapes(self) -> None:
+        """Raises: CacheError naming the first ``shape_problems`` entry."""
+        problems = self.shape_problems()
+        if problems:
+            raise CacheError(f"cache {self.path!r}: {problems[0]}; {SEAL_FIX}")
+
+    def tokenizer_problem(self) -> tuple[dict[str, bytes] | None, str | None]:
+        """(the stored tokenizer's files {name: bytes}, None), or (None, what is wrong): no
+        tokenizer, a file missing or extra against the manifest's records, a file whose size or
+        crc32c differs from the record (when the manifest has records), or a chunk failing its
+        crc32c. Loading is ``load_tokenizer``'s part."""
+        if TOKENIZER_GROUP not in self.group:
+            return None, "no tokenizer is stored"
+        arrays = dict(self.group[TOKENIZER_GROUP].arrays())
+        records = self.manifest.tokenizer.files
+        if records is not None:
+            if missing := sorted(set(records) - set(arrays)):
+                return None, f"tokenizer file {missing[0]} is missing"
+            if extra := sorted(set(arrays) - set(records)):
+                return None, f"tokenizer file {extra[0]} was not written by hsk extract"
+        files = {}
+        for name, array in sorted(arrays.items()):
+            try:
+                data = self._checked(array, f"tokenizer/{name}", slice(None), None).tobytes()
+            except CacheError:
+                return None, f"tokenizer file {name} fails its chunk's crc32c"
+            found = {"bytes": len(data), "crc32c": f"{google_crc32c.value(data):08x}"}
+            if records is not None and found != dict(records[name]):
+                written = dict(records[name])
+                return None, (
+                    f"tokenizer file {name} has {found['bytes']} bytes and crc32c {found['crc32c']}, "
+                    f"{written.get('bytes')} bytes and {written.get('crc32c')} were written"
+                )
+            files[name] = data
+        return files, None
+
     def load_tokenizer(self):
-        """The tokenizer stored in the cache. Raises: CacheError if it has none."""
+        """The tokenizer stored in the cache, its files checked first (``tokenizer_problem``).
+
+        Raises: CacheError naming the damaged or missing file, or when transformers cannot load
+        the files.
+        """
         from transformers import AutoTokenizer
 
-        if TOKENIZER_GROUP not in self.group:
-            raise CacheError(f"cache {self.path!r} stores no tokenizer: re-extract it")
+        files, problem = self.tokenizer_problem()
+        if problem:
+            raise self.damaged(problem)
         with tempfile.TemporaryDirectory() as tmp:
-            for name, array in self.group[TOKENIZER_GROUP].arrays():
-                (Path(tmp) / name).write_bytes(self._checked(array, f"tokenizer/{name}", slice(None), None).tobytes())
-            return AutoTokenizer.from_pretrained(tmp)
+            for name, data in files.items():
+                (Path(tmp) / name).write_bytes(data)
+            try:
+                return AutoTokenizer.from_pretrained(tmp)
+            except Exception as err:  # transformers raises many types for unloadable files
+                raise self.damaged(f"its tokenizer does not load ({first_line(err)})") from None

@@ -1,5 +1,7 @@
-"""``hsk verify``: check every committed shard file against its commit record, and every small
-global array (dim_index, the tokenizer's files) against its chunk checksums.
+"""``hsk verify``: check every committed shard file against its commit record, every small
+global array (dim_index) against its chunk checksums, the manifest against the sha256 written
+with it and the arrays' shapes against its counts, and the stored tokenizer's files against the
+sizes and crc32c the manifest recorded (and that transformers loads them).
 
 A shard is bad when one of its files is missing, has another size than was written, or has
 another crc32c, or when its commit record itself is unreadable. ``hsk extract`` with the same
@@ -15,9 +17,12 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from hsk_cache.errors import CacheError
 from hsk_cache.store import commits, layout
 from hsk_cache.store.manifest import Manifest
 from hsk_cache.store.reader import TOKENIZER_GROUP, CacheReader
+
+MANIFEST = "zarr.json (manifest)"  # Problem.array of the manifest's own problems
 
 
 @dataclass(frozen=True)
@@ -82,9 +87,12 @@ def verify(path: str | Path, progress=None, storage_options: dict | None = None)
     Raises: CacheError if ``path`` is no cache or has an unknown format version.
     """
     started = time.perf_counter()
-    reader = CacheReader(path, storage_options)
+    reader = CacheReader(path, storage_options, check_seal=False)
     report = VerifyReport(reader.path, reader.manifest.layout.num_shards, 0, reader.complete)
+    found = [Problem(None, MANIFEST, p) for p in [reader.manifest.seal_problem()] if p]
+    found += [Problem(None, MANIFEST, p) for p in reader.shape_problems()]
     report.problems, report.checked_bytes, report.committed = check_group(reader.group, reader.manifest, progress)
+    report.problems = found + report.problems + _check_tokenizer(reader)
     report.elapsed_s = time.perf_counter() - started
     return report
 
@@ -132,14 +140,21 @@ def _compare(found: commits.FileRecord | None, expected: commits.FileRecord) -> 
     return None
 
 
+def _check_tokenizer(reader: CacheReader) -> list[Problem]:
+    """The stored tokenizer: its files as recorded, and loadable by transformers."""
+    _, problem = reader.tokenizer_problem()
+    if problem is None:
+        try:
+            reader.load_tokenizer()
+        except CacheError as err:
+            problem = str(err).split(": ", 1)[-1].split("; `hsk verify")[0]
+    return [Problem(None, TOKENIZER_GROUP, problem)] if problem else []
+
+
 def _check_globals(group: zarr.Group, manifest: Manifest) -> list[Problem]:
-    """Arrays not chunked along N are small: decoding them checks their chunk crc32c."""
+    """Arrays not chunked along N are small: decoding them checks their chunk crc32c (the
+    tokenizer's files are ``_check_tokenizer``'s)."""
     names = [spec.name for spec in layout.manifest_arrays(manifest) if not spec.per_example]
-    names += (
-        [f"{TOKENIZER_GROUP}/{name}" for name in group[TOKENIZER_GROUP].array_keys()]
-        if TOKENIZER_GROUP in group
-        else []
-    )
     problems = []
     for name in names:
         try:

@@ -14,6 +14,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
@@ -102,7 +103,7 @@ class CacheWriter:
         else:
             location.remove()
             group = location.open_group("w")
-            group.attrs[MANIFEST_KEY] = manifest.to_dict()
+            group.attrs[MANIFEST_KEY] = manifest.sealed().to_dict()
         writer = cls(group, manifest, resumed=existing is not None and not overwrite, lease=held)
         writer._ensure_arrays(specs)
         return writer
@@ -148,24 +149,23 @@ class CacheWriter:
         """Write a small array that is not chunked along N (dim_index), whole."""
         self._array(name)[...] = values
 
-    def write_tokenizer(self, tokenizer) -> None:
-        """Store the tokenizer's files as 1-D uint8 arrays in the ``tokenizer`` subgroup, so the
-        cache alone is enough to train (and save) a student."""
-        with tempfile.TemporaryDirectory() as tmp:
-            tokenizer.save_pretrained(tmp)
-            group = self.group.require_group(TOKENIZER_GROUP)
-            for file in sorted(Path(tmp).iterdir()):
-                payload = np.frombuffer(file.read_bytes(), dtype=np.uint8)
-                array = group.create_array(
-                    file.name,
-                    shape=payload.shape,
-                    dtype="uint8",
-                    chunks=(max(1, len(payload)),),
-                    compressors=compressors("zstd"),
-                    overwrite=True,
-                    config=ARRAY_CONFIG,
-                )
-                array[:] = payload
+    def write_tokenizer(self, files: dict[str, bytes]) -> None:
+        """Store the tokenizer's files (``tokenizer_files``) as 1-D uint8 arrays in the
+        ``tokenizer`` subgroup, so the cache alone is enough to train (and save) a student; the
+        manifest records their sizes and checksums (``file_records``)."""
+        group = self.group.require_group(TOKENIZER_GROUP)
+        for name, data in files.items():
+            payload = np.frombuffer(data, dtype=np.uint8)
+            array = group.create_array(
+                name,
+                shape=payload.shape,
+                dtype="uint8",
+                chunks=(max(1, len(payload)),),
+                compressors=compressors("zstd"),
+                overwrite=True,
+                config=ARRAY_CONFIG,
+            )
+            array[:] = payload
 
     def committed(self) -> np.ndarray:
         """[S] bool: which shards are fully written (a damaged commit row counts as not)."""
@@ -211,7 +211,7 @@ class CacheWriter:
     def set_complete(self, complete: bool) -> None:
         """Record ``complete`` in the stored manifest (True only once every shard is committed)."""
         self.manifest = self.manifest.with_state(complete=complete)
-        self.group.attrs[MANIFEST_KEY] = self.manifest.to_dict()
+        self.group.attrs[MANIFEST_KEY] = self.manifest.sealed().to_dict()
 
     def finish(self, counts: dict) -> Manifest:
         """Mark the cache complete (last write of an extraction). Returns the final manifest.
@@ -231,6 +231,18 @@ CACHE_OUTPUT = outputs.OutputKind(
     foreign="exists and is not an hsk cache: choose another {out} or remove it",
     foreign_overwrite="is not an hsk cache; refusing to delete it with {overwrite}: choose another {out}",
 )
+
+
+def tokenizer_files(tokenizer) -> dict[str, bytes]:
+    """{file name: bytes} of what ``tokenizer.save_pretrained`` writes, in name order."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {file.name: file.read_bytes() for file in sorted(Path(tmp).iterdir()) if file.is_file()}
+
+
+def file_records(files: dict[str, bytes]) -> dict[str, dict]:
+    """{name: {"bytes": size, "crc32c": 8 hex digits}} of ``files`` (the manifest's tokenizer records)."""
+    return {name: {"bytes": len(data), "crc32c": f"{google_crc32c.value(data):08x}"} for name, data in files.items()}
 
 
 def compressors(codec: str) -> list:
