@@ -168,9 +168,31 @@ def _verify(a) -> int:
     r = verify.verify(
         a.cache, lambda description, total, initial: _bar(description, total, initial, unit="shard"), options
     )
+    recheck = None
+    if a.against_teacher is not None and r.ok:  # a damaged cache is repaired first
+        from hsk_cache.config.run import check_device
+        from hsk_cache.extraction import against_teacher
+
+        recheck = against_teacher.against_teacher(
+            a.cache, a.against_teacher, a.sample, a.seed, a.batch_size, check_device(a.device), options
+        )
+    ok = r.ok and (recheck is None or recheck.ok)
     if a.json:
-        print(json.dumps({**asdict(r), "bad_shards": r.bad_shards, "ok": r.ok}))
-        return 0 if r.ok else 1
+        extra = {} if recheck is None else {"against_teacher": recheck.to_dict()}
+        print(json.dumps({**asdict(r), "bad_shards": r.bad_shards, "ok": ok, **extra}))
+        return 0 if ok else 1
+    if recheck is not None:
+        print(against_teacher.table(recheck))
+        for line in recheck.notes:
+            print(f"note: {line}")
+        weights = "the same weights as" if recheck.same_weights else "other weights than"
+        verdict = "matches" if recheck.ok else "MISMATCH"
+        print(
+            f"against teacher: {verdict}; {recheck.sample} examples recomputed with {weights} the cache's teacher, "
+            f"{recheck.elapsed_s:.1f} s"
+        )
+        for line in recheck.mismatches:
+            print(f"mismatch: {line}")
     if r.problems:
         print(verify.table(r))
     state = "complete" if r.complete else f"incomplete ({r.committed}/{r.num_shards} shards extracted)"
@@ -184,7 +206,7 @@ def _verify(a) -> int:
             print(f"repair: {SEAL_FIX}")
         else:
             print(f"repair: {CacheReader(a.cache, options, check_seal=False).repair_command}")
-    return 0 if r.ok else 1
+    return 0 if ok else 1
 
 
 def _train(a) -> int:

@@ -288,13 +288,25 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="check every shard of a cache (missing files, sizes, checksums)",
         description="Check every committed shard file of a cache against the size and crc32c recorded "
-        "when it was written, and the small global arrays against their chunk checksums. Prints a table "
-        "of bad shards; exit status 1 when any is bad or the cache is incomplete. Rerunning the hsk "
-        "extract command that made the cache re-extracts exactly the bad shards.",
+        "when it was written, the small global arrays against their chunk checksums, the manifest against "
+        "its sha256 and the tokenizer's files against their records. Prints a table of problems; exit "
+        "status 1 when any is found or the cache is incomplete. Rerunning the hsk extract command that made "
+        "the cache re-extracts exactly the bad shards. --against-teacher also recomputes a seeded sample of "
+        "examples with the live teacher and compares every stored kind within its dtype's bound.",
     )
     p.add_argument("cache", help="a cache directory or fsspec URL")
     _storage(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (default: text)")
+    p.add_argument(
+        "--against-teacher",
+        default=None,
+        metavar="TEACHER",
+        help="recompute a sample with this teacher (a saved model or name) and compare (default: off)",
+    )
+    p.add_argument("--sample", type=int, default=64, help="examples recomputed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per teacher forward (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="teacher device: cpu, cuda, cuda:N (default: %(default)s)")
     return parser
 
 

@@ -178,6 +178,7 @@ class KnowledgeKind:
     name: str = ""
     batch_keys: tuple[str, ...] = ()
     index_keys: tuple[str, ...] = ()  # batch keys padded with −1 when collated (the rest: 0 / False)
+    example_keys: tuple[str, ...] = ()  # stored per-example arrays prepare_examples adds: teacher inputs
     stage: str = "hidden"  # hidden (intermediate layers), prediction or general (corpus knowledge)
     options: dict = {}  # the kind's own ExtractSpec options and their defaults (``ExtractSpec.options``)
     needs_mlm_head: bool = False  # the teacher must be loaded with its masked-LM head

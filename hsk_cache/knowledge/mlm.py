@@ -66,6 +66,7 @@ class MaskedLM(KnowledgeKind):
     name = "mlm"
     batch_keys = ("mlm_positions", "mlm_labels", "mlm_topk_ids", "mlm_topk_probs", "mlm_rest_mass")
     index_keys = ("mlm_positions",)
+    example_keys = ("mlm_positions", "mlm_labels")  # static masking's: the teacher's inputs too
     stage = "general"  # corpus caches only: trained by the general stage
     options = {"mlm_probability": 0.15, "mlm_topk": 16, "mlm_temperature": 2.0}
     needs_mlm_head = True
