@@ -220,6 +220,9 @@ def test_vectors_file_and_errors(source, tiny_teacher, tmp_path, capsys):
     out = tmp_path / "out"
     fails(capsys, ["augment", "--data", source, "--out", str(out), "--p", "0"], "--p 0.0")
     fails(capsys, ["augment", "--data", source, "--out", str(out), "--vectors", "nope.txt"], "nope.txt")
+    # a sequence classifier has no masked-LM head: transformers would initialise a random one
+    fails(capsys, ["augment", "--data", source, "--out", str(out), "--mlm", tiny_teacher], "has no masked-LM head",
+          "--mlm", "drop --mlm")  # fmt: skip
     bad = tmp_path / "bad.txt"
     bad.write_text("movie 1 0\nfilm x y\n")
     fails(capsys, ["augment", "--data", source, "--out", str(out), "--vectors", str(bad)], "line 2")

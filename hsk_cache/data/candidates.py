@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hsk_cache.errors import ConfigError, DataError, DataNotFoundError
+from hsk_cache.errors import ConfigError, DataError, DataNotFoundError, ModelError
 from hsk_cache.models import families, hub
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,6 @@ class MaskedLM:
     """
 
     def __init__(self, path: str, k: int, batch_size: int = 64, precision: str = "fp32", device: str = "cpu") -> None:
-        from transformers import AutoModelForMaskedLM
-
         self.path, self.k, self.batch_size, self.precision, self.device = path, k, batch_size, precision, device
         self.tokenizer = hub.load_tokenizer(path)
         if self.tokenizer.mask_token_id is None:
@@ -101,10 +99,18 @@ class MaskedLM:
                 field="mlm",
                 value=path,
             )
-        try:
-            self.model = AutoModelForMaskedLM.from_pretrained(hub.resolve(path)).eval().to(device)
-        except Exception as err:
-            raise hub.load_error(hub.resolve(path), err, "masked language model") from None
+        try:  # hub.load_encoder refuses a checkpoint without its masked-LM head (a random one predicts noise)
+            self.model = hub.load_encoder(path, mlm=True).to(device)
+        except ModelError as err:
+            if "has no masked-LM head" not in str(err):
+                raise
+            raise ConfigError(
+                f"{{mlm}} {path!r} has no masked-LM head ({str(err).split('(', 1)[1].split(')')[0]}): its candidates "
+                "would come from a random head; give a masked language model, or drop {mlm} for the "
+                "nearest-neighbour path",
+                field="mlm",
+                value=path,
+            ) from None
         vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
         special = set(self.tokenizer.all_special_ids)
         allowed = [whole_word(t) and i not in special for i, t in enumerate(vocab)]
