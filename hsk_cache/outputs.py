@@ -7,6 +7,7 @@ import enum
 import fnmatch
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,38 @@ def _differences(old, new, prefix: str = ""):
             yield from _differences(a, b, f"{prefix}{i}.")
     elif old != new:
         yield prefix.rstrip("."), (old, new)
+
+
+def check_writable(path: str | Path, error: type[HskError], field: str = "out") -> None:
+    """A new file can be created at the local path ``path``, or in the nearest existing
+    directory above it (where the command will create it): a probe file is created there and
+    removed at once, so a read-only file system, missing permissions or a file in the way are
+    found before any work starts.
+
+    Raises: ``error`` (field ``field``) naming the path, the reason and the fix.
+    """
+    target = Path(path).expanduser()
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise error(
+            f"{{{field}}} {str(path)!r} cannot be created: {str(probe)!r} is a file, not a directory; "
+            f"choose another {{{field}}}",
+            field=field,
+            value=str(path),
+        )
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".hsk-write-probe-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        raise error(
+            f"{{{field}}} {str(path)!r} is not writable ({err.strerror or type(err).__name__} in {str(probe)!r}): "
+            f"choose another {{{field}}}, or make it writable",
+            field=field,
+            value=str(path),
+        ) from None
 
 
 def write_dir(final: Path, write) -> None:

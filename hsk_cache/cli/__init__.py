@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hsk: error: {err.render(flag)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:
-        detail = f"{stop}; a checkpoint was written" if str(stop) else "interrupted"
+        detail = str(stop) or "interrupted"  # a Stopped says what it kept
         print(f"hsk: {detail} (rerun the same command to resume)", file=sys.stderr)
         return 128 + getattr(stop, "signum", 2)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     finally:

@@ -144,7 +144,15 @@ def _extract(a) -> int:
         )
         return 0
     main_rank = _launch(a.device)
-    r = extract.run(config, _bar if main_rank else None)
+    import signal
+
+    from hsk_cache.training.stop import raise_stopped
+
+    previous = signal.signal(signal.SIGTERM, raise_stopped("the shards committed so far are kept"))
+    try:
+        r = extract.run(config, _bar if main_rank else None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not main_rank:
         return 0
     from hsk_cache.store.reader import CacheReader

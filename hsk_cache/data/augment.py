@@ -39,7 +39,7 @@ from hsk_cache.data import splits
 from hsk_cache.data.candidates import MaskedLM, Neighbours, Slot, Words, replaceable
 from hsk_cache.errors import ConfigError, DataError
 from hsk_cache.models import hub
-from hsk_cache.outputs import OutputKind, OutputState, check_output_dir, commit_file, write_text
+from hsk_cache.outputs import OutputKind, OutputState, check_output_dir, check_writable, commit_file, write_text
 from hsk_cache.version import __version__
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ def run(config: AugmentConfig, progress=None) -> AugmentResult:
             (pass ``overwrite``). DataError / ModelError: unreadable source, vectors or hub.
     """
     started = time.perf_counter()
+    check_writable(config.out, ConfigError)
     split = splits.load_split(config.data)
     pair = "text_pair" in split.dataset.column_names
     if config.pair_side != "both" and not pair:

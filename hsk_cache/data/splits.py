@@ -207,6 +207,13 @@ def _load_local(path: Path, config: DataConfig):
         file = _split_file(path, config.split)
     else:
         file = path
+        if config.holdout is None and config.split not in ("train", "test", *DEV_SPLIT_NAMES):
+            raise DataError(
+                f"{{split}} {config.split!r}: {str(path)!r} is a single file, read whole as one split; name a "
+                "directory holding that split's file, drop {split}, or pass {holdout} to split the file",
+                field="split",
+                value=config.split,
+            )
     return _read_file(file, data_format=config.format), None, None, None, None
 
 

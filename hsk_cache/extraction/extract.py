@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hsk_cache import distributed
+from hsk_cache import distributed, outputs
 from hsk_cache.config.run import DataConfig, check_device, check_precision
 from hsk_cache.data import splits
 from hsk_cache.data.sources import check_corpus_knowledge, check_task, load_teacher, read_examples
@@ -23,6 +23,8 @@ from hsk_cache.models import hub
 from hsk_cache.models.teacher import HostCopy, run_teacher, teacher_knowledge
 from hsk_cache.select import SELECTION_VERSION
 from hsk_cache.store import layout
+from hsk_cache.store.lease import WriterLease
+from hsk_cache.store.location import Location
 from hsk_cache.store.manifest import DataInfo, DimsInfo, LayoutInfo, Manifest, SpecInfo, TeacherInfo, TokenizerInfo
 from hsk_cache.store.reader import TOKENIZER_GROUP
 from hsk_cache.store.verify import check_group
@@ -174,13 +176,19 @@ def _run(config: ExtractConfig, rank: distributed.Rank, progress, started: float
     device = rank.device(config.device)
     writer, committed, repaired = None, None, []
     if rank.is_main:
-        failure = None
+        failure, lease = None, None
         try:
+            location = Location.of(config.out, config.storage_options)
+            if location.local:
+                outputs.check_writable(location.root, CacheError)
+            location.sidecar(layout.LEASE_SUFFIX)  # the lease needs a place beside the cache: not a bucket's root
+            lease = WriterLease.acquire(location)  # before the teacher and the data: a second run is told at once
             p = prepare(config, device=device)
             run_teacher(p.teacher, collate(p.examples, np.arange(1)), p.plan, config.precision)  # fails early
             stored_tokenizer = tokenizer_files(hub.load_tokenizer(config.teacher))
             manifest = _manifest(config, p, stored_tokenizer)
-            writer = CacheWriter.open(config.out, manifest, p.specs, config.overwrite, config.storage_options)
+            writer = CacheWriter.open(location, manifest, p.specs, config.overwrite, lease=False)
+            writer.lease, lease = lease, None  # the writer releases it from now on
             repaired = _repair(writer, progress) if writer.resumed else []
             # as loaded, not as tokenizing left it (its truncation state depends on whether datasets'
             # cache answered), so the stored bytes depend only on the teacher
@@ -192,6 +200,8 @@ def _run(config: ExtractConfig, rank: distributed.Rank, progress, started: float
             failure = f"rank 0 failed: {err}"
             if writer is not None:
                 writer.close()
+            if lease is not None:
+                lease.release()
             raise
         finally:
             if rank.enabled:  # the other ranks wait for the cache, or for the reason there is none

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
+from hsk_cache import outputs
 from hsk_cache.config.run import DataConfig, StageConfig, check_device, check_precision
 from hsk_cache.data.sources import DatasetSource
 from hsk_cache.distill import objectives
+from hsk_cache.errors import ConfigError
 from hsk_cache.models import hub
 from hsk_cache.training.configs import StageResult
 from hsk_cache.training.loop import fit
@@ -76,6 +78,7 @@ def run(config: FinetuneConfig, progress=None) -> FinetuneResult:
     ``max_length`` exceeds the model's position embeddings.
     """
     started = time.perf_counter()
+    outputs.check_writable(config.out, ConfigError)  # --out is written only after training: check it first
     tokenizer = hub.load_tokenizer(config.model)
     source = DatasetSource(config.data, tokenizer)
     torch.manual_seed(config.seed)

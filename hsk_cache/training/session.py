@@ -30,7 +30,7 @@ from hsk_cache import outputs
 from hsk_cache.config.run import DEFAULT_SAVE_EVERY, Interval
 from hsk_cache.errors import CheckpointError, first_line
 from hsk_cache.training import checkpoint
-from hsk_cache.training.stop import StopRequest
+from hsk_cache.training.stop import Stopped, StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,6 @@ RUN_OUTPUT = outputs.OutputKind(
     foreign_overwrite="holds no hsk train run, and {overwrite} replaces only hsk train's own runs (this may be a "
     "saved model): choose another {out}, or remove it yourself",
 )
-
-
-class Stopped(KeyboardInterrupt):
-    """Training stopped on request (signal ``signum``) right after writing a checkpoint."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.signum = signum
 
 
 @dataclass
@@ -241,7 +233,9 @@ class Session:
         if self.stop.signal is not None and step < total:  # at a stage's end, end_stage checkpoints first
             self.save(ctx, step)
             signum = int(self.stop.signal)
-            raise Stopped(f"stopped by signal {signum} after step {step} of stage {ctx.index}", signum)
+            raise Stopped(
+                f"stopped by signal {signum} after step {step} of stage {ctx.index}; a checkpoint was written", signum
+            )
         if step == total:
             return
         if self.evaluator is not None and self.evaluator.every and step % self.evaluator.every == 0:
@@ -257,7 +251,9 @@ class Session:
         self._last_save = (0, time.perf_counter())
         if self.stop.signal is not None:
             signum = int(self.stop.signal)
-            raise Stopped(f"stopped by signal {signum} at the end of stage {ctx.index}", signum)
+            raise Stopped(
+                f"stopped by signal {signum} at the end of stage {ctx.index}; a checkpoint was written", signum
+            )
 
     def save(self, ctx: StageContext, step: int, stage_done: bool = False) -> None:
         """Write a checkpoint of stage ``ctx`` after optimizer step ``step`` and log it; ranks that

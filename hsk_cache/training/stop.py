@@ -6,6 +6,25 @@ session, which checkpoints after the current step and stops. No module-level sta
 from __future__ import annotations
 
 
+class Stopped(KeyboardInterrupt):
+    """A command stopped on request (signal ``signum``); the message says what was kept (a
+    checkpoint, the committed shards) and the CLI prints it in one line before exiting 128 + signum."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+def raise_stopped(what: str):
+    """A signal handler raising ``Stopped(f"stopped by signal N; {what}")`` at once (extraction's
+    SIGTERM: the shards committed so far are kept)."""
+
+    def handler(signum: int, frame=None) -> None:
+        raise Stopped(f"stopped by signal {signum}; {what}", signum)
+
+    return handler
+
+
 class StopRequest:
     """Whether, and by which signal, training was asked to stop.
 

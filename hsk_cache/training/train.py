@@ -17,7 +17,7 @@ from dataclasses import asdict, replace
 
 import torch
 
-from hsk_cache import distributed
+from hsk_cache import distributed, outputs
 from hsk_cache.config.run import (
     DataConfig,
     Interval,
@@ -27,7 +27,7 @@ from hsk_cache.data.cache import open_cache
 from hsk_cache.data.sources import OnlineSource
 from hsk_cache.distill import objectives
 from hsk_cache.distill.loss import DistillationLoss
-from hsk_cache.errors import CacheError, ConfigError
+from hsk_cache.errors import CacheError, ConfigError, DataError
 from hsk_cache.knowledge import registry
 from hsk_cache.models import hub
 from hsk_cache.models.students import STUDENT_KINDS, StudentConfig, build_student  # noqa: F401 (public here too)
@@ -56,6 +56,8 @@ def run(config: TrainConfig, progress=None, stop: StopRequest | None = None) -> 
     started = time.perf_counter()
     rank = distributed.init(config.device)
     device = rank.device(config.device)
+    if rank.is_main:
+        outputs.check_writable(config.out, ConfigError)  # before the cache is read or a step is run
     for stage in config.stages:
         if stage.epochs > 0 and stage.batch_size % rank.world_size:
             raise ConfigError(
@@ -326,16 +328,21 @@ def _evaluator(config: TrainConfig, source, general: bool = False, loss_fn=None,
         holdout=trained.holdout if same else None,
         doc_stride=trained.doc_stride,
     )
-    return Evaluator(
-        data,
-        source.tokenizer,
-        source.label_names,
-        every=e.every,
-        metric=metric,
-        batch_size=e.batch_size,
-        precision=config.precision,
-        device=config.device,
-    )
+    try:
+        return Evaluator(
+            data,
+            source.tokenizer,
+            source.label_names,
+            every=e.every,
+            metric=metric,
+            batch_size=e.batch_size,
+            precision=config.precision,
+            device=config.device,
+        )
+    except DataError as err:  # the dev data's split is the evaluation's own setting
+        if err.field != "split":
+            raise
+        raise DataError(err.template.replace("{split}", "{eval_split}"), field="eval_split", value=err.value) from None
 
 
 def _general_evaluator(config: TrainConfig, source, loss_fn, device: str) -> DistillationEvaluator:
