@@ -43,14 +43,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--cache", required=True, help="a complete cache made by hsk extract")
     parser.add_argument("--out", required=True, help="where the student (and losses.json) are saved")
     parser.add_argument("--student", default=None, help="a saved classifier to distil into (default: build one)")
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    parser.add_argument("--layers", type=int, default=2, help="layers of a built student (default: %(default)s)")
+    parser.add_argument("--hidden", type=int, default=128, help="width of a built student (default: %(default)s)")
+    parser.add_argument(
+        "--heads", type=int, default=4, help="attention heads of a built student (default: %(default)s)"
+    )
+    parser.add_argument("--epochs", type=int, default=3, help="passes over the cache (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="examples per step (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW's peak learning rate (default: %(default)s)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the student, dropout and batch order (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--mixed-precision",
+        default="no",
+        choices=("no", "fp16", "bf16"),
+        help="accelerate's mixed precision (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision)

@@ -97,22 +97,35 @@ def main(argv=None) -> dict:
     parser.add_argument("--cache", required=True, help="a complete cache made by hsk extract")
     parser.add_argument("--out", required=True, help="where the student (and losses.json) are saved")
     parser.add_argument("--student", default=None, help="a saved classifier to distil into (default: build one)")
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--epochs", type=float, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--warmup-ratio", type=float, default=0.1)
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--layers", type=int, default=2, help="layers of a built student (default: %(default)s)")
+    parser.add_argument("--hidden", type=int, default=128, help="width of a built student (default: %(default)s)")
+    parser.add_argument(
+        "--heads", type=int, default=4, help="attention heads of a built student (default: %(default)s)"
+    )
+    parser.add_argument("--epochs", type=float, default=3, help="passes over the cache (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="examples per step (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW's peak learning rate (default: %(default)s)")
+    parser.add_argument(
+        "--warmup-ratio",
+        type=float,
+        default=0.1,
+        help="fraction of the steps of linear warmup, then linear decay (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="softmax temperature of the logits term (default: %(default)s)"
+    )
     parser.add_argument(
         "--terms",
         default=None,
         help="comma list of loss terms (hidden_states, attention_probs, "
         "value_relation, logits; default: every kind the cache holds)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hsk-order", action="store_true", help="batches in hsk train's order for --seed")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the student, dropout and batch order (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--hsk-order", action="store_true", help="batches in hsk train's order for --seed (default: a shuffle)"
+    )
     args = parser.parse_args(argv)
 
     cache = open_cache(args.cache)

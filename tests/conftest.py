@@ -82,14 +82,17 @@ def toy_dir(tmp_path_factory) -> str:
 
 
 def fails(capsys, argv, *needles) -> str:
-    """Run the CLI expecting a usage error: exit 2 and one stderr line naming every needle (progress
-    bars an error interrupted are redrawn with carriage returns; the terminal shows their last line)."""
+    """Run the CLI expecting a usage error: exit 2, no traceback, and one stderr line naming every
+    needle, the last one (progress lines off a terminal may precede it)."""
     from hsk_cache.cli import main
 
     capsys.readouterr()
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip().split("\r")[-1].strip()  # what a terminal shows after progress bars
-    assert err.startswith("hsk: error: ") and "\n" not in err, err
+    printed = capsys.readouterr().err
+    # progress lines may come first (off a terminal, one line per refresh): the error is the last line, alone
+    err = printed.strip().split("\r")[-1].strip().splitlines()[-1]
+    assert err.startswith("hsk: error: ") and printed.count("hsk: error: ") == 1, printed
+    assert "Traceback" not in printed, printed
     for needle in needles:
         assert needle in err, err
     return err

@@ -291,3 +291,20 @@ def test_helpers_see_through_a_wrapped_model(tokenizer):
         student(**inputs, output_hidden_states=True).hidden_states[1]
     )
     torch.testing.assert_close(values[0], expected)
+
+
+@pytest.mark.parametrize("example", ["hf_trainer.py", "accelerate_loop.py", "lightning_module.py"])
+def test_every_example_option_has_help_and_shows_its_default(example):
+    import ast
+
+    tree = ast.parse((Path(__file__).parents[1] / "examples" / example).read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "add_argument"]
+    assert calls
+    for call in calls:
+        keywords = {k.arg: k.value for k in call.keywords}
+        name = call.args[0].value
+        assert "help" in keywords, f"{example} {name} has no help text"
+        if "default" in keywords and not (
+            isinstance(keywords["default"], ast.Constant) and keywords["default"].value is None
+        ):
+            assert "default" in ast.unparse(keywords["help"]), f"{example} {name} does not show its default"

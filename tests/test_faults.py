@@ -115,3 +115,35 @@ def test_a_split_name_a_single_file_cannot_honour_is_refused(cache, tiny_teacher
     assert main([*train, "--eval-split", "dev"]) == 0  # a standard split name reads the file whole
     fails(capsys, ["extract", "--teacher", tiny_teacher, "--data", single, "--split", "banana", "--out", str(tmp_path / "c")],
           "--split 'banana'")  # fmt: skip
+
+
+def test_progress_off_a_terminal_is_plain_lines_at_an_interval(capsys, monkeypatch):
+    """``make demo > log``: no carriage-return redraws, one line per refresh interval."""
+    import time
+
+    from hsk_cache.cli import progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.05)
+    capsys.readouterr()
+    bar = progress.bar("extract", 1000)
+    for _ in range(20):
+        bar.update(50)
+        time.sleep(0.01)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.endswith("\n")
+    lines = err.splitlines()
+    assert 2 <= len(lines) <= 8, lines  # ~0.2 s at one line per 0.05 s, plus the first and the last
+    assert lines[-1].startswith("extract: 100%") and "1000/1000" in lines[-1]
+
+
+def test_a_from_cache_run_records_no_unused_online_settings(cache, tiny_teacher, toy_dir, tmp_path):
+    import json
+
+    out = str(tmp_path / "run")
+    assert main(_commands(tiny_teacher, toy_dir, cache, out)["train"]) == 0
+    run = json.loads(open(os.path.join(out, "hsk_run.json")).read())["identity"]
+    summary = json.loads(open(os.path.join(out, "hsk_train.json")).read())["config"]
+    for fields in (run, summary):
+        assert not {"spec", "data", "online_teacher", "teacher_precision"} & set(fields), sorted(fields)
+    assert "tokens" in run["cache"]["spec"] and summary["cache"] == cache  # the cache's own spec is under cache

@@ -160,6 +160,8 @@ def run(config: TrainConfig, progress=None, stop: StopRequest | None = None) -> 
             best=session.best,
         )
         config_fields = {k: v for k, v in asdict(config).items() if k != "storage_options"}  # may hold secrets
+        if config.cache is not None:  # the online source's unused defaults: the cache's own are its manifest's
+            config_fields = {k: v for k, v in config_fields.items() if k not in ONLINE_FIELDS}
         session.finish(
             {"config": config_fields, "result": {**asdict(result), "stages": [_summary(r) for r in results]}}
         )
@@ -250,10 +252,15 @@ def _summary(stage: StageResult) -> dict:
     }
 
 
+ONLINE_FIELDS = ("online_teacher", "data", "spec", "teacher_precision")  # TrainConfig's online-source settings
+
+
 def identity(config: TrainConfig, source) -> dict:
     """What must match for a run in ``config.out`` to be resumed: every option that changes the
-    trained numbers. The cache counts by its identity (teacher, data, spec), not its path; the
-    device, worker count, checkpoint interval and evaluation frequency may change."""
+    trained numbers. The cache counts by its identity (teacher, data, spec), not its path, and a
+    run from a cache records no online source settings (``online_teacher``, ``data``, ``spec``,
+    ``teacher_precision``: unused defaults there); the device, worker count, checkpoint interval
+    and evaluation frequency may change."""
     fields = asdict(config)
     for key in (
         "out",
@@ -271,6 +278,9 @@ def identity(config: TrainConfig, source) -> dict:
         fields["eval"] = {k: v for k, v in fields["eval"].items() if k not in ("every", "batch_size")}
         fields["eval"]["metric"] = config.eval.resolved_metric(is_general(config, source))
     fields["cache"] = layout.identity(source.manifest) if config.cache is not None else None
+    if config.cache is not None:  # the online source's settings: unused defaults (the cache's are under cache)
+        for key in ONLINE_FIELDS:
+            fields.pop(key)
     fields["shard_window_from_memory_budget"] = getattr(source, "window", None)  # the epoch order depends on it
     return fields
 
