@@ -26,6 +26,7 @@ from hsk_cache.errors import (
     DataNotFoundError,
     HskError,
     ModelError,
+    StoreAccessError,
 )
 from hsk_cache.extraction.extract import ExtractConfig, ExtractResult
 from hsk_cache.extraction.extract import run as extract
@@ -64,6 +65,7 @@ __all__ = [
     "ModelError",
     "StageConfig",
     "StageResult",
+    "StoreAccessError",
     "StoredKnowledge",
     "StudentConfig",
     "TokenSpec",

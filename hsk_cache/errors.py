@@ -56,6 +56,13 @@ class CacheError(HskError, ValueError):
     """A cache is incomplete, of an unknown format version, or mismatches what was asked."""
 
 
+class StoreAccessError(HskError, ConnectionError):
+    """The object store holding a cache cannot be reached: nothing answers at its endpoint, it
+    accepts connections but does not answer in time, or no credentials were found for it. Not a
+    ``CacheError``: nothing is known about the cache itself (code that treats a ``CacheError`` as
+    "no cache there" must not take an unreachable store for an empty one)."""
+
+
 class CheckpointError(HskError, ValueError):
     """A training run directory cannot be resumed: another config, or an unreadable checkpoint."""
 

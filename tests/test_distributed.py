@@ -51,10 +51,13 @@ KILLER = textwrap.dedent("""
 """)
 
 
-def torchrun(args: list[str], nproc: int = 2, killer: str | None = None, **env) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc-per-node N`` on hsk (or the killer script), one thread per process."""
+def torchrun(
+    args: list[str], nproc: int = 2, killer: str | None = None, launcher: tuple[str, ...] = (), **env
+) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node N [launcher options]`` on hsk (or the killer
+    script), one thread per process."""
     target = [killer] if killer else ["-m", "hsk_cache.cli"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *launcher]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env}
     return subprocess.run([*command, *target, *args], capture_output=True, text=True, env=environment, timeout=300)
 
@@ -168,3 +171,25 @@ def test_ddp_training_matches_one_process_and_resumes_on_one_process(reference, 
     weights = [models.load_classifier(d).state_dict() for d in (one_process_run, out)]
     for name, value in weights[0].items():
         torch.testing.assert_close(weights[1][name], value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["train-batch", "extract-data"])
+def test_a_refusal_under_torchrun_is_one_line_from_rank_zero(case, reference, student, tiny_teacher, tmp_path):
+    # train: a global batch of 3 on 2 ranks, refused on every rank after joining the group; extract:
+    # rank 0 refuses the data, the other rank learns it failed (a broadcast) and stops too
+    out = tmp_path / "out"
+    if case == "train-batch":
+        args, needle = train_args(reference, student, str(out), "--hidden-batch-size", "3"), "not a multiple of the 2"
+    else:
+        args, needle = extract_args(tiny_teacher, str(tmp_path / "no-such-data"), str(out)), "no-such-data"
+    # torchrun stops the other ranks once one fails: looking every 2 s lets both exit on their own
+    run = torchrun(args, launcher=("--monitor-interval=2",))
+    output = run.stdout + run.stderr
+    lines = [line for line in output.splitlines() if "hsk: error:" in line]
+    assert len(lines) == 1 and lines[0].startswith("hsk: error: ") and needle in lines[0], output[-3000:]
+    # what follows is torchrun's own report of a failed child (a ChildFailedError summary, which no
+    # torchrun option turns off), not a traceback of hsk's
+    assert run.returncode == 1 and "ChildFailedError" in output, output[-3000:]
+    assert output.count("Traceback (most recent call last)") == 1 and "hsk_cache/" not in output.split("Traceback")[1]
+    assert output.count("exitcode  : 2 ") == 2, output[-3000:]  # every rank exits 2
+    assert not out.exists()  # nothing written

@@ -113,8 +113,8 @@ def test_a_split_name_a_single_file_cannot_honour_is_refused(cache, tiny_teacher
     fails(capsys, [*train, "--eval-split", "banana"], "--eval-split 'banana'", "is a single file")
     assert not (tmp_path / "run").exists()
     assert main([*train, "--eval-split", "dev"]) == 0  # a standard split name reads the file whole
-    fails(capsys, ["extract", "--teacher", tiny_teacher, "--data", single, "--split", "banana", "--out", str(tmp_path / "c")],
-          "--split 'banana'")  # fmt: skip
+    extract = ["extract", "--teacher", tiny_teacher, "--data", single, "--out", str(tmp_path / "c")]
+    fails(capsys, [*extract, "--split", "banana"], "--split 'banana'")
 
 
 def test_progress_off_a_terminal_is_plain_lines_at_an_interval(capsys, monkeypatch):

@@ -1,12 +1,15 @@
 """The ``hsk`` command: finetune, extract, train, eval, info, verify, augment.
 
-Every error the library raises on purpose (``HskError``) becomes one line on stderr and exit
-status 2; argparse's own usage errors also exit 2.
+Every error the library raises on purpose (``HskError``), and an object store that cannot be
+reached, becomes one line on stderr and exit status 2; argparse's own usage errors also exit 2.
+Under a launcher (torchrun: ``WORLD_SIZE`` > 1) only rank 0 prints that line; the other ranks
+exit with the same status silently, so a refusal every rank reaches is shown once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from hsk_cache.cli.commands import COMMANDS
@@ -32,9 +35,26 @@ def flag(field: str) -> str:
     return FLAGS.get(field, "--" + field.rsplit(".", 1)[-1].replace("_", "-"))
 
 
+def _say(line: str) -> None:
+    """Print ``line`` on stderr, from rank 0 only when a launcher started several processes
+    (``RANK`` and ``WORLD_SIZE``, as ``distributed.init`` reads them; read here from the
+    environment, so a refusal raised before the process group exists is shown once too)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0":
+        return
+    print(line, file=sys.stderr)
+
+
+def _store_access_errors() -> tuple[type[BaseException], ...]:
+    """``store.location.access_errors()`` once a cache location was opened (evaluated only when an
+    exception reaches ``main``, so ``hsk --help`` imports no storage code)."""
+    location = sys.modules.get("hsk_cache.store.location")
+    return location.access_errors() if location is not None else ()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``hsk`` with ``argv`` (default: the process's arguments). Returns the exit status: 0,
-    2 for a refused input (one line on stderr, fields named by their flags), 128 + signal when
+    2 for a refused input or an unreachable object store (one line on stderr, fields named by
+    their flags; under torchrun from rank 0 only, every rank returning 2), 128 + signal when
     stopped by a signal."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -45,11 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except HskError as err:
-        print(f"hsk: error: {err.render(flag)}", file=sys.stderr)
+        _say(f"hsk: error: {err.render(flag)}")
+        return 2
+    except _store_access_errors() as err:  # an object store lost mid-way, below store.location's own checks
+        from hsk_cache.store.location import access_error
+
+        _say(f"hsk: error: {access_error(err).render(flag)}")
         return 2
     except KeyboardInterrupt as stop:
         detail = str(stop) or "interrupted"  # a Stopped says what it kept
-        print(f"hsk: {detail} (rerun the same command to resume)", file=sys.stderr)
+        _say(f"hsk: {detail} (rerun the same command to resume)")
         return 128 + getattr(stop, "signum", 2)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     finally:
         if args.command in ("extract", "train") and "torch.distributed" in sys.modules:

@@ -102,7 +102,8 @@ class WriterLease:
             self._thread.join()
         held = read(self.location)
         if held is not None and held.get("owner") == self.record["owner"]:
-            self.location.fs.rm_file(self.location.sidecar(layout.LEASE_SUFFIX))
+            with self.location.reaching():
+                self.location.fs.rm_file(self.location.sidecar(layout.LEASE_SUFFIX))
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(min(HEARTBEAT_S, self.ttl_s / 4)):
@@ -162,4 +163,5 @@ def _write(location: Location, record: dict) -> None:
         location.fs.pipe_file(tmp, payload)
         os.replace(tmp, key)
     else:  # an object PUT is atomic
-        location.fs.pipe_file(key, payload)
+        with location.reaching():  # a store lost mid-run: StoreAccessError, an OSError the heartbeat retries
+            location.fs.pipe_file(key, payload)
