@@ -64,6 +64,7 @@ class KeyResult:
 
     @property
     def ok(self) -> bool:
+        """Every compared difference within its bound."""
         return self.worst <= 1.0
 
 
@@ -91,9 +92,11 @@ class TeacherCheck:
 
     @property
     def ok(self) -> bool:
+        """No mismatch: every kind the teacher recomputed agrees with the cache."""
         return not self.mismatches
 
     def to_dict(self) -> dict:
+        """The JSON form (``hsk verify --json``'s ``against_teacher``), with ``ok``."""
         return {**asdict(self), "ok": self.ok}
 
 

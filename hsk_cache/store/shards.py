@@ -47,10 +47,12 @@ class DirectLayout:
 
     @property
     def chunks_per_shard(self) -> int:
+        """Inner chunks in one shard file."""
         return self.shard_rows // self.chunk_rows
 
     @property
     def index_bytes(self) -> int:
+        """Bytes of the shard index at the file's end: an (offset, nbytes) uint64 pair per chunk and its crc32c."""
         return 16 * self.chunks_per_shard + CRC_BYTES
 
 
