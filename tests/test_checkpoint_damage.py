@@ -155,3 +155,14 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_earlier_check
         else:
             assert names == [before, "stage0-step000000003"] and f"resume from {before}" in err
         assert not list((out / "checkpoints").glob(".tmp-*"))  # the partial checkpoint is gone
+
+
+def test_a_finished_run_reads_no_checkpoint(cache, toy_dir, tmp_path, capsys):
+    """Rerunning a finished run has nothing to do: a damaged checkpoint left in it is not refused."""
+    out = tmp_path / "run"
+    assert main(_train(cache, toy_dir, out)) == 0
+    before = (out / "model.safetensors").read_bytes()
+    for path in checkpoint.checkpoints(out):
+        _truncate(path / "weights.safetensors")
+    assert main(_train(cache, toy_dir, out)) == 0
+    assert (out / "model.safetensors").read_bytes() == before

@@ -127,6 +127,9 @@ class Session:
                     field="resume",
                 )
             return cls(out, identity, None, None, writer, stop)
+        summary = out / SUMMARY_FILE
+        if summary.exists() and _read_json(summary).get("finished"):  # nothing to resume: no checkpoint is read
+            return cls(out, identity, checkpoint.latest(out), None, writer, stop)
         found = checkpoint.resumable(out)  # the newest intact checkpoint; damaged newer ones are logged
         if found is None and require_checkpoint:
             raise CheckpointError(
