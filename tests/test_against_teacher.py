@@ -120,3 +120,4 @@ def test_plausible_wrong_values_with_valid_checksums_are_a_mismatch(cache, tiny_
 
 def test_bad_sample_is_one_line(cache, tiny_teacher, capsys):
     fails(capsys, ["verify", str(cache), "--against-teacher", tiny_teacher, "--sample", "0"], "--sample 0")
+    fails(capsys, ["verify", str(cache), "--against-teacher", tiny_teacher, "--batch-size", "0"], "--batch-size 0")

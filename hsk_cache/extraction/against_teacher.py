@@ -112,11 +112,13 @@ def against_teacher(
     """Recompute ``sample`` examples of the cache at ``path`` (a seeded random choice, sorted)
     with ``teacher`` (a saved model directory or name) and compare (module docstring).
 
-    Raises: ConfigError for a sample < 1; CacheError for a missing, incomplete or damaged cache
+    Raises: ConfigError for a sample or batch size < 1; CacheError for a missing, incomplete or damaged cache
     (as ``hsk verify`` reports it); ModelError when the teacher cannot be loaded.
     """
     if sample < 1:
         raise ConfigError(f"{{sample}} {sample}: recompute at least 1 example", field="sample", value=sample)
+    if batch_size < 1:
+        raise ConfigError(f"{{batch_size}} {batch_size}: use at least 1", field="batch_size", value=batch_size)
     started = time.perf_counter()
     reader = CacheReader(path, storage_options)
     reader.require_complete()
