@@ -10,8 +10,8 @@
 # 3. the GPU variants of the benchmarks, written to benchmarks/results/*-cuda.{json,md} (naming the GPU):
 #    benchmarks.speedup --device cuda (MiniLM and BERT-base-shaped teachers), benchmarks.extract_throughput
 #    --device cuda (fp32, bf16).
-#    benchmarks.loader takes no --device (the loader hands host tensors to the training loop), so it is
-#    not run here.
+#    benchmarks.loader measures the host side (opening, decoding, gathering); the device copies of
+#    cache.loader(device="cuda") are covered by the CUDA tests, so it is not run here.
 #
 # Every step runs under `timeout`, against one overall budget; a failed or timed-out step is reported
 # and the rest still run; the exit status is 1 when any step failed. With $OUT set (a folder), the
