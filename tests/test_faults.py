@@ -118,23 +118,24 @@ def test_a_split_name_a_single_file_cannot_honour_is_refused(cache, tiny_teacher
 
 
 def test_progress_off_a_terminal_is_plain_lines_at_an_interval(capsys, monkeypatch):
-    """``make demo > log``: no carriage-return redraws, one line per refresh interval."""
-    import time
-
+    """``make demo > log``: no carriage-return redraws; within one interval only the first line
+    and the last, and a line per refresh once the interval has passed."""
     from hsk_cache.cli import progress
 
-    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.05)
-    capsys.readouterr()
-    bar = progress.bar("extract", 1000)
-    for _ in range(20):
-        bar.update(50)
-        time.sleep(0.01)
-    bar.close()
-    err = capsys.readouterr().err
-    assert "\r" not in err and err.endswith("\n")
-    lines = err.splitlines()
-    assert 2 <= len(lines) <= 8, lines  # ~0.2 s at one line per 0.05 s, plus the first and the last
-    assert lines[-1].startswith("extract: 100%") and "1000/1000" in lines[-1]
+    def lines(interval):
+        monkeypatch.setattr(progress, "LOG_INTERVAL_S", interval)
+        capsys.readouterr()
+        bar = progress.bar("extract", 1000)
+        for _ in range(20):
+            bar.update(50)
+        bar.close()
+        err = capsys.readouterr().err
+        assert "\r" not in err and "\x1b" not in err and err.endswith("\n"), repr(err)
+        return err.splitlines()
+
+    first, last = lines(60.0)
+    assert first.startswith("extract:   0%") and last.startswith("extract: 100%") and "1000/1000" in last
+    assert len(lines(0.0)) > 2  # every refresh is due: one line each
 
 
 def test_a_from_cache_run_records_no_unused_online_settings(cache, tiny_teacher, toy_dir, tmp_path):
