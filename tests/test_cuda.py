@@ -317,3 +317,20 @@ def test_cache_and_online_training_agree_at_every_step_on_cuda(tiny_teacher, toy
         assert a.steps == b.steps == 16
         np.testing.assert_allclose(a.losses, b.losses, rtol=1e-4, atol=1e-6, err_msg=a.kind)
     assert from_cache.stages[0].losses[-1] < from_cache.stages[0].losses[0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_a_cpu_cache_verifies_against_its_teacher_on_cuda(tiny_teacher, toy_dir, tmp_path, capsys, dtype):
+    """hsk verify --against-teacher --device cuda on a cache extracted on the CPU: the GPU's floats
+    differ from the CPU's by rounding only, within the recomputation bound."""
+    from hsk_cache.cli import main
+
+    out = str(tmp_path / "cache")
+    argv = ["extract", "--teacher", tiny_teacher, "--data", toy_dir, "--out", out, "--max-length", "32",
+            "--layers", "all", "--tokens", "topk:5", "--dtype", dtype,
+            "--knowledge", "hidden_states,attention_probs,value_relation,logits"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["verify", out, "--against-teacher", tiny_teacher, "--device", "cuda", "--sample", "64"]) == 0, (
+        capsys.readouterr().out
+    )
