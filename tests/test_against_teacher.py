@@ -121,3 +121,29 @@ def test_plausible_wrong_values_with_valid_checksums_are_a_mismatch(cache, tiny_
 def test_bad_sample_is_one_line(cache, tiny_teacher, capsys):
     fails(capsys, ["verify", str(cache), "--against-teacher", tiny_teacher, "--sample", "0"], "--sample 0")
     fails(capsys, ["verify", str(cache), "--against-teacher", tiny_teacher, "--batch-size", "0"], "--batch-size 0")
+
+
+def test_a_general_distillation_cache_matches_its_teacher(tokenizer, tmp_path, capsys):
+    """A corpus cache of every general kind (mlm soft targets at static masks, hidden states,
+    attention, value relation): the recompute feeds the teacher the stored masked input_ids and
+    mask positions, as extraction did."""
+    import random
+
+    from tests.test_general import WORDS, tiny_encoder
+
+    rng = random.Random(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60))) for _ in range(24)))
+    teachers = {}
+    for seed in (0, 1):
+        teachers[seed] = tmp_path / f"mlm{seed}"
+        models.save(tiny_encoder(tokenizer, mlm=True, seed=seed), tokenizer, teachers[seed])
+    cache = tmp_path / "cache"
+    argv = ["extract", "--teacher", str(teachers[0]), "--data", str(corpus), "--out", str(cache), "--max-length",
+            "32", "--knowledge", "mlm,hidden_states,attention_probs,value_relation", "--tokens", "topk:4"]  # fmt: skip
+    assert main(argv) == 0
+    status, check = _against(capsys, cache, teachers[0], "--sample", "16")
+    assert status == 0 and check["ok"], check
+    assert {"mlm", "hidden_states", "attention_probs", "value_relation"} <= {k["kind"] for k in check["keys"]}
+    status, check = _against(capsys, cache, teachers[1], "--sample", "16")
+    assert status == 1 and "mlm" in {line.split(":")[0] for line in check["mismatches"]}, check
