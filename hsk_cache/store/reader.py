@@ -146,10 +146,12 @@ class CacheReader:
         Every array is read as shard-aligned blocks (measured ~7x faster than a single
         whole-range read with zarr 3.1 here), the blocks of all the arrays ``READ_THREADS`` at a
         time, each copied into its rows of its array's output: the small arrays' reads overlap
-        the large ones' instead of each paying zarr's per-call latency in turn.
+        the large ones' instead of each paying zarr's per-call latency in turn. A block of an
+        uncompressed local array is read straight into its rows (``store.shards``, measured 1.4×
+        zarr's read); any other is decoded by zarr into them.
 
         Raises: CacheError naming the shard when its file is missing (zarr would return fill
-        values) or a chunk fails its crc32c.
+        values), a chunk fails its crc32c, or a shard's index does not fit its file.
         """
         outs: dict[str, np.ndarray] = {}
         blocks: list[tuple[str, object, int, int, int, str]] = []  # (name, array, first row, a, b, key)
