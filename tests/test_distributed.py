@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -191,5 +192,8 @@ def test_a_refusal_under_torchrun_is_one_line_from_rank_zero(case, reference, st
     # torchrun option turns off), not a traceback of hsk's
     assert run.returncode == 1 and "ChildFailedError" in output, output[-3000:]
     assert output.count("Traceback (most recent call last)") == 1 and "hsk_cache/" not in output.split("Traceback")[1]
-    assert output.count("exitcode  : 2 ") == 2, output[-3000:]  # every rank exits 2
+    # every rank exits 2, unless torchrun stopped it (SIGTERM) first once another had failed: the
+    # monitor interval makes that rare, not impossible, on a loaded machine
+    codes = re.findall(r"exitcode\s*: (-?\d+)", output)
+    assert "2" in codes and set(codes) <= {"2", "-15"}, output[-3000:]
     assert not out.exists()  # nothing written
