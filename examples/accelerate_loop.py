@@ -16,44 +16,16 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from common import add_options, student_and_loss
 from torch.utils.data import DataLoader
-from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+from transformers import get_linear_schedule_with_warmup
 
-from hsk_cache import DistillationLoss, model_inputs, open_cache, without_attention_dropout
-from hsk_cache.models.students import student_from_config
-
-
-def build_student(cache, args):
-    if args.student:
-        return AutoModelForSequenceClassification.from_pretrained(args.student, attn_implementation="eager")
-    # a fresh student of the teacher's family (each family names its options its own way)
-    return student_from_config(
-        cache.teacher_config,
-        len(cache.label_names),
-        args.layers,
-        args.hidden,
-        args.heads,
-        4 * args.hidden,
-        attention=True,
-    )
+from hsk_cache import model_inputs, open_cache
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", required=True, help="a complete cache made by hsk extract")
-    parser.add_argument("--out", required=True, help="where the student (and losses.json) are saved")
-    parser.add_argument("--student", default=None, help="a saved classifier to distil into (default: build one)")
-    parser.add_argument("--layers", type=int, default=2, help="layers of a built student (default: %(default)s)")
-    parser.add_argument("--hidden", type=int, default=128, help="width of a built student (default: %(default)s)")
-    parser.add_argument(
-        "--heads", type=int, default=4, help="attention heads of a built student (default: %(default)s)"
-    )
-    parser.add_argument("--epochs", type=int, default=3, help="passes over the cache (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="examples per step (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW's peak learning rate (default: %(default)s)")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the student, dropout and batch order (default: %(default)s)"
-    )
+    add_options(parser, loss_options=False)
     parser.add_argument(
         "--mixed-precision",
         default="no",
@@ -64,11 +36,7 @@ def main(argv=None) -> dict:
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     cache = open_cache(args.cache)
-    torch.manual_seed(args.seed)
-    student = build_student(cache, args)
-    if "attention_probs" in cache.knowledge:
-        without_attention_dropout(student)  # compare undropped attention rows
-    loss_fn = DistillationLoss(cache.manifest, student.config)
+    student, loss_fn = student_and_loss(cache, args)
     loader = DataLoader(
         cache.dataset(),
         batch_size=args.batch_size,

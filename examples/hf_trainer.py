@@ -25,18 +25,17 @@ import json
 from pathlib import Path
 
 import torch
+from common import add_options, student_and_loss
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from transformers import (
-    AutoModelForSequenceClassification,
     Trainer,
     TrainerCallback,
     TrainingArguments,
     get_linear_schedule_with_warmup,
 )
 
-from hsk_cache import DistillationLoss, model_inputs, open_cache, without_attention_dropout
-from hsk_cache.models.students import student_from_config
+from hsk_cache import DistillationLoss, model_inputs, open_cache
 
 
 class DistillationTrainer(Trainer):
@@ -77,64 +76,13 @@ class LossParameters(TrainerCallback):
         self.loss_fn.zero_grad(set_to_none=True)
 
 
-def build_student(cache, args):
-    if args.student:
-        return AutoModelForSequenceClassification.from_pretrained(args.student, attn_implementation="eager")
-    # a fresh student of the teacher's family (each family names its options its own way)
-    return student_from_config(
-        cache.teacher_config,
-        len(cache.label_names),
-        args.layers,
-        args.hidden,
-        args.heads,
-        4 * args.hidden,
-        attention=True,
-    )
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", required=True, help="a complete cache made by hsk extract")
-    parser.add_argument("--out", required=True, help="where the student (and losses.json) are saved")
-    parser.add_argument("--student", default=None, help="a saved classifier to distil into (default: build one)")
-    parser.add_argument("--layers", type=int, default=2, help="layers of a built student (default: %(default)s)")
-    parser.add_argument("--hidden", type=int, default=128, help="width of a built student (default: %(default)s)")
-    parser.add_argument(
-        "--heads", type=int, default=4, help="attention heads of a built student (default: %(default)s)"
-    )
-    parser.add_argument("--epochs", type=float, default=3, help="passes over the cache (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="examples per step (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW's peak learning rate (default: %(default)s)")
-    parser.add_argument(
-        "--warmup-ratio",
-        type=float,
-        default=0.1,
-        help="fraction of the steps of linear warmup, then linear decay (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--temperature", type=float, default=1.0, help="softmax temperature of the logits term (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--terms",
-        default=None,
-        help="comma list of loss terms (hidden_states, attention_probs, "
-        "value_relation, logits; default: every kind the cache holds)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the student, dropout and batch order (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--hsk-order", action="store_true", help="batches in hsk train's order for --seed (default: a shuffle)"
-    )
+    add_options(parser, epochs_type=float)
     args = parser.parse_args(argv)
 
     cache = open_cache(args.cache)
-    torch.manual_seed(args.seed)
-    student = build_student(cache, args)
-    if "attention_probs" in cache.knowledge:
-        without_attention_dropout(student)  # compare undropped attention rows
-    terms = args.terms.split(",") if args.terms else None
-    loss_fn = DistillationLoss(cache.manifest, student.config, terms=terms, temperature=args.temperature)
+    student, loss_fn = student_and_loss(cache, args)
 
     # 1. data: the cache as a dataset (in hsk train's order with --hsk-order)
     dataset = cache.dataset()

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from common import add_options, student_and_loss
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
-from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+from transformers import get_linear_schedule_with_warmup
 
-from hsk_cache import DistillationLoss, model_inputs, open_cache, without_attention_dropout
-from hsk_cache.models.students import student_from_config
+from hsk_cache import DistillationLoss, model_inputs, open_cache
 
 
 class DistillationModule(pl.LightningModule):
@@ -82,66 +82,13 @@ class DistillationModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def build_student(cache, args):
-    if args.student:
-        return AutoModelForSequenceClassification.from_pretrained(args.student, attn_implementation="eager")
-    # a fresh student of the teacher's family (each family names its options its own way)
-    return student_from_config(
-        cache.teacher_config,
-        len(cache.label_names),
-        args.layers,
-        args.hidden,
-        args.heads,
-        4 * args.hidden,
-        attention=True,
-    )
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", required=True, help="a complete cache made by hsk extract")
-    parser.add_argument("--out", required=True, help="where the student (and losses.json) are saved")
-    parser.add_argument(
-        "--student", default=None, help="a saved classifier to distil into (default: build one of the teacher's family)"
-    )
-    parser.add_argument("--layers", type=int, default=2, help="layers of a built student (default: %(default)s)")
-    parser.add_argument("--hidden", type=int, default=128, help="width of a built student (default: %(default)s)")
-    parser.add_argument(
-        "--heads", type=int, default=4, help="attention heads of a built student (default: %(default)s)"
-    )
-    parser.add_argument("--epochs", type=int, default=3, help="passes over the cache (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="examples per step (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW's peak learning rate (default: %(default)s)")
-    parser.add_argument(
-        "--warmup-ratio",
-        type=float,
-        default=0.1,
-        help="fraction of the steps of linear warmup, then linear decay (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--temperature", type=float, default=1.0, help="softmax temperature of the logits term (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--terms",
-        default=None,
-        help="comma list of loss terms (hidden_states, attention_probs, "
-        "value_relation, logits; default: every kind the cache holds)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seeds the student, W_h, dropout and the order (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--hsk-order", action="store_true", help="batches in hsk train's order for --seed (default: a seeded shuffle)"
-    )
+    add_options(parser)
     args = parser.parse_args(argv)
 
     cache = open_cache(args.cache)
-    torch.manual_seed(args.seed)
-    student = build_student(cache, args)
-    if "attention_probs" in cache.knowledge:
-        without_attention_dropout(student)  # compare undropped attention rows
-    terms = args.terms.split(",") if args.terms else None
-    loss_fn = DistillationLoss(cache.manifest, student.config, terms=terms, temperature=args.temperature)
+    student, loss_fn = student_and_loss(cache, args)
     module = DistillationModule(student, loss_fn, lr=args.lr, warmup_ratio=args.warmup_ratio)
     module.train()  # from_pretrained returns eval mode, and the Trainer keeps each module's: dropout on, as hsk train
 

@@ -22,16 +22,29 @@ WORDS = {
 }
 
 
-def tiny_bert(tokenizer, num_labels=2, layers=2, hidden=32, heads=4, seed=0, names=("neg", "pos")):
-    from transformers import BertConfig, BertForSequenceClassification
+def tiny_config(vocab_size: int, layers=2, hidden=32, heads=4, max_positions=128, **extra):
+    """A tiny random BERT's config: ``layers`` × ``hidden`` wide, FFN 2 × hidden, ``extra`` fields."""
+    from transformers import BertConfig
 
-    config = BertConfig(
-        vocab_size=len(tokenizer),
+    return BertConfig(
+        vocab_size=vocab_size,
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         intermediate_size=2 * hidden,
-        max_position_embeddings=128,
+        max_position_embeddings=max_positions,
+        **extra,
+    )
+
+
+def tiny_bert(tokenizer, num_labels=2, layers=2, hidden=32, heads=4, seed=0, names=("neg", "pos")):
+    from transformers import BertForSequenceClassification
+
+    config = tiny_config(
+        len(tokenizer),
+        layers,
+        hidden,
+        heads,
         num_labels=num_labels,
         id2label=dict(enumerate(names)),
         label2id={n: i for i, n in enumerate(names)},

@@ -7,7 +7,7 @@ import random
 import torch
 
 from hsk_cache.knowledge.spec import ExtractSpec
-from tests.conftest import WORDS
+from tests.conftest import WORDS, tiny_config
 
 LOSSLESS = ExtractSpec.parse(layers="all", tokens="all", dims="all", dtype="float32")
 TAGS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
@@ -16,16 +16,9 @@ PEOPLE, PLACES = ["ada lovelace", "alan", "grace hopper", "linus"], ["paris", "n
 
 
 def tiny_task_model(tokenizer, task: str, tags=TAGS, seed: int = 0):
-    from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
+    from transformers import BertForSequenceClassification, BertForTokenClassification
 
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
+    config = tiny_config(len(tokenizer))
     torch.manual_seed(seed)
     if task == "regression":
         config.num_labels, config.problem_type = 1, "regression"

@@ -22,7 +22,7 @@ from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub, students
 from hsk_cache.store.reader import CacheReader
 from hsk_cache.training import configs, train
-from tests.conftest import SHARED_GLUE
+from tests.conftest import SHARED_GLUE, tiny_config
 from tests.test_distributed import one_thread, torchrun
 from tests.test_train_resume import _child, _log
 
@@ -30,16 +30,9 @@ WORDS = "the river city north old music film king war game team song album churc
 
 
 def tiny_encoder(tokenizer, mlm: bool = False, seed: int = 0):
-    from transformers import BertConfig, BertForMaskedLM, BertModel
+    from transformers import BertForMaskedLM, BertModel
 
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
+    config = tiny_config(len(tokenizer), max_positions=64)
     torch.manual_seed(seed)
     return (BertForMaskedLM if mlm else BertModel)(config).eval()
 

@@ -26,21 +26,15 @@ from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub
 from hsk_cache.models.teacher import run_teacher
 from hsk_cache.store.manifest import SpecInfo
+from tests.conftest import tiny_config
 
 T = 32
 
 
 def masked_lm(vocab: int, seed: int = 0):
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertForMaskedLM
 
-    config = BertConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
+    config = tiny_config(vocab)
     torch.manual_seed(seed)
     return BertForMaskedLM(config).eval()
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 
 from hsk_cache.cli.progress import bar as _bar
+from hsk_cache.cli.reports import info as _info
+from hsk_cache.cli.reports import size as _size
+from hsk_cache.cli.reports import verify as _verify
 from hsk_cache.config.run import DataConfig, StageConfig, check_device, check_precision, parse_storage_options
 from hsk_cache.errors import ConfigError
 from hsk_cache.knowledge.spec import ExtractSpec
@@ -165,56 +168,6 @@ def _extract(a) -> int:
         f"{r.elapsed_s:.1f} s → {a.out} ({_size(stored)}, {_size(stored / n)}/example)"
     )
     return 0
-
-
-def _verify(a) -> int:
-    from dataclasses import asdict
-
-    from hsk_cache.store import verify
-
-    options = parse_storage_options(a.storage_options)
-    r = verify.verify(
-        a.cache, lambda description, total, initial: _bar(description, total, initial, unit="shard"), options
-    )
-    recheck = None
-    if a.against_teacher is not None and r.ok:  # a damaged cache is repaired first
-        from hsk_cache.config.run import check_device
-        from hsk_cache.extraction import against_teacher
-
-        recheck = against_teacher.against_teacher(
-            a.cache, a.against_teacher, a.sample, a.seed, a.batch_size, check_device(a.device), options
-        )
-    ok = r.ok and (recheck is None or recheck.ok)
-    if a.json:
-        extra = {} if recheck is None else {"against_teacher": recheck.to_dict()}
-        print(json.dumps({**asdict(r), "bad_shards": r.bad_shards, "ok": ok, **extra}))
-        return 0 if ok else 1
-    if recheck is not None:
-        print(against_teacher.table(recheck))
-        for line in recheck.notes:
-            print(f"note: {line}")
-        weights = "the same weights as" if recheck.same_weights else "other weights than"
-        verdict = "matches" if recheck.ok else "MISMATCH"
-        print(
-            f"against teacher: {verdict}; {recheck.sample} examples recomputed with {weights} the cache's teacher, "
-            f"{recheck.elapsed_s:.1f} s"
-        )
-        for line in recheck.mismatches:
-            print(f"mismatch: {line}")
-    if r.problems:
-        print(verify.table(r))
-    state = "complete" if r.complete else f"incomplete ({r.committed}/{r.num_shards} shards extracted)"
-    others = sum(p.shard is None for p in r.problems)
-    verdict = "ok" if not r.problems else f"{len(r.bad_shards)} bad shards, {others} other problems"
-    print(f"verify: {verdict}; {r.committed} shards checked ({_size(r.checked_bytes)}), {state}, {r.elapsed_s:.1f} s")
-    if r.problems:
-        from hsk_cache.store.reader import SEAL_FIX, CacheReader
-
-        if any(p.array == verify.MANIFEST for p in r.problems):
-            print(f"repair: {SEAL_FIX}")
-        else:
-            print(f"repair: {CacheReader(a.cache, options, check_seal=False).repair_command}")
-    return 0 if ok else 1
 
 
 def _train(a) -> int:
@@ -421,40 +374,11 @@ def _augment(a) -> int:
     return 0
 
 
-def _info(a) -> int:
-    from hsk_cache.store.info import cache_info
-
-    info = cache_info(a.cache, parse_storage_options(a.storage_options))
-    if a.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    m = info["manifest"]
-    print(json.dumps(m, indent=2, default=str))
-    print(
-        f"stored: {_size(info['stored_bytes'])} ({_size(info['bytes_per_example'])}/example) for "
-        f"{m['data']['num_examples']} examples; full float32 hidden states would be "
-        f"{_size(info['full_hidden_bytes_per_example'])}/example: {info['ratio_to_full']:.1f}× smaller"
-    )
-    print(
-        f"complete: {'yes' if info['complete'] else 'no'} "
-        f"({info['committed_shards']}/{m['layout']['num_shards']} shards)"
-    )
-    return 0
-
-
 def _int_list(text: str, option: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise ConfigError(f"{option} {text!r}: use a comma list of integers like 2,4,6") from None
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 COMMANDS = {

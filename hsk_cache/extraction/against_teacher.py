@@ -40,13 +40,13 @@ from hsk_cache.knowledge.batch import Examples, collate
 from hsk_cache.knowledge.plan import Plan
 from hsk_cache.models import hub
 from hsk_cache.models.teacher import run_teacher
+from hsk_cache.store import layout
 from hsk_cache.store.reader import CacheReader
 from hsk_cache.store.writer import tokenizer_files
 
 SELECTION_SLACK = 0.02  # fraction of the sample whose selection may differ (near-ties flipped by noise)
 STEP = {"float32": 0.0, "float16": 2.0**-10, "bfloat16": 2.0**-7, "float8_e4m3": 2.0**-3}  # relative step
 NOISE = {"fp32": 1e-4, "bf16": 2.0**-6, "fp16": 2.0**-6}  # of the row's max |x|
-EXAMPLE_ARRAYS = ("input_ids", "token_type_ids", "lengths", "labels", "example_ids")
 
 
 @dataclass
@@ -139,9 +139,12 @@ def against_teacher(
         check.mismatches.append(f"teacher: {shape}")
         check.elapsed_s = time.perf_counter() - started
         return check
-    tokenizer = reader.load_tokenizer()
+    files, problem = reader.tokenizer_problem()
+    if problem:
+        raise reader.damaged(problem)
+    tokenizer = reader.load_tokenizer(files)
     stored = _read_rows(reader, rows)
-    _compare_tokenizer(check, reader, tokenizer, teacher, stored)
+    _compare_tokenizer(check, files, tokenizer, teacher, stored)
     if check.mismatches:  # other input_ids: the teacher would be run on what it never saw
         check.elapsed_s = time.perf_counter() - started
         return check
@@ -211,18 +214,19 @@ def _read_rows(reader: CacheReader, rows: np.ndarray) -> dict[str, np.ndarray]:
     """Every per-example array at ``rows`` (zarr reads only the shards holding them, each chunk's
     crc32c checked)."""
     out = {}
-    for name, array in reader.group.arrays():
-        if name in EXAMPLE_ARRAYS or (array.ndim and array.shape[0] == reader.manifest.num_examples):
-            if name != "shard_commits":
-                out[name] = array.get_orthogonal_selection((rows,) + (slice(None),) * (array.ndim - 1))
+    for spec in layout.manifest_arrays(reader.manifest):
+        if spec.per_example and reader.has(spec.name):
+            array = reader.group[spec.name]
+            out[spec.name] = array.get_orthogonal_selection((rows,) + (slice(None),) * (array.ndim - 1))
     return out
 
 
-def _compare_tokenizer(check: TeacherCheck, reader, stored_tokenizer, teacher: str, stored: dict) -> None:
-    """The teacher's tokenizer against the stored one: the same files, or the same input_ids for
-    the sample (decoded with the stored tokenizer, encoded again with the teacher's)."""
+def _compare_tokenizer(check: TeacherCheck, stored_files: dict, stored_tokenizer, teacher: str, stored: dict) -> None:
+    """The teacher's tokenizer against the stored one: the same files (``stored_files``, as
+    extraction wrote them with ``tokenizer_files``), or the same input_ids for the sample (decoded
+    with the stored tokenizer, encoded again with the teacher's)."""
     live = hub.load_tokenizer(teacher)
-    if tokenizer_files(live) == tokenizer_files(stored_tokenizer):
+    if tokenizer_files(live) == stored_files:
         return
     differs = []
     for ids, length, example in zip(stored["input_ids"], stored["lengths"], stored["example_ids"]):

@@ -262,17 +262,19 @@ class CacheReader:
             files[name] = data
         return files, None
 
-    def load_tokenizer(self):
-        """The tokenizer stored in the cache, its files checked first (``tokenizer_problem``).
+    def load_tokenizer(self, files: dict[str, bytes] | None = None):
+        """The tokenizer stored in the cache, its files checked first (``tokenizer_problem``);
+        ``files``: what ``tokenizer_problem`` already returned (read and checked once).
 
         Raises: CacheError naming the damaged or missing file, or when transformers cannot load
         the files.
         """
         from transformers import AutoTokenizer
 
-        files, problem = self.tokenizer_problem()
-        if problem:
-            raise self.damaged(problem)
+        if files is None:
+            files, problem = self.tokenizer_problem()
+            if problem:
+                raise self.damaged(problem)
         with tempfile.TemporaryDirectory() as tmp:
             for name, data in files.items():
                 (Path(tmp) / name).write_bytes(data)

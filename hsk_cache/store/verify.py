@@ -142,10 +142,10 @@ def _compare(found: commits.FileRecord | None, expected: commits.FileRecord) -> 
 
 def _check_tokenizer(reader: CacheReader) -> list[Problem]:
     """The stored tokenizer: its files as recorded, and loadable by transformers."""
-    _, problem = reader.tokenizer_problem()
+    files, problem = reader.tokenizer_problem()
     if problem is None:
         try:
-            reader.load_tokenizer()
+            reader.load_tokenizer(files)
         except CacheError as err:
             problem = str(err).split(": ", 1)[-1].split("; `hsk verify")[0]
     return [Problem(None, TOKENIZER_GROUP, problem)] if problem else []

@@ -127,8 +127,7 @@ class Session:
                     field="resume",
                 )
             return cls(out, identity, None, None, writer, stop)
-        summary = out / SUMMARY_FILE
-        if summary.exists() and _read_json(summary).get("finished"):  # nothing to resume: no checkpoint is read
+        if _finished(out):  # nothing to resume: no checkpoint is read
             return cls(out, identity, checkpoint.latest(out), None, writer, stop)
         found = checkpoint.resumable(out)  # the newest intact checkpoint; damaged newer ones are logged
         if found is None and require_checkpoint:
@@ -143,8 +142,7 @@ class Session:
     @property
     def finished(self) -> bool:
         """The run already completed (its final student and summary were written)."""
-        summary = self.out / SUMMARY_FILE
-        return (self.out / RUN_FILE).exists() and summary.exists() and bool(_read_json(summary).get("finished"))
+        return _finished(self.out)
 
     def start(
         self, modules: torch.nn.ModuleDict, evaluator, save_every: Interval, best_stage: int, overwrite: bool
@@ -371,6 +369,12 @@ class Session:
         for line in lines:
             if line.get("event") == "train":
                 self.losses.setdefault(line["stage_index"], []).append(line["loss"])
+
+
+def _finished(out: Path) -> bool:
+    """``out`` holds a run whose summary says it finished."""
+    summary = out / SUMMARY_FILE
+    return (out / RUN_FILE).exists() and summary.exists() and bool(_read_json(summary).get("finished"))
 
 
 def check_best(out: Path) -> None:
