@@ -16,10 +16,14 @@ import torch
 from hsk_cache import DistillationLoss, ModelError, open_cache
 from hsk_cache.config.run import DataConfig, StageConfig
 from hsk_cache.extraction import extract
+from hsk_cache.knowledge.batch import Batch
+from hsk_cache.knowledge.plan import Plan
 from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub as models
 from hsk_cache.models import students
-from hsk_cache.models.families import FAMILIES, student_config
+from hsk_cache.models.families import FAMILIES, returns_attention_probs, student_config
+from hsk_cache.models.inputs import model_inputs
+from hsk_cache.models.teacher import run_teacher
 from hsk_cache.training import configs, train
 
 # where each family's transformers source keeps layer 2's value projection (layer index 1)
@@ -117,6 +121,44 @@ def test_cached_knowledge_matches_the_family_s_own_modules(family, teachers, cac
             batch["value_relation"][b, :, : len(kept)], relation[b, :, kept], atol=1e-5, rtol=1e-4
         )
     torch.testing.assert_close(batch["logits"], out.logits)
+
+
+ATTENTION_PATHS = {  # layer 1's self-attention module (the value projection's parent), per family source
+    family: path.replace("layer.1.", "layer.0.").rsplit(".", 1)[0] for family, path in VALUE_PATHS.items()
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_teacher_keeps_only_the_attention_selection_reads(family, tokenizer):
+    # 3 layers: layer 3's map is stored, layer 1 only ranks the tokens of hidden layer 1 and
+    # layer 2 is read by nothing; the reference is the model's own output_attentions=True
+    teacher = tiny(family, tokenizer, layers=3)
+    spec = ExtractSpec.parse("1", "topk:4", knowledge="hidden_states,attention_probs", attention_layers="3")
+    plan = Plan.make(spec, teacher.config, tokenizer, 16)
+    encoded = tokenizer(["a good film", "an awful and grim film it was"], padding=True, return_tensors="pt")
+    batch = Batch(
+        input_ids=encoded["input_ids"],
+        attention_mask=encoded["attention_mask"],
+        token_type_ids=encoded["token_type_ids"],
+        labels=torch.zeros(2, dtype=torch.long),
+        example_ids=torch.arange(2),
+    )
+    with torch.no_grad():
+        reference = teacher(**model_inputs(batch.as_dict(), teacher), output_attentions=True).attentions
+    outputs = run_teacher(teacher, batch, plan)
+    assert outputs.attentions[1] is None
+    assert outputs.attentions[0].shape == (2, 4, 1, batch.input_ids.shape[1])  # the [CLS] query row only
+    assert torch.equal(outputs.attentions[0], reference[0][:, :, :1])
+    assert torch.equal(outputs.attentions[2], reference[2])
+    # hooks are used exactly where the module hands its probabilities on unasked
+    seen = []
+    handle = teacher.get_submodule(ATTENTION_PATHS[family]).register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        teacher(**model_inputs(batch.as_dict(), teacher))
+    handle.remove()
+    unasked = isinstance(seen[0], tuple) and len(seen[0]) > 1 and isinstance(seen[0][1], torch.Tensor)
+    assert returns_attention_probs(teacher) == unasked
+    assert unasked == (family in ("bert", "roberta", "electra", "distilbert"))  # transformers 5's recorders
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -69,6 +69,10 @@ class AttentionProbs(KnowledgeKind):
         ranked = {plan.ranking_layer(l) for l in plan.attention_layers} if plan.spec.tokens.kind == "topk" else set()
         return set(plan.attention_layers) | ranked
 
+    def attention_maps_read(self, plan) -> set[int]:
+        """The stored layers: their rows of the selected tokens are gathered."""
+        return set(plan.attention_layers)
+
     def select(self, outputs, batch, plan) -> dict[str, torch.Tensor]:
         """attention_index [B, L_a, K] and attention_probs [B, L_a, H, K, T_b]."""
         index = torch.stack([plan.select_tokens(outputs, batch, l) for l in plan.attention_layers], dim=1)

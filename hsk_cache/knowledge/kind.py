@@ -217,6 +217,11 @@ class KnowledgeKind:
         """Attention layers (1-based) whose [B, H, T, T] probabilities selection reads."""
         return set()
 
+    def attention_maps_read(self, plan) -> set[int]:
+        """Those of ``attention_layers_read`` whose whole map selection reads; of the others only
+        the [CLS] query row is read (top-k ranking), and only that row is kept ([B, H, 1, T])."""
+        return set()
+
     def value_layer(self, plan) -> int | None:
         """The teacher layer (1-based) whose value projection must be captured, or None."""
         return None

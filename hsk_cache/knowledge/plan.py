@@ -26,13 +26,15 @@ from hsk_cache.tasks import types
 
 @dataclass
 class TeacherOutputs:
-    """What one teacher forward returns for selection, on the CPU in float32.
+    """What one teacher forward returns for selection, on the teacher's device in float32.
 
     hidden_states: L+1 entries [B, T, D] (0 = embedding output). attentions: L entries
-    [B, H, T, T] (softmax over keys), or None when no attention is needed. Entries selection does
-    not read are None (``Plan.hidden_layers_read`` / ``attention_layers_read``). values: [B, T, D]
-    value projection of ``Plan.value_layer``, or None. logits: [B, C] of a classifier, [B, T, V]
-    of a masked-LM head, or None (a base encoder). projections: ``{(projection, layer): [B, T, D]}``
+    [B, H, T, T] (softmax over keys), or [B, H, 1, T] (the [CLS] query row) for a layer only
+    ranking reads (not in ``Plan.attention_maps_read``), or None when no attention is needed.
+    Entries selection does not read are None (``Plan.hidden_layers_read`` /
+    ``attention_layers_read``). values: [B, T, D] value projection of ``Plan.value_layer``, or
+    None. logits: [B, C] of a classifier, [B, T, V] of a masked-LM head, or None (a base
+    encoder). projections: ``{(projection, layer): [B, T, D]}``
     of ``Plan.projections_read``.
     """
 
@@ -206,6 +208,11 @@ class Plan:
     def attention_layers_read(self) -> set[int]:
         """Attention layers (1-based) whose probabilities selection reads: rank sources and stored rows."""
         return set().union(*(kind.attention_layers_read(self) for kind in self.kinds))
+
+    def attention_maps_read(self) -> set[int]:
+        """Of ``attention_layers_read``, those whose whole [B, H, T, T] map selection reads; the
+        others are read by their [CLS] query row only (``TeacherOutputs.attentions``)."""
+        return set().union(*(kind.attention_maps_read(self) for kind in self.kinds))
 
     def ranking_layer(self, layer: int) -> int:
         """The attention layer whose [CLS] row ranks tokens for knowledge of ``layer`` (1-based):

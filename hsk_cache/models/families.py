@@ -158,6 +158,32 @@ def projection_module(model, projection: str, layer: int):
     return layers[layer - 1].get_submodule(PROJECTIONS[projection][name])
 
 
+def attention_module(model, layer: int):
+    """The self-attention module of transformer layer ``layer`` (1-based): the parent of its
+    value projection (``…layer.N.attention.self`` for BERT). Raises: as ``projection_module``."""
+    model = unwrap(model)
+    projection_module(model, "value", layer)  # checks the family and the layer
+    _, layers = layer_stack(model)
+    return layers[layer - 1].get_submodule(VALUE_PROJECTIONS[family(model.config)].rsplit(".", 1)[0])
+
+
+def returns_attention_probs(model) -> bool:
+    """Whether the model's self-attention modules always return their probabilities as output 1
+    (transformers 5 records ``attentions`` with hooks on those modules, ``_can_record_outputs``):
+    then a hook can capture the layers selection reads without ``output_attentions``, which keeps
+    every layer's [B, H, T, T] map alive until the forward ends. False for families and versions
+    that return them only when asked (MPNet, DeBERTa-v2)."""
+    model = unwrap(model)
+    recorded = (getattr(type(model), "_can_record_outputs", None) or {}).get("attentions")
+    target = getattr(recorded, "target_class", recorded)
+    if not isinstance(target, type) or getattr(recorded, "index", 1) != 1:
+        return False
+    try:
+        return isinstance(attention_module(model, 1), target)
+    except ModelError:
+        return False
+
+
 def attention_dropout_key(config) -> str:
     """The name of the config field holding the attention-probability dropout of ``config``'s
     family: ``attention_dropout`` for DistilBERT, ``attention_probs_dropout_prob`` otherwise."""

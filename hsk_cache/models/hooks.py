@@ -1,4 +1,5 @@
-"""Forward hooks on transformers models: the query, key and value vectors relation losses read."""
+"""Forward hooks on transformers models: the query, key and value vectors relation losses read,
+and the teacher's attention probabilities selection reads."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import contextlib
 
 import torch
 
-from hsk_cache.models.families import projection_module, value_module
+from hsk_cache.models.families import attention_module, projection_module, value_module
 
 
 @contextlib.contextmanager
@@ -48,6 +49,39 @@ def capture_projections(model, wanted):
         for key in sorted(set(wanted)):
             module = projection_module(model, *key)
             handles.append(module.register_forward_hook(lambda _m, _i, out, key=key: captured.__setitem__(key, out)))
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def capture_attentions(model, layers: dict[int, bool]):
+    """Capture the attention probabilities of ``layers`` (1-based layer → whether the whole map is
+    read) during a forward pass of ``model``, with forward hooks on the self-attention modules
+    (``families.returns_attention_probs`` must hold: the modules return the probabilities as
+    output 1, eager attention).
+
+    Yields a dict filled by the forward pass: ``{layer: [B, H, T, T] float}`` for a whole map,
+    ``{layer: [B, H, 1, T] float}`` (a copy of the [CLS] query row, ``probs[:, :, :1]``) for a
+    layer only ranking reads, so the full maps of the other layers are freed as the forward
+    goes on instead of living until it ends (``output_attentions=True`` keeps all L). A module
+    returning no probabilities (sdpa) leaves its layer out. Hooks are removed on leaving the block.
+
+    Raises: ModelError for an unsupported family or a layer outside 1..L.
+    """
+    captured: dict[int, torch.Tensor] = {}
+
+    def hook(out, layer: int, whole: bool) -> None:
+        probs = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+        if isinstance(probs, torch.Tensor):
+            captured[layer] = probs if whole else probs[:, :, :1].clone()
+
+    handles = []
+    try:
+        for layer, whole in sorted(layers.items()):
+            module = attention_module(model, layer)
+            handles.append(module.register_forward_hook(lambda _m, _i, out, l=layer, w=whole: hook(out, l, w)))
         yield captured
     finally:
         for handle in handles:

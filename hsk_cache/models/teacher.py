@@ -17,7 +17,8 @@ from hsk_cache.errors import ModelError
 from hsk_cache.knowledge.batch import Batch
 from hsk_cache.knowledge.logits import task_logits
 from hsk_cache.knowledge.plan import Plan, TeacherOutputs
-from hsk_cache.models.hooks import capture_projections
+from hsk_cache.models.families import returns_attention_probs
+from hsk_cache.models.hooks import capture_attentions, capture_projections
 from hsk_cache.models.inputs import model_inputs
 
 
@@ -46,15 +47,28 @@ def run_teacher(model, batch: Batch, plan: Plan, precision: str = "fp32") -> Tea
     device = next(model.parameters()).device
     attention = plan.spec.needs_attention
     wanted = plan.projections_read() | ({("value", plan.value_layer)} if plan.value_layer is not None else set())
+    needed, maps = plan.attention_layers_read(), plan.attention_maps_read()
+    read = {layer: layer in maps for layer in needed}
+    # hooks keep only the attention selection reads (a [CLS] row where ranking is all that reads
+    # a layer), so the other [B, H, T, T] maps are freed during the forward; output_attentions
+    # keeps every layer's until it ends (measured here: ~10% of an eager BERT forward, in page faults)
+    hooked = attention and returns_attention_probs(model)
     with (
         torch.inference_mode(),  # no autograd bookkeeping at all: measured ~5% faster than no_grad here
         autocast(precision, device.type),
         capture_projections(model, wanted) as projections,
+        capture_attentions(model, read if hooked else {}) as captured,
     ):
         out = model(
-            **model_inputs(batch.to(device).as_dict(), model), output_hidden_states=True, output_attentions=attention
+            **model_inputs(batch.to(device).as_dict(), model),
+            output_hidden_states=True,
+            output_attentions=attention and not hooked,
         )
-    if attention and not out.attentions:
+    if hooked:
+        probs = [captured.get(i + 1) for i in range(model.config.num_hidden_layers)]
+    else:
+        probs = [a if i + 1 in maps else a[:, :, :1] for i, a in enumerate(out.attentions or ())]
+    if attention and any(layer > len(probs) or probs[layer - 1] is None for layer in needed):
         raise ModelError(
             f"{type(model).__name__} returned no attention probabilities: it cannot give attention knowledge or "
             "top-k tokens; use {tokens} all|cls|left|random and {knowledge} hidden_states,logits",
@@ -63,10 +77,7 @@ def run_teacher(model, batch: Batch, plan: Plan, precision: str = "fp32") -> Tea
     # only what selection reads is kept (float32, the reference precision of selection), on the device
     layers = plan.hidden_layers_read()
     hidden = tuple(h.float() if i in layers else None for i, h in enumerate(out.hidden_states))
-    needed = plan.attention_layers_read()
-    attentions = (
-        tuple(a.float() if i + 1 in needed else None for i, a in enumerate(out.attentions)) if attention else None
-    )
+    attentions = tuple(a.float() if i + 1 in needed else None for i, a in enumerate(probs)) if attention else None
     projections = {key: value.float() for key, value in projections.items()}
     values = projections.get(("value", plan.value_layer)) if plan.value_layer is not None else None
     logits = task_logits(out)  # QA: start and end logits stacked, [B, T, 2]
