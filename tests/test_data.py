@@ -3,6 +3,7 @@
 import json
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -27,6 +28,19 @@ def test_bbc_news_split_is_stratified_deterministic_and_disjoint():
         assert abs(count / len(dev.dataset) - full[label] / 2127) < 0.01  # stratified
     again = data.load_split(DataConfig(source="bbc-news", split="dev"))
     assert again.dataset["text"] == dev.dataset["text"]
+
+
+def test_the_stratified_split_is_datasets_own():
+    import datasets
+
+    rng = np.random.default_rng(5)
+    labels = rng.choice(4, size=301, p=[0.5, 0.3, 0.15, 0.05])
+    features = datasets.Features({"row": datasets.Value("int64"), "label": datasets.ClassLabel(num_classes=4)})
+    full = datasets.Dataset.from_dict({"row": list(range(301)), "label": labels.tolist()}, features=features)
+    for test_size, seed in ((0.2, 42), (0.33, 7)):
+        reference = full.train_test_split(test_size=test_size, seed=seed, stratify_by_column="label")
+        train, test = data.stratified_split(full, labels, test_size, seed)
+        assert train["row"] == reference["train"]["row"] and test["row"] == reference["test"]["row"]
 
 
 @needs_glue

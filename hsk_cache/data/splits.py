@@ -185,16 +185,29 @@ def _load_bbc(split: str):
                 labels.append(label)
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=classes)})
     full = datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
-    parts = full.train_test_split(test_size=BBC_DEV_FRACTION, seed=BBC_SPLIT_SEED, stratify_by_column="label")
-    if split == "train":
-        return parts["train"]
-    if split in DEV_SPLIT_NAMES:
-        return parts["test"]
+    if split in ("train", *DEV_SPLIT_NAMES):
+        train, dev = stratified_split(full, np.asarray(labels), BBC_DEV_FRACTION, BBC_SPLIT_SEED)
+        return train if split == "train" else dev
     raise DataError(
         f"bbc-news has splits train and dev, not {split!r}: use {{split}} train or {{split}} dev",
         field="split",
         value=split,
     )
+
+
+def stratified_split(dataset, labels: np.ndarray, test_size: float, seed: int):
+    """(train, test) of ``dataset``: the rows, in order, of datasets'
+    ``dataset.train_test_split(test_size=test_size, seed=seed, stratify_by_column=...)`` with
+    ``labels`` [N] int the class column, drawn by datasets' own stratified sampler, without its
+    row-by-row read of that column (~0.3 s of a 2,127-row BBC News load)."""
+    from math import ceil
+
+    from datasets.utils.stratify import stratified_shuffle_split_generate_indices
+
+    n_test = ceil(test_size * len(dataset))
+    generator = np.random.default_rng(seed)
+    train, test = next(stratified_shuffle_split_generate_indices(labels, len(dataset) - n_test, n_test, generator))
+    return dataset.select(train), dataset.select(test)
 
 
 def _load_local(path: Path, config: DataConfig):

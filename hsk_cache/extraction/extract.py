@@ -183,16 +183,18 @@ def _run(config: ExtractConfig, rank: distributed.Rank, progress, started: float
                 outputs.check_writable(location.root, CacheError)
             location.sidecar(layout.LEASE_SUFFIX)  # the lease needs a place beside the cache: not a bucket's root
             lease = WriterLease.acquire(location)  # before the teacher and the data: a second run is told at once
-            p = prepare(config, device=device)
-            run_teacher(p.teacher, collate(p.examples, np.arange(1)), p.plan, config.precision)  # fails early
-            stored_tokenizer = tokenizer_files(hub.load_tokenizer(config.teacher))
-            manifest = _manifest(config, p, stored_tokenizer)
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsk-identity") as side:
+                # the teacher's identity records are read while the teacher loads and the data is
+                # tokenized (hashing and file reads release the GIL)
+                identity = side.submit(_identity, config.teacher)
+                p = prepare(config, device=device)
+                run_teacher(p.teacher, collate(p.examples, np.arange(1)), p.plan, config.precision)  # fails early
+                weights_sha256, stored_tokenizer = identity.result()
+            manifest = _manifest(config, p, stored_tokenizer, weights_sha256)
             writer = CacheWriter.open(location, manifest, p.specs, config.overwrite, lease=False)
             writer.lease, lease = lease, None  # the writer releases it from now on
             repaired = _repair(writer, progress) if writer.resumed else []
-            # as loaded, not as tokenizing left it (its truncation state depends on whether datasets'
-            # cache answered), so the stored bytes depend only on the teacher
-            writer.write_tokenizer(stored_tokenizer)
+            writer.write_tokenizer(stored_tokenizer)  # as loaded (``_identity``)
             if p.plan.dim_index is not None:
                 writer.write_global("dim_index", p.plan.dim_index.astype(np.int16))
             committed = writer.committed()
@@ -358,9 +360,17 @@ def _task_type(split) -> dict:
     return {"task_type": split.task_type} if split is not None and split.task_type != "classification" else {}
 
 
-def _manifest(config: ExtractConfig, p: Prepared, stored_tokenizer: dict[str, bytes]) -> Manifest:
+def _identity(teacher: str) -> tuple[str, dict[str, bytes]]:
+    """(sha256 of the teacher's weight files, the tokenizer files the cache stores): the latter
+    from a fresh load, not from the tokenizer tokenizing left (its truncation state depends on
+    whether datasets' cache answered), so the stored bytes depend only on the teacher."""
+    return hub.weights_sha256(hub.resolve(teacher)), tokenizer_files(hub.load_tokenizer(teacher))
+
+
+def _manifest(config: ExtractConfig, p: Prepared, stored_tokenizer: dict[str, bytes], weights_sha256: str) -> Manifest:
     """The typed manifest of the cache ``config`` writes (``complete`` False, no counts yet);
-    ``stored_tokenizer``: the tokenizer files the cache stores (``writer.tokenizer_files``)."""
+    ``stored_tokenizer``: the tokenizer files the cache stores (``writer.tokenizer_files``);
+    ``weights_sha256``: ``hub.weights_sha256`` of the teacher."""
     tokenizer, split, plan, n = p.tokenizer, p.split, p.plan, len(p.examples)
     teacher_path = hub.resolve(config.teacher)
     source = Path(config.data.source).expanduser()
@@ -371,7 +381,7 @@ def _manifest(config: ExtractConfig, p: Prepared, stored_tokenizer: dict[str, by
         selection_version=SELECTION_VERSION,
         teacher=TeacherInfo(
             path=str(Path(teacher_path).resolve()) if Path(teacher_path).exists() else teacher_path,
-            weights_sha256=hub.weights_sha256(teacher_path),
+            weights_sha256=weights_sha256,
             num_layers=p.teacher_config.num_hidden_layers,
             hidden_size=p.teacher_config.hidden_size,
             num_heads=p.teacher_config.num_attention_heads,
