@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from hsk_cache.config.run import DataConfig
-from hsk_cache.data import task_columns
+from hsk_cache.data import task_columns, truncation
 from hsk_cache.errors import DataError, DataNotFoundError, first_line
 from hsk_cache.tasks import token_classification, types
 
@@ -389,12 +389,10 @@ def tokenize(split: Split, tokenizer, max_length: int, doc_stride: int | None = 
     pair = "text_pair" in dataset.column_names
 
     def encode(rows):
+        if not pair:  # a long text is tokenized only as far as truncation keeps it, where that is exact
+            return truncation.encode_truncated(tokenizer, rows["text"], max_length, return_attention_mask=False)
         encoded = tokenizer(
-            rows["text"],
-            rows["text_pair"] if pair else None,
-            truncation=True,
-            max_length=max_length,
-            return_attention_mask=False,
+            rows["text"], rows["text_pair"], truncation=True, max_length=max_length, return_attention_mask=False
         )
         return dict(encoded)
 
