@@ -12,6 +12,7 @@ import zarr
 
 from hsk_cache.cli import main
 from hsk_cache.errors import CacheError
+from hsk_cache.store import shards
 from hsk_cache.store.reader import CacheReader
 from tests.conftest import fails
 
@@ -177,20 +178,31 @@ def test_a_full_disk_is_one_line_and_the_cache_stays_resumable(
 ):
     from zarr.storage import LocalStore
 
-    original, calls = LocalStore.set, {"n": 0}
+    original, direct, calls = LocalStore.set, shards.write_shard, {"n": 0}
 
-    async def set_until_full(self, key, value):
+    def fill_up(path):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the fourth shard of hidden states does not fit
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    async def set_until_full(self, key, value):  # zarr's writes
         if "/c/" in key and key.startswith("hidden_states/"):
-            calls["n"] += 1
-            if calls["n"] == 4:  # the fourth shard of hidden states does not fit
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.root / key))
+            fill_up(str(self.root / key))
         return await original(self, key, value)
 
+    def write_until_full(path, *args):  # uncompressed local shards, written by store.shards
+        if "/hidden_states/c/" in path:
+            fill_up(path)
+        return direct(path, *args)
+
     monkeypatch.setattr(LocalStore, "set", set_until_full)
+    monkeypatch.setattr(shards, "write_shard", write_until_full)
     cache = tmp_path / "cache"
     fails(capsys, _extract(tiny_teacher, toy_dir, cache), "No space left on device", "rerun the same command to resume")
+    assert calls["n"] == 4
     assert CacheReader(cache).committed_shards() == 3 and not CacheReader(cache).complete
     monkeypatch.setattr(LocalStore, "set", original)
+    monkeypatch.setattr(shards, "write_shard", direct)
     assert main(_extract(tiny_teacher, toy_dir, cache)) == 0
     assert "5 shards written, 3 resumed" in capsys.readouterr().out  # the fourth failed, nothing lost
     _assert_equal_caches(reference, cache)

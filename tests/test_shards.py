@@ -1,5 +1,7 @@
 """store.shards: the direct read of uncompressed local shard files, against zarr's own read."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import zarr
@@ -9,7 +11,7 @@ from hsk_cache.store.reader import CacheReader
 from hsk_cache.store.writer import compressors
 
 
-def _array(root, name, data, chunk_rows, shard_rows, codec="none", write_empty_chunks=True):
+def _array(root, name, data, chunk_rows, shard_rows, codec="none", write_empty_chunks=True, fill_value=0):
     array = zarr.create_array(
         store=zarr.storage.LocalStore(root),
         name=name,
@@ -17,7 +19,7 @@ def _array(root, name, data, chunk_rows, shard_rows, codec="none", write_empty_c
         chunks=(chunk_rows, *data.shape[1:]),
         shards=(shard_rows, *data.shape[1:]),
         dtype=data.dtype,
-        fill_value=0,
+        fill_value=fill_value,
         compressors=compressors(codec),
         config={"write_empty_chunks": write_empty_chunks},
     )
@@ -50,6 +52,61 @@ def test_direct_read_equals_zarr(tmp_path, dtype, row_shape, chunk_rows, shard_r
     )
     for a, b in [(0, 45), (3, 44), (shard_rows, 2 * shard_rows), (1, 2), (44, 45), (chunk_rows - 1, chunk_rows + 1)]:
         np.testing.assert_array_equal(_direct(str(tmp_path), array, a, b), data[a:b])
+
+
+@pytest.mark.parametrize(
+    "dtype,row_shape,chunk_rows,shard_rows,fill_value",
+    [
+        ("float16", (1, 3, 5), 8, 8, 0),
+        ("float32", (2, 4), 4, 16, 0),
+        ("int16", (7,), 5, 10, -1),
+        ("int64", (), 3, 12, 0),
+        ("uint8", (6,), 4, 8, 0),
+    ],
+)
+def test_direct_write_is_byte_for_byte_zarr_s(tmp_path, dtype, row_shape, chunk_rows, shard_rows, fill_value):
+    rng = np.random.default_rng(1)
+    data = (rng.standard_normal((45, *row_shape)) * 50).astype(dtype)  # the last shard is partial
+    data[:chunk_rows] = fill_value  # a chunk of fill values is stored all the same
+    if data.dtype.kind == "f":
+        data.reshape(len(data), -1)[chunk_rows, 0] = -0.0
+    reference = _array(str(tmp_path / "zarr"), "x", data, chunk_rows, shard_rows, fill_value=fill_value)
+    direct = _array(str(tmp_path / "direct"), "x", np.zeros_like(data), chunk_rows, shard_rows, fill_value=fill_value)
+    layout = shards.direct_layout(direct)
+    for shard in range(-(-len(data) // shard_rows)):
+        path = f"{tmp_path}/direct/{commits.shard_key(direct, shard)}"
+        shards.write_shard(path, layout, data[shard * shard_rows : (shard + 1) * shard_rows], fill_value)
+        with open(path, "rb") as f, open(f"{tmp_path}/zarr/{commits.shard_key(reference, shard)}", "rb") as g:
+            assert f.read() == g.read(), f"shard {shard}"
+    np.testing.assert_array_equal(direct[:], data)  # and zarr reads it
+
+
+def test_the_writer_writes_whole_local_shards_itself(tmp_path, tiny_teacher, toy_dir, monkeypatch):
+    from hsk_cache.config.run import DataConfig
+    from hsk_cache.extraction import extract
+    from hsk_cache.knowledge.spec import ExtractSpec
+
+    written = []
+    direct_write = shards.write_shard
+    monkeypatch.setattr(shards, "write_shard", lambda path, *a: written.append(path) or direct_write(path, *a))
+    caches = {}
+    for enabled in (True, False):
+        monkeypatch.setattr(shards, "ENABLED", enabled)
+        out = tmp_path / f"cache-{enabled}"
+        extract.run(
+            extract.ExtractConfig(
+                teacher=tiny_teacher,
+                data=DataConfig(source=toy_dir, max_length=16, limit=40),
+                out=str(out),
+                spec=ExtractSpec.parse("all", "topk:4", dtype="float16"),
+                shard_examples=16,
+            )
+        )
+        files = [p for p in sorted(out.rglob("*")) if p.is_file() and "c" in p.relative_to(out).parts]
+        caches[enabled] = {p.relative_to(out): p.read_bytes() for p in files}
+    direct = {Path(path).relative_to(tmp_path / "cache-True") for path in written}  # only when enabled
+    assert direct <= set(caches[True]) and {f for f in caches[True] if f.parts[0] == "hidden_states"} <= direct
+    assert caches[True] == caches[False]
 
 
 def test_direct_layout_leaves_the_rest_to_zarr(tmp_path):

@@ -23,6 +23,7 @@ from hsk_cache import outputs
 from hsk_cache.errors import CacheError
 from hsk_cache.knowledge.kind import ArraySpec
 from hsk_cache.store import commits, layout
+from hsk_cache.store import shards as shard_files
 from hsk_cache.store.lease import WriterLease
 from hsk_cache.store.location import Location
 from hsk_cache.store.manifest import Manifest
@@ -189,8 +190,7 @@ class CacheWriter:
         keys = [commits.shard_key(self.group[name], shard) for name in names]
         commits.delete(self.group, keys)
         for name in names:
-            values = block[name]
-            self._array(name)[start : start + len(values)] = values
+            self._write_rows(name, shard, start, block[name])
         written = commits.records(self.group, keys)
         row = np.zeros((len(names), 2), dtype=np.uint64)
         for i, (name, record) in enumerate(zip(names, written)):
@@ -198,6 +198,23 @@ class CacheWriter:
                 raise CacheError(f"shard {shard} of {name} vanished right after it was written: check the storage")
             row[i] = (record.nbytes, record.crc32c)
         self._array(layout.COMMIT_ARRAY)[shard] = row
+
+    def _write_rows(self, name: str, shard: int, start: int, values: np.ndarray) -> None:
+        """Rows ``start..`` of array ``name``: one whole shard (``store.shards.write_shard`` where it can
+        write the file itself, the same bytes as zarr's), else through zarr."""
+        array = self._array(name)
+        direct = shard_files.direct_layout(array)
+        if (
+            direct is not None
+            and start == shard * direct.shard_rows
+            and len(values) == min(direct.shard_rows, array.shape[0] - start)
+            and values.dtype == np.dtype(array.dtype)
+            and values.shape[1:] == array.shape[1:]
+        ):
+            key = commits.shard_key(array, shard)
+            shard_files.write_shard(f"{array.store.root}/{key}", direct, values, array.metadata.fill_value)
+        else:
+            array[start : start + len(values)] = values
 
     def uncommit(self, shards: list[int]) -> None:
         """Mark ``shards`` for re-extraction (damaged): the cache is incomplete until they are
