@@ -90,7 +90,8 @@ def build(path: str, n: int) -> None:
     chunk, shard = layout.chunking(specs, n)
     prepared = extract.Prepared(tokenizer, None, teacher, None, tokenized, examples, plan, specs, chunk, shard)
     stored_tokenizer = tokenizer_files(tokenizer)
-    writer = CacheWriter.open(path, extract._manifest(config, prepared, stored_tokenizer), specs)
+    weights = hub.weights_sha256(hub.resolve(config.teacher))
+    writer = CacheWriter.open(path, extract._manifest(config, prepared, stored_tokenizer, weights), specs)
     try:
         writer.write_tokenizer(stored_tokenizer)
         for s in range(layout.num_shards(n, shard)):
