@@ -387,10 +387,13 @@ def tokenize(split: Split, tokenizer, max_length: int, doc_stride: int | None = 
     if form == "span":
         return task_columns.tokenize_questions(split.dataset, tokenizer, max_length, doc_stride)
     pair = "text_pair" in dataset.column_names
+    exact = not pair and truncation.prefix_exact(tokenizer)
 
     def encode(rows):
         if not pair:  # a long text is tokenized only as far as truncation keeps it, where that is exact
-            return truncation.encode_truncated(tokenizer, rows["text"], max_length, return_attention_mask=False)
+            return truncation.encode_truncated(
+                tokenizer, rows["text"], max_length, exact=exact, return_attention_mask=False
+            )
         encoded = tokenizer(
             rows["text"], rows["text_pair"], truncation=True, max_length=max_length, return_attention_mask=False
         )

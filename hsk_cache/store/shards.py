@@ -108,8 +108,13 @@ def _readinto(f, target: memoryview, what: str) -> None:
         raise ShardDamage(f"{what} ends after {got} of {len(target)} bytes")
 
 
+def _crc32c(data: np.ndarray) -> bytes:
+    """The 4-byte little-endian crc32c of ``data``'s bytes, as zarr's ``crc32c`` codec stores it."""
+    return np.uint32(google_crc32c.value(data)).tobytes()
+
+
 def _check(data: np.ndarray, stored: bytes, what: str) -> None:
-    computed = np.uint32(google_crc32c.value(data)).tobytes()
+    computed = _crc32c(data)
     if computed != stored:
         raise ShardDamage(f"{what} fails its crc32c (stored {stored.hex()}, computed {computed.hex()})")
 
@@ -179,9 +184,9 @@ def write_shard(path: str, layout: DirectLayout, rows: np.ndarray, fill_value) -
                 data = padded
             raw = data.reshape(-1).view(np.uint8)
             f.write(raw)
-            f.write(np.uint32(google_crc32c.value(raw)).tobytes())
+            f.write(_crc32c(raw))
             index[c] = (offset, raw.nbytes + CRC_BYTES)
             offset += raw.nbytes + CRC_BYTES
         raw = index.reshape(-1).view(np.uint8)
         f.write(raw)
-        f.write(np.uint32(google_crc32c.value(raw)).tobytes())
+        f.write(_crc32c(raw))
