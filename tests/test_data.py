@@ -114,6 +114,27 @@ def test_tokenize_truncates_and_pads_dynamically(tokenizer, toy_dir):
     assert batch.attention_mask.sum(dim=1).tolist() == [lengths[i] for i in short]
 
 
+def test_only_maps_datasets_caches_are_named_by_hashing_the_tokenizer(tokenizer, toy_dir):
+    """A split read from files keeps datasets' own map fingerprint (a hash of the function and its
+    tokenizer: a rerun reuses the cache file, another max_length gets another); one held in memory
+    gets a random name, no tokenizer pickled, and the same rows."""
+    import datasets
+
+    on_disk = data.load_split(DataConfig(source=toy_dir, split="train"))
+    assert on_disk.dataset.cache_files
+    a, again, shorter = (data.tokenize(on_disk, tokenizer, n) for n in (16, 16, 12))
+    assert a._fingerprint == again._fingerprint != shorter._fingerprint
+    assert a.cache_files and a.cache_files[0]["filename"].endswith(f"{a._fingerprint}.arrow")
+    rows = on_disk.dataset.to_dict()
+    in_memory = data.Split(
+        datasets.Dataset.from_dict(rows, features=on_disk.dataset.features), on_disk.label_names, "x"
+    )
+    b, b_again = (data.tokenize(in_memory, tokenizer, 16) for _ in range(2))
+    assert not b.cache_files and b._fingerprint != b_again._fingerprint
+    assert b["input_ids"] == a["input_ids"] and b["token_type_ids"] == a["token_type_ids"]
+    assert b.features == a.features
+
+
 def test_fingerprint_tracks_content(tokenizer, toy_dir):
     split = data.load_split(DataConfig(source=toy_dir, split="train"))
     a = data.fingerprint(data.tokenize(split, tokenizer, 16))

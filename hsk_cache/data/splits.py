@@ -400,7 +400,13 @@ def tokenize(split: Split, tokenizer, max_length: int, doc_stride: int | None = 
         return dict(encoded)
 
     drop = [c for c in ("text", "text_pair") if c in dataset.column_names]
-    return dataset.map(encode, batched=True, remove_columns=drop, desc="tokenize")
+    return dataset.map(
+        encode,
+        batched=True,
+        remove_columns=drop,
+        desc="tokenize",
+        new_fingerprint=task_columns.map_fingerprint(dataset),
+    )
 
 
 def fingerprint(tokenized) -> str:
