@@ -108,6 +108,9 @@ class Prepared:
     specs: list
     chunk: dict[str, int]
     shard: int
+    # the tokenizer files the cache stores (``writer.tokenizer_files``), saved as loaded: before
+    # tokenizing, which leaves truncation state in the tokenizer (set or not as datasets' cache answered)
+    stored_tokenizer: dict[str, bytes] = field(default_factory=dict)
 
 
 def prepare(
@@ -119,6 +122,7 @@ def prepare(
     Raises: ModelError, DataError, ConfigError.
     """
     tokenizer = hub.load_tokenizer(config.teacher)
+    stored_tokenizer = tokenizer_files(tokenizer)  # ~6 ms
     if load_weights:
         teacher = load_teacher(config.teacher, config.data, config.spec).to(device or config.device)
         teacher_config = teacher.config
@@ -136,7 +140,9 @@ def prepare(
         examples = plan.prepare_examples(examples, tokenizer)  # static masks (mlm): both models see them
     specs = layout.arrays(plan, len(examples), examples.token_type_ids is not None)
     chunk, shard = layout.chunking(specs, len(examples), config.shard_examples)
-    return Prepared(tokenizer, teacher, teacher_config, split, tokenized, examples, plan, specs, chunk, shard)
+    return Prepared(
+        tokenizer, teacher, teacher_config, split, tokenized, examples, plan, specs, chunk, shard, stored_tokenizer
+    )
 
 
 def run(config: ExtractConfig, progress=None) -> ExtractResult:
@@ -183,18 +189,19 @@ def _run(config: ExtractConfig, rank: distributed.Rank, progress, started: float
                 outputs.check_writable(location.root, CacheError)
             location.sidecar(layout.LEASE_SUFFIX)  # the lease needs a place beside the cache: not a bucket's root
             lease = WriterLease.acquire(location)  # before the teacher and the data: a second run is told at once
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsk-identity") as side:
-                # the teacher's identity records are read while the teacher loads and the data is
-                # tokenized (hashing and file reads release the GIL)
-                identity = side.submit(_identity, config.teacher)
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsk-weights-hash") as side:
+                # the weights are hashed while the teacher loads and the data is tokenized (file
+                # reads and sha256 release the GIL)
+                weights = side.submit(hub.weights_sha256, hub.resolve(config.teacher))
                 p = prepare(config, device=device)
                 run_teacher(p.teacher, collate(p.examples, np.arange(1)), p.plan, config.precision)  # fails early
-                weights_sha256, stored_tokenizer = identity.result()
+                weights_sha256 = weights.result()
+            stored_tokenizer = p.stored_tokenizer
             manifest = _manifest(config, p, stored_tokenizer, weights_sha256)
             writer = CacheWriter.open(location, manifest, p.specs, config.overwrite, lease=False)
             writer.lease, lease = lease, None  # the writer releases it from now on
             repaired = _repair(writer, progress) if writer.resumed else []
-            writer.write_tokenizer(stored_tokenizer)  # as loaded (``_identity``)
+            writer.write_tokenizer(stored_tokenizer)  # as loaded (``Prepared.stored_tokenizer``)
             if p.plan.dim_index is not None:
                 writer.write_global("dim_index", p.plan.dim_index.astype(np.int16))
             committed = writer.committed()
@@ -358,13 +365,6 @@ def _task_type(split) -> dict:
     """{"task_type": the split's} beyond classification (inferred or given), else {} (so a
     classification cache's manifest is what it was before task types existed)."""
     return {"task_type": split.task_type} if split is not None and split.task_type != "classification" else {}
-
-
-def _identity(teacher: str) -> tuple[str, dict[str, bytes]]:
-    """(sha256 of the teacher's weight files, the tokenizer files the cache stores): the latter
-    from a fresh load, not from the tokenizer tokenizing left (its truncation state depends on
-    whether datasets' cache answered), so the stored bytes depend only on the teacher."""
-    return hub.weights_sha256(hub.resolve(teacher)), tokenizer_files(hub.load_tokenizer(teacher))
 
 
 def _manifest(config: ExtractConfig, p: Prepared, stored_tokenizer: dict[str, bytes], weights_sha256: str) -> Manifest:
