@@ -1,7 +1,7 @@
 """Extraction throughput vs a bare teacher forward loop over the same batches, same precision.
 
     python -m benchmarks.extract_throughput [--examples 1024] [--repeats 3] [--precision fp32] [--device cuda]
-        [--quick] [--out DIR]
+        [--allocator hsk|default] [--quick] [--out DIR]
 
 The bare loop runs ``model(**inputs)`` over the batches extraction uses (BBC News train, max
 length 128, batch 32); extraction is the full ``hsk extract`` path (selection, float16 cast,
@@ -11,6 +11,12 @@ attention) and last layer, all tokens (sdpa attention). Extraction is reported t
 (``extract.run``: loading the teacher, tokenizing, hashing, writing, all included) and steady state
 (from its first to its last batch, the part that scales with the dataset). The last repeat's cache
 is opened after timing: its examples and stored bytes are recorded.
+
+Allocator: the benchmark sets glibc's allocator for its process as the ``hsk`` command does
+(``hsk_cache.allocator``: freed activations are kept for the next batch), so the bare loop and
+extraction are timed alike; a third competitor, the bare loop in a child process with glibc's
+defaults (a user's own script), shows what that setting gains. ``--allocator default``: neither
+sets it (no third competitor).
 
 ``--device cuda``: both run on the GPU (the bare loop synchronizes before its time is read;
 ``--precision fp16`` needs it); results go to ``extract_throughput_<precision>-cuda.{json,md}``,
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import shlex
 import shutil
 import sys
@@ -35,6 +42,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import RESULTS, interleave, machine, ratios, spread, summarize
+from hsk_cache.allocator import retain_freed_memory
 from hsk_cache.cli.progress import quiet_libraries
 from hsk_cache.config.run import DataConfig, check_device, check_precision
 from hsk_cache.data import splits as data
@@ -95,6 +103,51 @@ def tiny_teacher(path: str) -> None:
     models.save(BertForSequenceClassification(config), tokenizer, path)
 
 
+DEFAULTS = "bare forward, glibc defaults"
+
+
+def bare_loop(model, examples: Examples, precision: str, device: str) -> None:
+    """``model(**inputs)`` over the batches extraction uses (batch 32, file order), no_grad."""
+    with torch.no_grad(), autocast(precision, device.split(":")[0]):
+        for index in sequential_batches(len(examples), 32):
+            model(**model_inputs(collate(examples, index).to(device).as_dict(), model))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+class DefaultAllocatorLoop:
+    """The bare loop on the CPU in a child process (a fresh interpreter: glibc's allocator as a
+    user's script has it), with the parent's torch thread count; ``run()`` times one pass there
+    (seconds), the child idles between passes."""
+
+    def __init__(self, teacher: str, attention: bool, examples: Examples, precision: str) -> None:
+        spawn = multiprocessing.get_context("spawn")
+        self._conn, theirs = spawn.Pipe()
+        args = (theirs, teacher, attention, examples, precision, torch.get_num_threads())
+        self._process = spawn.Process(target=_default_allocator_worker, args=args, daemon=True)
+        self._process.start()
+        self._ready = self._conn.recv()  # the model is loaded
+
+    def run(self) -> float:
+        self._conn.send("run")
+        return self._conn.recv()
+
+    def close(self) -> None:
+        self._conn.send("stop")
+        self._process.join(timeout=60)
+
+
+def _default_allocator_worker(conn, teacher, attention, examples, precision, threads) -> None:
+    torch.set_num_threads(threads)
+    quiet_libraries()
+    model = models.load_classifier(teacher, attention=attention)
+    conn.send(True)
+    while conn.recv() == "run":
+        start = time.perf_counter()
+        bare_loop(model, examples, precision, "cpu")
+        conn.send(time.perf_counter() - start)
+
+
 def main(argv=None) -> int:
     """Run the benchmark (module docstring); returns 0."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,6 +158,9 @@ def main(argv=None) -> int:
         "--teacher", default=None, help="teacher (a 5-class head is added if needed; default: the bundled MiniLM-L6)"
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument(
+        "--allocator", default="hsk", choices=("hsk", "default"), help="glibc as hsk sets it, or its defaults"
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny random teacher, 64 examples, 1 repeat")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the .md/.json go (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -114,6 +170,7 @@ def main(argv=None) -> int:
     check_precision(args.precision, device)
     cuda = device.startswith("cuda")
     quiet_libraries()
+    tuned = args.allocator == "hsk" and retain_freed_memory()
     work = tempfile.mkdtemp(prefix="hsk-bench-")
     teacher = f"{work}/teacher"
     if args.quick and args.teacher is None:
@@ -131,11 +188,7 @@ def main(argv=None) -> int:
         model = models.load_classifier(teacher, attention=spec.needs_attention).to(device)
 
         def bare(model=model):
-            with torch.no_grad(), autocast(args.precision, device.split(":")[0]):
-                for index in sequential_batches(len(examples), 32):
-                    model(**model_inputs(collate(examples, index).to(device).as_dict(), model))
-            if cuda:
-                torch.cuda.synchronize(device)
+            bare_loop(model, examples, args.precision, device)
 
         steady = []
 
@@ -157,25 +210,46 @@ def main(argv=None) -> int:
             )
             steady.append(clock.seconds_per_example() * len(examples))
 
-        times = interleave({"bare forward": bare, "extract": run_extract}, repeats)
+        competitors = {"bare forward": bare, "extract": run_extract}
+        child = (
+            DefaultAllocatorLoop(teacher, spec.needs_attention, examples, args.precision)
+            if tuned and not cuda
+            else None
+        )
+        if child is not None:
+            competitors = {DEFAULTS: child.run, **competitors}
+        try:
+            times = interleave(competitors, repeats)
+        finally:
+            if child is not None:
+                child.close()
         times["extract, steady state"] = steady
         rows[label] = {name: summarize(t, len(examples)) for name, t in times.items()}
         written = CacheReader(f"{work}/cache")  # the last repeat's, after timing
         rows[label]["cache"] = {"examples": written.manifest.num_examples, "stored_bytes": written.stored_bytes()}
         for name in ("extract", "extract, steady state"):
             rows[label][f"{name} / bare"] = ratios(times["bare forward"], times[name])
+        if child is not None:
+            rows[label][f"extract / {DEFAULTS}"] = ratios(times[DEFAULTS], times["extract"])
+            rows[label][f"bare forward / {DEFAULTS}"] = ratios(times[DEFAULTS], times["bare forward"])
     shutil.rmtree(work, ignore_errors=True)
-    lines = [
-        "| spec | bare forward ex/s | extract end to end ex/s | extract steady state ex/s | end to end / bare | "
-        "steady state / bare |",
-        "|---|---|---|---|---|---|",
-    ]
+    defaults = all(f"extract / {DEFAULTS}" in r for r in rows.values())
+    head = ["spec", "bare forward ex/s", "extract end to end ex/s", "extract steady state ex/s"]
+    head += ["end to end / bare", "steady state / bare"]
+    if defaults:
+        head += ["bare, glibc defaults ex/s", "end to end / bare (glibc defaults)", "bare / bare (glibc defaults)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, r in rows.items():
-        lines.append(
-            f"| {label} | {spread(r['bare forward'], 1)} | {spread(r['extract'], 1)} | "
-            f"{spread(r['extract, steady state'], 1)} | {spread(r['extract / bare'])} | "
-            f"{spread(r['extract, steady state / bare'])} |"
-        )
+        cells = [label, spread(r["bare forward"], 1), spread(r["extract"], 1), spread(r["extract, steady state"], 1)]
+        cells += [spread(r["extract / bare"]), spread(r["extract, steady state / bare"])]
+        if defaults:
+            cells += [
+                spread(r[DEFAULTS], 1),
+                spread(r[f"extract / {DEFAULTS}"]),
+                spread(r[f"bare forward / {DEFAULTS}"]),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    allocator = "glibc as `hsk` sets it (hsk_cache.allocator)" if tuned else "glibc defaults"
     named = f"{device} ({torch.cuda.get_device_name(torch.device(device))})" if cuda else None
     write(
         args.out,
@@ -185,10 +259,11 @@ def main(argv=None) -> int:
             "precision": args.precision,
             "repeats": repeats,
             "quick": args.quick,
+            "allocator": "hsk" if tuned else "default",
             **({"device": named} if cuda else {}),
             "rows": rows,
         },
-        (f"Device: {named}\n\n" if cuda else "") + "\n".join(lines),
+        (f"Device: {named}\n\n" if cuda else "") + f"Allocator: {allocator}\n\n" + "\n".join(lines),
         sys.argv[1:] if argv is None else argv,
     )
     return 0

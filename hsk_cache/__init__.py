@@ -15,6 +15,7 @@ The public API (docs/api.md, docs/architecture.md)::
 
 from __future__ import annotations
 
+from hsk_cache.allocator import retain_freed_memory
 from hsk_cache.config import DataConfig, DimSpec, LayerSpec, StageConfig, TokenSpec
 from hsk_cache.data.cache import Cache, CacheDataset, EpochSampler, open_cache
 from hsk_cache.distill.loss import DistillationLoss, DistillationOutput
@@ -77,5 +78,6 @@ __all__ = [
     "extract",
     "model_inputs",
     "open_cache",
+    "retain_freed_memory",
     "train",
 ]

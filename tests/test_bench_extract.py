@@ -6,21 +6,27 @@ import json
 
 from benchmarks import extract_throughput
 
-TIMINGS = ("bare forward", "extract", "extract, steady state")
+TIMINGS = ("bare forward", "extract", "extract, steady state", extract_throughput.DEFAULTS)
 
 
 def test_quick_run_times_bare_forward_and_extraction_for_both_specs(tmp_path):
     assert extract_throughput.main(["--quick", "--out", str(tmp_path)]) == 0
     payload = json.loads((tmp_path / "extract_throughput_fp32.json").read_text())
     assert payload["quick"] and payload["machine"]["cpu"] and payload["repeats"] == 1
-    assert payload["examples"] == 64 and payload["precision"] == "fp32"
+    assert payload["examples"] == 64 and payload["precision"] == "fp32" and payload["allocator"] == "hsk"
     assert set(payload["rows"]) == set(extract_throughput.SPECS)
     for label, row in payload["rows"].items():
         for timing in TIMINGS:
             rate = row[timing]
             assert 0 < rate["min"] <= rate["median"] <= rate["max"], (label, timing)
             assert rate["repeats"] == 1 and all(s > 0 for s in rate["seconds"])
-        for ratio in ("extract / bare", "extract, steady state / bare"):
+        defaults = extract_throughput.DEFAULTS
+        for ratio in (
+            "extract / bare",
+            "extract, steady state / bare",
+            f"extract / {defaults}",
+            f"bare forward / {defaults}",
+        ):
             assert row[ratio]["median"] > 0, (label, ratio)
         assert row["cache"]["examples"] == 64 and row["cache"]["stored_bytes"] > 0, label
     # one layer's every token outweighs three layers' top 10% of tokens

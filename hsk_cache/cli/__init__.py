@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from hsk_cache.allocator import retain_freed_memory
 from hsk_cache.cli.commands import COMMANDS
 from hsk_cache.cli.parser import build_parser
 from hsk_cache.cli.progress import quiet_libraries
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:
         quiet_libraries()
+    retain_freed_memory()  # this process is hsk's: its CPU forwards keep their pages (``allocator``)
     try:
         return COMMANDS[args.command](args)
     except HskError as err:
