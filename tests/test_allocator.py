@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,21 +16,34 @@ glibc = pytest.mark.skipif(
     not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"), reason="glibc only"
 )
 
-# allocate, fill and free a 48 MB float32 tensor 8 times (a large activation, as a forward's are) and
-# count the minor page faults of the last 6 passes: every pass faults its pages anew when glibc
-# returns the block to the kernel, none when it keeps it
+BLOCK_PAGES = 11_000  # a 48 MB block in 4 KiB pages (11,719), less slack
+
+# malloc, fill and free a 48 MB block 12 times (a large activation, as a forward's are: torch's CPU
+# tensors are glibc allocations) and count the minor page faults of each pass: every pass faults
+# its pages anew when glibc returns the block to the kernel, none when it keeps it. The heap itself
+# may grow over the first passes (seen here with torch tensors in passes 1-3), so the figure is the
+# median of passes 4-11. The module is loaded from its file: importing the hsk_cache package (torch,
+# transformers, datasets) would take seconds per probe.
 PROBE = """
-import json, resource, sys, torch
-from hsk_cache import allocator
+import ctypes, importlib.util, json, resource, statistics, sys
+spec = importlib.util.spec_from_file_location("allocator", sys.argv[2])
+allocator = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(allocator)
 applied = allocator.retain_freed_memory() if sys.argv[1] == "tune" else False
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
 faults = []
-for i in range(8):
+for i in range(12):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    block = torch.ones(12_000_000)
-    del block
+    block = libc.malloc(48_000_000)
+    ctypes.memset(block, 1, 48_000_000)
+    libc.free(block)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({"applied": applied, "faults": sum(faults[2:])}))
+later = faults[4:]
+print(json.dumps({"applied": applied, "median": statistics.median(later), "least": min(later)}))
 """
+MODULE = str(Path(__file__).resolve().parents[1] / "hsk_cache" / "allocator.py")
 
 
 def probe(mode: str, **env) -> dict:
@@ -37,7 +51,7 @@ def probe(mode: str, **env) -> dict:
     environment.pop("GLIBC_TUNABLES", None)
     environment.pop("HSK_MALLOC_TUNING", None)
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, mode], env={**environment, **env}, capture_output=True, text=True, check=True
+        [sys.executable, "-c", PROBE, mode, MODULE], env={**environment, **env}, capture_output=True, text=True, check=True
     )
     return json.loads(done.stdout)
 
@@ -46,8 +60,8 @@ def probe(mode: str, **env) -> dict:
 def test_tuned_glibc_keeps_a_freed_block_for_the_next_pass():
     default, tuned = probe("defaults"), probe("tune")
     assert tuned["applied"] and not default["applied"]
-    assert default["faults"] >= 6 * 11_000  # 48 MB / 4 KiB pages, every pass
-    assert tuned["faults"] < 100
+    assert default["least"] >= BLOCK_PAGES  # every pass, all of its pages
+    assert tuned["median"] < 100
 
 
 @glibc
@@ -56,4 +70,4 @@ def test_tuned_glibc_keeps_a_freed_block_for_the_next_pass():
 )
 def test_an_allocator_the_user_chose_is_left_alone(env):
     left = probe("tune", **env)
-    assert not left["applied"] and left["faults"] >= 6 * 11_000
+    assert not left["applied"] and left["least"] >= BLOCK_PAGES

@@ -12,6 +12,7 @@ from hsk_cache.config.run import DataConfig
 from hsk_cache.data import splits as data
 from hsk_cache.errors import DataError
 from hsk_cache.knowledge.batch import Examples, collate
+from hsk_cache.models import hub as models
 from tests.conftest import SHARED_GLUE, write_rows
 
 needs_glue = pytest.mark.skipif(not SHARED_GLUE.is_dir(), reason="../shared/data/glue is not beside this checkout")
@@ -114,17 +115,29 @@ def test_tokenize_truncates_and_pads_dynamically(tokenizer, toy_dir):
     assert batch.attention_mask.sum(dim=1).tolist() == [lengths[i] for i in short]
 
 
-def test_only_maps_datasets_caches_are_named_by_hashing_the_tokenizer(tokenizer, toy_dir):
-    """A split read from files keeps datasets' own map fingerprint (a hash of the function and its
-    tokenizer: a rerun reuses the cache file, another max_length gets another); one held in memory
-    gets a random name, no tokenizer pickled, and the same rows."""
+def test_map_caches_are_named_without_pickling_the_tokenizer(tokenizer, toy_dir, monkeypatch):
+    """A split read from files gets a map fingerprint from the tokenizer's state: a rerun, or the
+    same tokenizer loaded again, reuses datasets' cache file; another max_length or truncation side
+    gets another; datasets never hashes the map function (whose closure holds the tokenizer). One
+    held in memory gets a random name and the same rows."""
     import datasets
+    from datasets import fingerprint
+    from transformers import PreTrainedTokenizerBase
 
+    hashed = []
+    real_hash = fingerprint.Hasher.hash
+    monkeypatch.setattr(fingerprint.Hasher, "hash", classmethod(lambda cls, v: hashed.append(v) or real_hash(v)))
     on_disk = data.load_split(DataConfig(source=toy_dir, split="train"))
     assert on_disk.dataset.cache_files
     a, again, shorter = (data.tokenize(on_disk, tokenizer, n) for n in (16, 16, 12))
     assert a._fingerprint == again._fingerprint != shorter._fingerprint
     assert a.cache_files and a.cache_files[0]["filename"].endswith(f"{a._fingerprint}.arrow")
+    closures = [cell.cell_contents for v in hashed for cell in getattr(v, "__closure__", None) or ()]
+    assert closures and not [v for v in closures if isinstance(v, PreTrainedTokenizerBase)]
+    reloaded = models.load_tokenizer(models.BUNDLED_TEACHER)  # not yet called: no truncation state
+    assert data.tokenize(on_disk, reloaded, 16)._fingerprint == a._fingerprint
+    reloaded.truncation_side = "left"
+    assert data.tokenize(on_disk, reloaded, 16)._fingerprint != a._fingerprint
     rows = on_disk.dataset.to_dict()
     in_memory = data.Split(
         datasets.Dataset.from_dict(rows, features=on_disk.dataset.features), on_disk.label_names, "x"

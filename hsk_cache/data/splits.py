@@ -405,7 +405,9 @@ def tokenize(split: Split, tokenizer, max_length: int, doc_stride: int | None = 
         batched=True,
         remove_columns=drop,
         desc="tokenize",
-        new_fingerprint=task_columns.map_fingerprint(dataset),
+        new_fingerprint=task_columns.map_fingerprint(
+            dataset, tokenizer, encode, max_length=max_length, pair=pair, exact=exact, remove_columns=drop
+        ),
     )
 
 
