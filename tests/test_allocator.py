@@ -51,7 +51,11 @@ def probe(mode: str, **env) -> dict:
     environment.pop("GLIBC_TUNABLES", None)
     environment.pop("HSK_MALLOC_TUNING", None)
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, mode, MODULE], env={**environment, **env}, capture_output=True, text=True, check=True
+        [sys.executable, "-c", PROBE, mode, MODULE],
+        env={**environment, **env},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(done.stdout)
 

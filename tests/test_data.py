@@ -148,6 +148,18 @@ def test_map_caches_are_named_without_pickling_the_tokenizer(tokenizer, toy_dir,
     assert b.features == a.features
 
 
+def test_a_pipeline_s_call_settings_are_dropped_and_nothing_else():
+    from hsk_cache.data.task_columns import _pipeline_without_call_settings as strip
+
+    first = '{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"model":{"type":"WordPiece"}}'
+    later = first.replace('"truncation":null', '"truncation":{"direction":"Right","max_length":16}')
+    assert strip(first) == strip(later) and "WordPiece" in strip(first)
+    reordered = '{"version":"1.0","normalizer":{"lowercase":true},"truncation":null,"added_tokens":[]}'
+    other = reordered.replace("true", "false")
+    assert "lowercase" in strip(reordered) and strip(reordered) != strip(other)
+    assert "truncation" not in strip(reordered)
+
+
 def test_fingerprint_tracks_content(tokenizer, toy_dir):
     split = data.load_split(DataConfig(source=toy_dir, split="train"))
     a = data.fingerprint(data.tokenize(split, tokenizer, 16))

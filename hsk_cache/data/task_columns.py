@@ -351,11 +351,12 @@ def map_fingerprint(dataset, tokenizer, encode, **params) -> str | None:
     - A dataset held in memory (BBC News, generated splits): a random one. datasets never caches
       a map of it, so the name is read by nothing.
     - A dataset read from files: a hash of the dataset's fingerprint, the tokenizer's state (its
-      class, the fast tokenizer's serialized pipeline, ``init_kwargs``, padding and truncation
-      sides; not the truncation and padding a call sets), ``encode``'s code and ``params``. datasets names its on-disk cache file with it and
-      reuses that file on a rerun, as with its own fingerprint (which hashes the same function
-      code); its own pickles the whole tokenizer to get there: ~0.45 s for the bundled MiniLM's,
-      per call, on a 64-row CSV as on SST-2, where this takes ~10 ms.
+      class, the fast tokenizer's serialized pipeline without the truncation and padding a call
+      sets, ``init_kwargs``, padding and truncation sides), ``encode``'s code and ``params``.
+      datasets names its on-disk cache file with it and reuses that file on a rerun, as with its
+      own fingerprint (which hashes the same function code); its own pickles the whole tokenizer
+      to get there: ~0.45 s for the bundled MiniLM's, per call, on a 64-row CSV as on SST-2,
+      where this takes ~10 ms.
     - None (datasets' own) for a file-backed dataset and a tokenizer without a serialized fast
       pipeline (a slow, Python tokenizer).
     """
@@ -366,15 +367,35 @@ def map_fingerprint(dataset, tokenizer, encode, **params) -> str | None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    pipeline = json.loads(backend.to_str())
-    pipeline.pop("truncation", None)  # set by every call that truncates (the first one changes it)
-    pipeline.pop("padding", None)
+    pipeline = _pipeline_without_call_settings(backend.to_str())
     state = (
         type(tokenizer).__module__,
         type(tokenizer).__qualname__,
-        json.dumps(pipeline, sort_keys=True),
+        pipeline,
         sorted((key, repr(value)) for key, value in tokenizer.init_kwargs.items()),
         tokenizer.padding_side,
         tokenizer.truncation_side,
     )
     return Hasher.hash([dataset._fingerprint, state, encode.__code__, sorted(params.items()), __version__])
+
+
+_CALL_SETTINGS = {"version", "truncation", "padding"}
+
+
+def _pipeline_without_call_settings(serialized: str) -> str:
+    """A fast tokenizer's serialized pipeline without the truncation and padding that the last
+    call set (the first call that truncates changes them; every call sets its own). tokenizers
+    writes them first, before ``added_tokens``: that head is cut off when it holds nothing else;
+    otherwise they are dropped from the parsed JSON (~0.25 s to write it back sorted, on the
+    bundled MiniLM's)."""
+    head, marker, rest = serialized.partition(',"added_tokens":')
+    if marker:
+        try:
+            if set(json.loads(head + "}")) <= _CALL_SETTINGS:
+                return marker + rest
+        except ValueError:
+            pass
+    pipeline = json.loads(serialized)
+    for key in _CALL_SETTINGS - {"version"}:
+        pipeline.pop(key, None)
+    return json.dumps(pipeline, sort_keys=True)
