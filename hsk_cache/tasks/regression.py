@@ -7,7 +7,6 @@ reports them for STS-B, computed by ``scipy.stats``.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 from hsk_cache.errors import DataError
 
@@ -20,6 +19,8 @@ def correlations(predictions, labels) -> dict[str, float]:
         correlation is undefined there: a model that predicts one value has learnt no ordering).
     Raises: DataError when the lengths differ, N < 2, or a value is not finite.
     """
+    from scipy import stats  # imported here: ~1 s of every hsk process start otherwise
+
     x, y = np.asarray(predictions, dtype=np.float64).ravel(), np.asarray(labels, dtype=np.float64).ravel()
     if len(x) != len(y) or len(x) < 2:
         raise DataError(f"correlation needs two equal-length series of at least 2 values, got {len(x)} and {len(y)}")

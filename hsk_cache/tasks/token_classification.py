@@ -18,9 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from seqeval.metrics import f1_score, precision_score, recall_score
-from seqeval.scheme import IOB2
-
 from hsk_cache.errors import ConfigError, DataError, DataNotFoundError
 
 IGNORE = -100  # the label of word pieces that are not a word's first, and of special tokens
@@ -116,6 +113,10 @@ def entity_metrics(
     if len(gold) != len(predicted) or any(len(g) != len(p) for g, p in zip(gold, predicted)):
         raise DataError("gold and predicted tags differ in their number of sentences or of tags in a sentence")
     gold, predicted = [list(s) for s in gold], [list(s) for s in predicted]
+    # imported here: seqeval imports scikit-learn and SciPy, ~1.9 s of every hsk process start
+    from seqeval.metrics import f1_score, precision_score, recall_score
+    from seqeval.scheme import IOB2
+
     options = {"mode": "strict", "scheme": IOB2} if scheme == "IOB2" else {}
     return {
         "precision": float(precision_score(gold, predicted, zero_division=0, **options)),
