@@ -40,9 +40,15 @@ def machine() -> dict:
     }
 
 
-def interleave(competitors: dict, repeats: int) -> dict[str, list[float]]:
+def interleave(competitors: dict, repeats: int, warmup: dict | None = None) -> dict[str, list[float]]:
     """Run each competitor (name → zero-argument callable returning seconds or None) once per round,
-    rounds ``repeats`` times. Returns name → list of seconds."""
+    rounds ``repeats`` times. Returns name → list of seconds.
+
+    ``warmup``: name → zero-argument callable, each run once, untimed, before the first round (a
+    small version of its competitor: the process's one-time costs, such as lazy imports and kernel
+    selection, then fall on no timed round)."""
+    for fn in (warmup or {}).values():
+        fn()
     times = {name: [] for name in competitors}
     for _ in range(repeats):
         for name, fn in competitors.items():

@@ -10,7 +10,9 @@ the median ratio extract/bare, for two specs: the demo's (layers 2,4,6, topk:10%
 attention) and last layer, all tokens (sdpa attention). Extraction is reported twice: end to end
 (``extract.run``: loading the teacher, tokenizing, hashing, writing, all included) and steady state
 (from its first to its last batch, the part that scales with the dataset). The last repeat's cache
-is opened after timing: its examples and stored bytes are recorded.
+is opened after timing: its examples and stored bytes are recorded. Before the timed rounds each
+competitor runs once, untimed, on the first 64 examples (16 with ``--quick``): the process's
+one-time costs (lazy imports, kernel selection, the data set's first read) fall on no timed round.
 
 Allocator: the benchmark sets glibc's allocator for its process as the ``hsk`` command does
 (``hsk_cache.allocator``: freed activations are kept for the next batch), so the bare loop and
@@ -30,6 +32,8 @@ examples, 1 repeat: a smoke run of the same code path in seconds (the test suite
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import multiprocessing
 import shlex
@@ -106,10 +110,15 @@ def tiny_teacher(path: str) -> None:
 DEFAULTS = "bare forward, glibc defaults"
 
 
-def bare_loop(model, examples: Examples, precision: str, device: str) -> None:
-    """``model(**inputs)`` over the batches extraction uses (batch 32, file order), no_grad."""
+WARMUP_EXAMPLES = {False: 64, True: 16}  # each competitor's untimed warm-up run (interleave's warmup), by --quick
+
+
+def bare_loop(model, examples: Examples, precision: str, device: str, limit: int | None = None) -> None:
+    """``model(**inputs)`` over the batches extraction uses (batch 32, file order; the first
+    ``limit`` examples if given), no_grad."""
+    n = len(examples) if limit is None else min(limit, len(examples))
     with torch.no_grad(), autocast(precision, device.split(":")[0]):
-        for index in sequential_batches(len(examples), 32):
+        for index in sequential_batches(n, 32):
             model(**model_inputs(collate(examples, index).to(device).as_dict(), model))
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
@@ -118,7 +127,7 @@ def bare_loop(model, examples: Examples, precision: str, device: str) -> None:
 class DefaultAllocatorLoop:
     """The bare loop on the CPU in a child process (a fresh interpreter: glibc's allocator as a
     user's script has it), with the parent's torch thread count; ``run()`` times one pass there
-    (seconds), the child idles between passes."""
+    (seconds; over the first ``limit`` examples if given), the child idles between passes."""
 
     def __init__(self, teacher: str, attention: bool, examples: Examples, precision: str) -> None:
         spawn = multiprocessing.get_context("spawn")
@@ -128,12 +137,12 @@ class DefaultAllocatorLoop:
         self._process.start()
         self._ready = self._conn.recv()  # the model is loaded
 
-    def run(self) -> float:
-        self._conn.send("run")
+    def run(self, limit: int | None = None) -> float:
+        self._conn.send(("run", limit))
         return self._conn.recv()
 
     def close(self) -> None:
-        self._conn.send("stop")
+        self._conn.send(("stop", None))
         self._process.join(timeout=60)
 
 
@@ -142,9 +151,9 @@ def _default_allocator_worker(conn, teacher, attention, examples, precision, thr
     quiet_libraries()
     model = models.load_classifier(teacher, attention=attention)
     conn.send(True)
-    while conn.recv() == "run":
+    while (message := conn.recv())[0] == "run":
         start = time.perf_counter()
-        bare_loop(model, examples, precision, "cpu")
+        bare_loop(model, examples, precision, "cpu", message[1])
         conn.send(time.perf_counter() - start)
 
 
@@ -187,19 +196,19 @@ def main(argv=None) -> int:
     for label, spec in SPECS.items():
         model = models.load_classifier(teacher, attention=spec.needs_attention).to(device)
 
-        def bare(model=model):
-            bare_loop(model, examples, args.precision, device)
+        def bare(model=model, limit=None):
+            bare_loop(model, examples, args.precision, device, limit)
 
         steady = []
 
-        def run_extract(spec=spec, steady=steady):
+        def run_extract(spec=spec, steady=steady, limit=None):
             out = f"{work}/cache"
             shutil.rmtree(out, ignore_errors=True)
             clock = BatchClock()
             extract.run(
                 extract.ExtractConfig(
                     teacher=teacher,
-                    data=config,
+                    data=config if limit is None else dataclasses.replace(config, limit=limit),
                     out=out,
                     spec=spec,
                     batch_size=32,
@@ -208,9 +217,12 @@ def main(argv=None) -> int:
                 ),
                 clock,
             )
-            steady.append(clock.seconds_per_example() * len(examples))
+            if limit is None:
+                steady.append(clock.seconds_per_example() * len(examples))
 
         competitors = {"bare forward": bare, "extract": run_extract}
+        warm = WARMUP_EXAMPLES[args.quick]
+        warmup = {name: functools.partial(fn, limit=warm) for name, fn in competitors.items()}
         child = (
             DefaultAllocatorLoop(teacher, spec.needs_attention, examples, args.precision)
             if tuned and not cuda
@@ -218,8 +230,9 @@ def main(argv=None) -> int:
         )
         if child is not None:
             competitors = {DEFAULTS: child.run, **competitors}
+            warmup = {DEFAULTS: functools.partial(child.run, warm), **warmup}
         try:
-            times = interleave(competitors, repeats)
+            times = interleave(competitors, repeats, warmup)
         finally:
             if child is not None:
                 child.close()
@@ -258,6 +271,7 @@ def main(argv=None) -> int:
             "examples": len(examples),
             "precision": args.precision,
             "repeats": repeats,
+            "warmup_examples": WARMUP_EXAMPLES[args.quick],
             "quick": args.quick,
             "allocator": "hsk" if tuned else "default",
             **({"device": named} if cuda else {}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from benchmarks import extract_throughput
+from benchmarks.common import interleave
 
 TIMINGS = ("bare forward", "extract", "extract, steady state", extract_throughput.DEFAULTS)
 
@@ -13,6 +14,7 @@ def test_quick_run_times_bare_forward_and_extraction_for_both_specs(tmp_path):
     assert extract_throughput.main(["--quick", "--out", str(tmp_path)]) == 0
     payload = json.loads((tmp_path / "extract_throughput_fp32.json").read_text())
     assert payload["quick"] and payload["machine"]["cpu"] and payload["repeats"] == 1
+    assert payload["warmup_examples"] == 16
     assert payload["examples"] == 64 and payload["precision"] == "fp32" and payload["allocator"] == "hsk"
     assert set(payload["rows"]) == set(extract_throughput.SPECS)
     for label, row in payload["rows"].items():
@@ -34,3 +36,11 @@ def test_quick_run_times_bare_forward_and_extraction_for_both_specs(tmp_path):
     assert dense > sparse
     text = (tmp_path / "extract_throughput_fp32.md").read_text()
     assert all(label in text for label in extract_throughput.SPECS)
+
+
+def test_each_warmup_runs_once_untimed_before_the_rounds():
+    calls = []
+    competitors = {name: (lambda name=name: calls.append(name) or 1.0) for name in ("a", "b")}
+    warmup = {name: (lambda name=name: calls.append(f"warm {name}")) for name in ("a", "b")}
+    times = interleave(competitors, 2, warmup)
+    assert calls == ["warm a", "warm b", "a", "b", "a", "b"] and times == {"a": [1.0, 1.0], "b": [1.0, 1.0]}
