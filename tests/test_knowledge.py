@@ -57,6 +57,21 @@ def test_quantize_round_trips():
     np.testing.assert_allclose(quantize.decode(q, scale, "int8"), x, atol=2.5 / 127 / 2 + 1e-7)
 
 
+def test_float16_encode_is_numpys_ieee_cast_bit_for_bit():
+    """The stored float16 bytes are numpy's ``astype(float16)`` (the caches before torch's faster
+    cast) for every finite, infinite and quiet-NaN float32 in a stride over all 2**32 bit patterns
+    (normals, subnormals, overflow to inf, ties to even); a signaling NaN stays NaN (comes back quiet)."""
+    bits = np.arange(0, 2**32, 4099, dtype=np.uint64).astype(np.uint32)
+    edges = np.array([0x477FEFFF, 0x477FF000, 0x33000000, 0x33000001, 0x80000000, 0x7F800000, 0x7FC00000], np.uint32)
+    x = np.concatenate([bits, edges]).view(np.float32)
+    stored, _ = quantize.encode(x, "float16")
+    with np.errstate(over="ignore"):
+        reference = x.astype(np.float16)
+    signaling = np.isnan(x) & ((x.view(np.uint32) & 0x00400000) == 0)
+    np.testing.assert_array_equal(stored.view(np.uint16)[~signaling], reference.view(np.uint16)[~signaling])
+    assert np.isnan(stored[signaling]).all() and signaling.any()
+
+
 def test_int8_round_trip_on_real_teacher_states():
     """Relative MSE of int8 (per-row absmax) on the bundled MiniLM's hidden states of BBC text."""
     path = models.bundled_teacher_path()
