@@ -13,6 +13,10 @@ attention) and last layer, all tokens (sdpa attention). Extraction is reported t
 is opened after timing: its examples and stored bytes are recorded. Before the timed rounds each
 competitor runs once, untimed, on the first 64 examples (16 with ``--quick``): the process's
 one-time costs (lazy imports, kernel selection, the data set's first read) fall on no timed round.
+After the rounds, the bare forward and extraction's per-batch work (the teacher pass, selection on
+its device, the copy to the host) are alternated batch by batch over the first 512 examples (32
+with ``--quick``), twice: a ratio measured in the same seconds, which the drift of a shared host
+between whole runs (tens of percent here) cannot move.
 
 Allocator: the benchmark sets glibc's allocator for its process as the ``hsk`` command does
 (``hsk_cache.allocator``: freed activations are kept for the next batch), so the bare loop and
@@ -52,10 +56,11 @@ from hsk_cache.config.run import DataConfig, check_device, check_precision
 from hsk_cache.data import splits as data
 from hsk_cache.extraction import extract
 from hsk_cache.knowledge.batch import Examples, collate, sequential_batches
+from hsk_cache.knowledge.plan import Plan
 from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub as models
 from hsk_cache.models.inputs import model_inputs
-from hsk_cache.models.teacher import autocast
+from hsk_cache.models.teacher import HostCopy, autocast, teacher_knowledge
 from hsk_cache.store.reader import CacheReader
 
 QUICK_TEACHER = (6, 64, 4, 128)  # layers, hidden, heads, ffn: the specs read layers 2, 4, 6
@@ -122,6 +127,38 @@ def bare_loop(model, examples: Examples, precision: str, device: str, limit: int
             model(**model_inputs(collate(examples, index).to(device).as_dict(), model))
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
+
+
+BATCH_BY_BATCH = {False: 512, True: 32}  # examples of the batch-by-batch comparison, by --quick
+FORWARD_PAIR = ("bare forward, batch by batch", "forward with selection, batch by batch")
+
+
+def batch_by_batch(model, examples: Examples, plan: Plan, precision: str, device: str, limit: int, rounds: int = 2):
+    """The bare forward and extraction's per-batch work (``teacher_knowledge``: the teacher pass and
+    selection on its device, then the copy of the selected tensors to the host) alternated batch by
+    batch over the first ``limit`` examples, ``rounds`` times. Returns ``FORWARD_PAIR`` name →
+    seconds per round (summed over its batches). The two see the machine in the same seconds, so
+    their ratio is free of the drift between whole runs that the end-to-end rounds suffer."""
+    cuda = device.startswith("cuda")
+    bare, selected = ([0.0] * rounds for _ in FORWARD_PAIR)
+
+    def forward(batch):
+        with torch.no_grad(), autocast(precision, device.split(":")[0]):
+            model(**model_inputs(batch.to(device).as_dict(), model))
+
+    def select(batch):
+        HostCopy(teacher_knowledge(model, batch, plan, precision)).wait()
+
+    for r in range(rounds):
+        for index in sequential_batches(min(limit, len(examples)), 32):
+            batch = collate(examples, index)
+            for seconds, fn in ((bare, forward), (selected, select)):
+                start = time.perf_counter()
+                fn(batch)
+                if cuda:
+                    torch.cuda.synchronize(device)
+                seconds[r] += time.perf_counter() - start
+    return dict(zip(FORWARD_PAIR, (bare, selected)))
 
 
 class DefaultAllocatorLoop:
@@ -237,7 +274,12 @@ def main(argv=None) -> int:
             if child is not None:
                 child.close()
         times["extract, steady state"] = steady
+        paired = min(BATCH_BY_BATCH[args.quick], len(examples))
+        plan = Plan.make(spec, model.config, tokenizer, 128)
+        pair = batch_by_batch(model, examples, plan, args.precision, device, paired)
         rows[label] = {name: summarize(t, len(examples)) for name, t in times.items()}
+        rows[label].update({name: summarize(t, paired) for name, t in pair.items()})
+        rows[label]["forward with selection / bare, batch by batch"] = ratios(*pair.values())
         written = CacheReader(f"{work}/cache")  # the last repeat's, after timing
         rows[label]["cache"] = {"examples": written.manifest.num_examples, "stored_bytes": written.stored_bytes()}
         for name in ("extract", "extract, steady state"):
@@ -248,13 +290,14 @@ def main(argv=None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     defaults = all(f"extract / {DEFAULTS}" in r for r in rows.values())
     head = ["spec", "bare forward ex/s", "extract end to end ex/s", "extract steady state ex/s"]
-    head += ["end to end / bare", "steady state / bare"]
+    head += ["end to end / bare", "steady state / bare", "forward with selection / bare, batch by batch"]
     if defaults:
         head += ["bare, glibc defaults ex/s", "end to end / bare (glibc defaults)", "bare / bare (glibc defaults)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, r in rows.items():
         cells = [label, spread(r["bare forward"], 1), spread(r["extract"], 1), spread(r["extract, steady state"], 1)]
         cells += [spread(r["extract / bare"]), spread(r["extract, steady state / bare"])]
+        cells.append(spread(r["forward with selection / bare, batch by batch"]))
         if defaults:
             cells += [
                 spread(r[DEFAULTS], 1),

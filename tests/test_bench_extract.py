@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 from benchmarks import extract_throughput
 from benchmarks.common import interleave
@@ -31,6 +32,11 @@ def test_quick_run_times_bare_forward_and_extraction_for_both_specs(tmp_path):
         ):
             assert row[ratio]["median"] > 0, (label, ratio)
         assert row["cache"]["examples"] == 64 and row["cache"]["stored_bytes"] > 0, label
+        for name in extract_throughput.FORWARD_PAIR:  # two rounds of one batch of 32
+            assert row[name]["repeats"] == 2 and all(s > 0 for s in row[name]["seconds"]), (label, name)
+        paired = row["forward with selection / bare, batch by batch"]
+        bare, selected = (row[name]["seconds"] for name in extract_throughput.FORWARD_PAIR)
+        assert paired["median"] == statistics.median([b / s for b, s in zip(bare, selected)]), label
     # one layer's every token outweighs three layers' top 10% of tokens
     sparse, dense = (payload["rows"][label]["cache"]["stored_bytes"] for label in extract_throughput.SPECS)
     assert dense > sparse
