@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import fsspec
 import pytest
 import zarr
 
+from benchmarks.scale_out_s3 import moto_server, stop
 from hsk_cache import open_cache
 from hsk_cache.cli import main
 from tests.test_distributed import KILLER, assert_same_cache
@@ -26,38 +24,13 @@ pytest.importorskip("moto")
 
 @pytest.fixture(scope="module")
 def s3():
-    """A moto S3 server on a free 127.0.0.1 port with bucket ``hsk``: yields its storage options."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
+    """A moto S3 server on a free 127.0.0.1 port with bucket ``hsk`` (the scale-out benchmark's):
+    yields its storage options."""
+    server, options = moto_server()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.2)
-        options = {
-            "key": "testing",
-            "secret": "testing",
-            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-        }
-        import s3fs
-
-        s3fs.S3FileSystem(**options).call_s3("create_bucket", Bucket="hsk")
         yield options
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
 
 
 def test_extract_resume_verify_and_train_on_s3(s3, tiny_teacher, toy_dir, tmp_path, capsys):
