@@ -131,6 +131,7 @@ def _extract(a) -> int:
         out=a.out,
         spec=_spec(a),
         batch_size=a.batch_size,
+        sort_by_length=a.sort_by_length,
         precision=a.precision,
         overwrite=a.overwrite,
         shard_examples=a.shard_examples,

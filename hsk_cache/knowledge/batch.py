@@ -168,3 +168,17 @@ def _per_token(examples: Examples) -> bool:
 def sequential_batches(n: int, batch_size: int, start: int = 0) -> list[np.ndarray]:
     """In-order batches of range(start, n)."""
     return [np.arange(i, min(i + batch_size, n)) for i in range(start, n, batch_size)]
+
+
+def length_sorted(lengths: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows ``start..stop`` ([stop - start] int64) longest first, ties in stored order: batched in
+    this order, a batch is padded to about its own examples' length instead of the longest of a
+    stretch of the file, and the first batch is the widest, so later batches reuse its memory.
+    Selection depends only on each example's own tokens, so its knowledge is the same up to
+    floating-point rounding (a row's result in a matrix product can depend on its place in it)."""
+    return start + np.argsort(-lengths[start:stop].astype(np.int64), kind="stable")
+
+
+def batches_of(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """``rows`` cut into consecutive batches of ``batch_size`` (the last may be shorter)."""
+    return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
