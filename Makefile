@@ -28,8 +28,9 @@ lint: setup  ## ruff: lint and format check (configured in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: setup  ## benchmarks/results/*.{json,md}: extraction, loader, training step and checkpoint cost (~25 min on 2 cores)
+bench: setup  ## benchmarks/results/*.{json,md}: extraction, loader, training step and checkpoint cost (~28 min on 2 cores)
 	$(BIN)/python -m benchmarks.extract_throughput
+	$(BIN)/python -m benchmarks.sort_by_length
 	$(BIN)/python -m benchmarks.loader
 	$(BIN)/python -m benchmarks.speedup
 	$(BIN)/python -m benchmarks.checkpoint
