@@ -44,9 +44,10 @@ class ExtractConfig:
         spec: what to keep and how to store it (``ExtractSpec``).
         batch_size: examples per teacher forward (≥ 1).
         sort_by_length: batch each shard's examples longest first (``knowledge.batch.length_sorted``)
-            instead of in stored order, so a batch pads to its own examples' length: on SST-2's
-            training sentences (128 tokens, batch 32, 1,024-example shards) the teacher forwards
-            1.07x the real tokens instead of 3.0x. The cache keeps the stored order; its floats can
+            instead of in stored order, so a batch pads to its own examples' length: on 4,096 of
+            SST-2's training sentences (128 tokens, batch 32, shards of 256) the teacher forwards
+            1.27 tokens per real token instead of 3.01, and extraction runs 1.89x faster
+            (``benchmarks/sort_by_length.py``). The cache keeps the stored order; its floats can
             differ from a stored-order extraction's in the last bits (a row's result depends on its
             place in a batch's matrix products: 2e-9 in fp32 logits), so the default is off.
         precision: teacher autocast, ``fp32`` (the reference), ``bf16`` or ``fp16`` (CUDA).
