@@ -21,8 +21,8 @@ setup: $(STAMP)
 demo: setup  ## the main job: fine-tune, extract, train from the cache, evaluate (BBC News, bundled MiniLM)
 	$(BIN)/python -m pipelines.quickstart
 
-test: setup  ## two pytest-xdist workers, one torch thread each: the 2-core machine runs two tests at once
-	$(BIN)/python -m pytest -q -n 2
+test: setup  ## three pytest-xdist workers, one torch thread each, on 2 cores: a third fills the time tests spend waiting
+	$(BIN)/python -m pytest -q -n 3
 
 lint: setup  ## ruff: lint and format check (configured in pyproject.toml)
 	$(BIN)/ruff check .
