@@ -167,7 +167,7 @@ def _per_token(examples: Examples) -> bool:
 
 def sequential_batches(n: int, batch_size: int, start: int = 0) -> list[np.ndarray]:
     """In-order batches of range(start, n)."""
-    return [np.arange(i, min(i + batch_size, n)) for i in range(start, n, batch_size)]
+    return batches_of(np.arange(start, n), batch_size)
 
 
 def length_sorted(lengths: np.ndarray, start: int, stop: int) -> np.ndarray:
