@@ -42,6 +42,7 @@ def test_quick_run_times_bare_forward_and_extraction_for_both_specs(tmp_path):
     assert dense > sparse
     text = (tmp_path / "extract_throughput_fp32.md").read_text()
     assert all(label in text for label in extract_throughput.SPECS)
+    assert payload["first_tokenizing_s"] > 0 and f"tokenizes it: {payload['first_tokenizing_s']:.2f} s more" in text
 
 
 def test_each_warmup_runs_once_untimed_before_the_rounds():

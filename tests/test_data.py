@@ -31,6 +31,34 @@ def test_bbc_news_split_is_stratified_deterministic_and_disjoint():
     assert again.dataset["text"] == dev.dataset["text"]
 
 
+def test_bbc_news_is_read_from_files_so_a_rerun_reuses_its_tokenization(tokenizer, monkeypatch):
+    """BBC News is file-backed (datasets' cache of the package's articles): tokenizing the same
+    split again with the same tokenizer reads datasets' cache file instead of calling the
+    tokenizer, and gives what tokenizing an in-memory copy of the rows gives."""
+    import datasets
+
+    from hsk_cache.data import truncation
+
+    config = DataConfig(source="bbc-news", split="dev", limit=40)
+    split = data.load_split(config)
+    assert split.dataset.cache_files
+    first = data.tokenize(split, tokenizer, 24)
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("tokenized again instead of reading datasets' cache")
+
+    monkeypatch.setattr(truncation, "encode_truncated", no_tokenizing)
+    again = data.tokenize(data.load_split(config), tokenizer, 24)
+    assert again._fingerprint == first._fingerprint
+    assert again.cache_files[0]["filename"].endswith(f"{first._fingerprint}.arrow")
+    monkeypatch.undo()
+    rows = datasets.Dataset.from_dict(split.dataset.to_dict(), features=split.dataset.features)
+    reference = data.tokenize(data.Split(rows, split.label_names, "x"), tokenizer, 24)
+    assert not reference.cache_files
+    for column in ("input_ids", "token_type_ids", "label", "example_id"):
+        assert again[column] == reference[column]
+
+
 def test_the_stratified_split_is_datasets_own():
     import datasets
 

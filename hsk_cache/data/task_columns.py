@@ -348,7 +348,7 @@ def map_fingerprint(dataset, tokenizer, encode, **params) -> str | None:
     """The ``new_fingerprint`` of ``dataset.map(encode, ...)``, where ``encode`` tokenizes with
     ``tokenizer`` and ``params`` (``max_length``, ...) are the rest of what it depends on.
 
-    - A dataset held in memory (BBC News, generated splits): a random one. datasets never caches
+    - A dataset held in memory (generated splits, ``Dataset.from_dict``): a random one. datasets never caches
       a map of it, so the name is read by nothing.
     - A dataset read from files: a hash of the dataset's fingerprint, the tokenizer's state (its
       class, the fast tokenizer's serialized pipeline without the truncation and padding a call
