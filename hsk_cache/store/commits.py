@@ -56,6 +56,15 @@ def records(group: zarr.Group, keys: list[str]) -> list[FileRecord | None]:
     return sync(every())
 
 
+def gather(coroutines) -> list:
+    """Run ``coroutines`` concurrently in one round trip to zarr's event loop; their results in order."""
+
+    async def every() -> list:
+        return list(await asyncio.gather(*coroutines))
+
+    return sync(every())
+
+
 def sizes(group: zarr.Group, keys: list[str]) -> list[int | None]:
     """Bytes of the files at ``keys`` (None where missing), in one round trip to zarr's event loop."""
 

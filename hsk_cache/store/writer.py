@@ -43,6 +43,8 @@ class CacheWriter:
         self.manifest = manifest
         self.resumed = resumed  # reopened an existing cache of the same identity
         self.lease = lease
+        self._arrays: dict[str, zarr.Array] = {}  # opened once: each open reads its zarr.json (~2 ms)
+        self._commit_names: list[str] | None = None
 
     @classmethod
     def join(cls, path: str | Path, storage_options: dict | None = None) -> CacheWriter:
@@ -143,8 +145,17 @@ class CacheWriter:
             array.attrs[commits.COMMIT_ARRAYS_ATTR] = names
 
     def _array(self, name: str) -> zarr.Array:
-        """An array opened for writing: the write config is not stored in the metadata."""
-        return self.group[name].with_config(ARRAY_CONFIG)
+        """An array opened for writing (the write config is not stored in the metadata), opened
+        once per writer: an extraction never changes an array's metadata after creating it."""
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name].with_config(ARRAY_CONFIG)
+        return self._arrays[name]
+
+    def _names(self) -> list[str]:
+        """The arrays a commit row covers (``commits.commit_names``), read once per writer."""
+        if self._commit_names is None:
+            self._commit_names = commits.commit_names(self.group)
+        return self._commit_names
 
     def write_global(self, name: str, values: np.ndarray) -> None:
         """Write a small array that is not chunked along N (dim_index), whole."""
@@ -181,16 +192,18 @@ class CacheWriter:
         """
         if self.lease is not None:
             self.lease.check()
-        names = commits.commit_names(self.group)
+        names = self._names()
         missing = set(names) - set(block)
         if missing:
             raise CacheError(f"shard {shard} lacks arrays {sorted(missing)}")
         # whatever an earlier attempt left goes first: zarr reads an existing shard's index to
         # update a partial (edge) shard, and a damaged one must never be read
-        keys = [commits.shard_key(self.group[name], shard) for name in names]
+        keys = [commits.shard_key(self._array(name), shard) for name in names]
         commits.delete(self.group, keys)
-        for name in names:
-            self._write_rows(name, shard, start, block[name])
+        through_zarr = [name for name in names if not self._write_direct(name, shard, start, block[name])]
+        if through_zarr:  # every other array's rows, concurrently in one round trip to zarr's event loop
+            stop = start + len(block[names[0]])
+            commits.gather(self._array(n)._async_array.setitem(slice(start, stop), block[n]) for n in through_zarr)
         written = commits.records(self.group, keys)
         row = np.zeros((len(names), 2), dtype=np.uint64)
         for i, (name, record) in enumerate(zip(names, written)):
@@ -199,9 +212,10 @@ class CacheWriter:
             row[i] = (record.nbytes, record.crc32c)
         self._array(layout.COMMIT_ARRAY)[shard] = row
 
-    def _write_rows(self, name: str, shard: int, start: int, values: np.ndarray) -> None:
-        """Rows ``start..`` of array ``name``: one whole shard (``store.shards.write_shard`` where it can
-        write the file itself, the same bytes as zarr's), else through zarr."""
+    def _write_direct(self, name: str, shard: int, start: int, values: np.ndarray) -> bool:
+        """Write rows ``start..`` of array ``name``, one whole shard, with ``store.shards.write_shard``
+        (the same bytes as zarr's) where it can write the file itself; returns whether it did (if
+        not, the caller writes them through zarr)."""
         array = self._array(name)
         direct = shard_files.direct_layout(array)
         if (
@@ -213,8 +227,8 @@ class CacheWriter:
         ):
             key = commits.shard_key(array, shard)
             shard_files.write_shard(f"{array.store.root}/{key}", direct, values, array.metadata.fill_value)
-        else:
-            array[start : start + len(values)] = values
+            return True
+        return False
 
     def uncommit(self, shards: list[int]) -> None:
         """Mark ``shards`` for re-extraction (damaged): the cache is incomplete until they are
