@@ -59,6 +59,16 @@ def test_bbc_news_is_read_from_files_so_a_rerun_reuses_its_tokenization(tokenize
         assert again[column] == reference[column]
 
 
+def test_bbc_news_names_an_unwritable_datasets_cache(tmp_path, monkeypatch):
+    import datasets
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", blocker / "cache")
+    with pytest.raises(DataError, match=r"a-file/cache'.*Not a directory.*set HF_DATASETS_CACHE"):
+        data.load_split(DataConfig(source="bbc-news", split="train"))
+
+
 def test_the_stratified_split_is_datasets_own():
     import datasets
 

