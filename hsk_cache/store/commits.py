@@ -39,6 +39,15 @@ def shard_key(array: zarr.Array, shard: int) -> str:
     return f"{array.store_path.path}/{array.metadata.encode_chunk_key(coords)}"
 
 
+def gather(coroutines) -> list:
+    """Run ``coroutines`` concurrently in one round trip to zarr's event loop; their results in order."""
+
+    async def every() -> list:
+        return list(await asyncio.gather(*coroutines))
+
+    return sync(every())
+
+
 def records(group: zarr.Group, keys: list[str]) -> list[FileRecord | None]:
     """The (size, crc32c) of the files at ``keys`` (None where a file is missing), read
     concurrently through the group's store in one round trip to zarr's event loop."""
@@ -50,19 +59,7 @@ def records(group: zarr.Group, keys: list[str]) -> list[FileRecord | None]:
         data = buffer.as_numpy_array()  # no copy
         return FileRecord(int(data.nbytes), google_crc32c.value(data))
 
-    async def every() -> list[FileRecord | None]:
-        return list(await asyncio.gather(*(one(key) for key in keys)))
-
-    return sync(every())
-
-
-def gather(coroutines) -> list:
-    """Run ``coroutines`` concurrently in one round trip to zarr's event loop; their results in order."""
-
-    async def every() -> list:
-        return list(await asyncio.gather(*coroutines))
-
-    return sync(every())
+    return gather(one(key) for key in keys)
 
 
 def sizes(group: zarr.Group, keys: list[str]) -> list[int | None]:
@@ -71,19 +68,12 @@ def sizes(group: zarr.Group, keys: list[str]) -> list[int | None]:
     async def one(key: str) -> int | None:
         return int(await group.store.getsize(key)) if await group.store.exists(key) else None
 
-    async def every() -> list[int | None]:
-        return list(await asyncio.gather(*(one(key) for key in keys)))
-
-    return sync(every())
+    return gather(one(key) for key in keys)
 
 
 def delete(group: zarr.Group, keys: list[str]) -> None:
     """Remove the files at ``keys`` (missing ones are fine), in one round trip to zarr's event loop."""
-
-    async def every() -> None:
-        await asyncio.gather(*(group.store.delete(key) for key in keys))
-
-    sync(every())
+    gather(group.store.delete(key) for key in keys)
 
 
 def commit_names(group: zarr.Group) -> list[str]:

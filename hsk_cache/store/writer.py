@@ -203,7 +203,7 @@ class CacheWriter:
         through_zarr = [name for name in names if not self._write_direct(name, shard, start, block[name])]
         if through_zarr:  # every other array's rows, concurrently in one round trip to zarr's event loop
             stop = start + len(block[names[0]])
-            commits.gather(self._array(n)._async_array.setitem(slice(start, stop), block[n]) for n in through_zarr)
+            commits.gather(self._array(n).async_array.setitem(slice(start, stop), block[n]) for n in through_zarr)
         written = commits.records(self.group, keys)
         row = np.zeros((len(names), 2), dtype=np.uint64)
         for i, (name, record) in enumerate(zip(names, written)):
