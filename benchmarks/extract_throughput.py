@@ -17,10 +17,12 @@ the table as a share of the bare forward's time. The last repeat's cache
 is opened after timing: its examples and stored bytes are recorded. Before the timed rounds each
 competitor runs once, untimed, on the first 64 examples (16 with ``--quick``): the process's
 one-time costs (lazy imports, kernel selection, the data set's first read) fall on no timed round.
-After the rounds, the bare forward and extraction's per-batch work (the teacher pass, selection on
-its device, the copy to the host) are alternated batch by batch over the first 512 examples (32
-with ``--quick``), twice: a ratio measured in the same seconds, which the drift of a shared host
-between whole runs (tens of percent here) cannot move.
+After the rounds, each spec is extracted end to end ``--repeats`` more times with the bare
+forward run inside the extraction, batch by batch (``InterleavedBare``: after each extracted
+batch, the bare forward of the next batch of the same examples, timed on its own): extraction's
+seconds (the run's wall time less the bare batches') and the bare forward's are then measured in
+the same seconds, a ratio that the drift of a shared host between whole runs (tens of percent
+here) cannot move. Start-up, selection and shard writes all stay in extraction's share.
 
 Allocator: the benchmark sets glibc's allocator for its process as the ``hsk`` command does
 (``hsk_cache.allocator``: freed activations are kept for the next batch), so the bare loop and
@@ -60,11 +62,10 @@ from hsk_cache.config.run import DataConfig, check_device, check_precision
 from hsk_cache.data import splits as data
 from hsk_cache.extraction import extract
 from hsk_cache.knowledge.batch import Examples, collate, sequential_batches
-from hsk_cache.knowledge.plan import Plan
 from hsk_cache.knowledge.spec import ExtractSpec
 from hsk_cache.models import hub as models
 from hsk_cache.models.inputs import model_inputs
-from hsk_cache.models.teacher import HostCopy, autocast, teacher_knowledge
+from hsk_cache.models.teacher import autocast
 from hsk_cache.store.reader import CacheReader
 
 QUICK_TEACHER = (6, 64, 4, 128)  # layers, hidden, heads, ffn: the specs read layers 2, 4, 6
@@ -133,36 +134,65 @@ def bare_loop(model, examples: Examples, precision: str, device: str, limit: int
         torch.cuda.synchronize(device)
 
 
-BATCH_BY_BATCH = {False: 512, True: 32}  # examples of the batch-by-batch comparison, by --quick
-FORWARD_PAIR = ("bare forward, batch by batch", "forward with selection, batch by batch")
+INTERLEAVED = ("bare forward, interleaved", "extract, interleaved", "extract steady state, interleaved")
 
 
-def batch_by_batch(model, examples: Examples, plan: Plan, precision: str, device: str, limit: int, rounds: int = 2):
-    """The bare forward and extraction's per-batch work (``teacher_knowledge``: the teacher pass and
-    selection on its device, then the copy of the selected tensors to the host) alternated batch by
-    batch over the first ``limit`` examples, ``rounds`` times. Returns ``FORWARD_PAIR`` name →
-    seconds per round (summed over its batches). The two see the machine in the same seconds, so
-    their ratio is free of the drift between whole runs that the end-to-end rounds suffer."""
-    cuda = device.startswith("cuda")
-    bare, selected = ([0.0] * rounds for _ in FORWARD_PAIR)
+class InterleavedBare:
+    """A progress factory for ``extract.run`` that runs the bare forward inside the extraction:
+    after each extracted batch, the bare forward of the next batch of the same examples (batch 32,
+    file order, as ``bare_loop``), timed on its own. An extraction end to end (start-up, selection,
+    shard writes) and the bare forward over the same examples then share the machine's seconds,
+    so their ratio is free of the drift of a shared host between whole runs (tens of percent
+    here); the whole-run rounds suffer it.
 
-    def forward(batch):
-        with torch.no_grad(), autocast(precision, device.split(":")[0]):
-            model(**model_inputs(batch.to(device).as_dict(), model))
+    After ``close()``: ``bare_s`` (the bare batches' seconds), ``extract_s(total)`` (``total``, the
+    run's wall seconds, less the bare batches'), and ``steady()``: (extraction's seconds from the
+    end of its first batch to the last shard written, the bare forward's over batches 2..N)."""
 
-    def select(batch):
-        HostCopy(teacher_knowledge(model, batch, plan, precision)).wait()
+    def __init__(self, model, examples: Examples, precision: str, device: str) -> None:
+        self.model, self.examples, self.precision, self.device = model, examples, precision, device
 
-    for r in range(rounds):
-        for index in sequential_batches(min(limit, len(examples)), 32):
-            batch = collate(examples, index)
-            for seconds, fn in ((bare, forward), (selected, select)):
-                start = time.perf_counter()
-                fn(batch)
-                if cuda:
-                    torch.cuda.synchronize(device)
-                seconds[r] += time.perf_counter() - start
-    return dict(zip(FORWARD_PAIR, (bare, selected)))
+    def __call__(self, description, total, initial=0):
+        self._batches = iter(sequential_batches(len(self.examples), 32))
+        self.bare, self.extracted, self.bare_done = [], 0, 0
+        self.first = self.closed = None
+        return self
+
+    def _sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize(self.device)
+
+    def _bare_batch(self, index) -> None:
+        self._sync()  # the extraction's queued work is not charged to the bare batch
+        start = time.perf_counter()
+        with torch.no_grad(), autocast(self.precision, self.device.split(":")[0]):
+            self.model(**model_inputs(collate(self.examples, index).to(self.device).as_dict(), self.model))
+        self._sync()
+        self.bare.append(time.perf_counter() - start)
+        self.bare_done += len(index)
+
+    def update(self, n) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+        self.extracted += n
+        while self.bare_done < self.extracted and (index := next(self._batches, None)) is not None:
+            self._bare_batch(index)
+
+    def close(self) -> None:
+        self.closed = time.perf_counter()  # after the last shard is written
+        self._bare_in_run = sum(self.bare)  # every bare batch so far ran between the first update and now
+        for index in self._batches:  # none when every example was extracted
+            self._bare_batch(index)
+
+    @property
+    def bare_s(self) -> float:
+        return sum(self.bare)
+
+    def extract_s(self, total: float) -> float:
+        return total - self.bare_s
+
+    def steady(self) -> tuple[float, float]:
+        return self.closed - self.first - self._bare_in_run, sum(self.bare[1:])
 
 
 class DefaultAllocatorLoop:
@@ -244,10 +274,10 @@ def main(argv=None) -> int:
 
         steady = []
 
-        def run_extract(spec=spec, steady=steady, limit=None):
+        def run_extract(spec=spec, steady=steady, limit=None, clock=None):
             out = f"{work}/cache"
             shutil.rmtree(out, ignore_errors=True)
-            clock = BatchClock()
+            timed, clock = clock is None, clock or BatchClock()
             extract.run(
                 extract.ExtractConfig(
                     teacher=teacher,
@@ -260,7 +290,7 @@ def main(argv=None) -> int:
                 ),
                 clock,
             )
-            if limit is None:
+            if limit is None and timed:
                 steady.append(clock.seconds_per_example() * len(examples))
 
         competitors = {"bare forward": bare, "extract": run_extract}
@@ -280,30 +310,30 @@ def main(argv=None) -> int:
             if child is not None:
                 child.close()
         times["extract, steady state"] = steady
-        paired = min(BATCH_BY_BATCH[args.quick], len(examples))
-        plan = Plan.make(spec, model.config, tokenizer, 128)
-        pair = batch_by_batch(model, examples, plan, args.precision, device, paired)
+        times.update(zip(INTERLEAVED, interleaved(run_extract, model, examples, args.precision, device, repeats)))
         rows[label] = {name: summarize(t, len(examples)) for name, t in times.items()}
-        rows[label].update({name: summarize(t, paired) for name, t in pair.items()})
-        rows[label]["forward with selection / bare, batch by batch"] = ratios(*pair.values())
         written = CacheReader(f"{work}/cache")  # the last repeat's, after timing
         rows[label]["cache"] = {"examples": written.manifest.num_examples, "stored_bytes": written.stored_bytes()}
         for name in ("extract", "extract, steady state"):
             rows[label][f"{name} / bare"] = ratios(times["bare forward"], times[name])
+        bare_i, extract_i, steady_i = INTERLEAVED
+        rows[label]["extract / bare, interleaved"] = ratios(times[bare_i], times[extract_i])
+        rows[label]["extract steady state / bare, interleaved"] = ratios(times[bare_i], times[steady_i])
         if child is not None:
             rows[label][f"extract / {DEFAULTS}"] = ratios(times[DEFAULTS], times["extract"])
             rows[label][f"bare forward / {DEFAULTS}"] = ratios(times[DEFAULTS], times["bare forward"])
     shutil.rmtree(work, ignore_errors=True)
     defaults = all(f"extract / {DEFAULTS}" in r for r in rows.values())
     head = ["spec", "bare forward ex/s", "extract end to end ex/s", "extract steady state ex/s"]
-    head += ["end to end / bare", "steady state / bare", "forward with selection / bare, batch by batch"]
+    head += ["end to end / bare", "steady state / bare"]
+    head += ["end to end / bare, interleaved", "steady state / bare, interleaved"]
     if defaults:
         head += ["bare, glibc defaults ex/s", "end to end / bare (glibc defaults)", "bare / bare (glibc defaults)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, r in rows.items():
         cells = [label, spread(r["bare forward"], 1), spread(r["extract"], 1), spread(r["extract, steady state"], 1)]
         cells += [spread(r["extract / bare"]), spread(r["extract, steady state / bare"])]
-        cells.append(spread(r["forward with selection / bare, batch by batch"]))
+        cells += [spread(r["extract / bare, interleaved"]), spread(r["extract steady state / bare, interleaved"])]
         if defaults:
             cells += [
                 spread(r[DEFAULTS], 1),
@@ -335,6 +365,24 @@ def main(argv=None) -> int:
         sys.argv[1:] if argv is None else argv,
     )
     return 0
+
+
+def interleaved(run_extract, model, examples: Examples, precision: str, device: str, rounds: int):
+    """``rounds`` extractions end to end (``run_extract(clock=...)``), each with the bare forward
+    run inside it batch by batch (``InterleavedBare``). Returns three lists of seconds per round:
+    the bare forward, extraction end to end, extraction's steady state scaled to all examples
+    (``INTERLEAVED``)."""
+    bare, whole, steady = [], [], []
+    clock = InterleavedBare(model, examples, precision, device)
+    for _ in range(rounds):
+        start = time.perf_counter()
+        run_extract(clock=clock)
+        total = time.perf_counter() - start
+        bare.append(clock.bare_s)
+        whole.append(clock.extract_s(total))
+        extract_s, bare_s = clock.steady()
+        steady.append(extract_s * clock.bare_s / bare_s)  # batches 2..N, scaled to all N like the bare forward
+    return bare, whole, steady
 
 
 def first_tokenizing(config: DataConfig, tokenizer) -> float:
