@@ -245,6 +245,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the .md/.json go (default: %(default)s)")
     args = parser.parse_args(argv)
     examples_n = args.examples or (64 if args.quick else 1024)
+    if examples_n <= 32:  # steady state is timed from the end of the first batch of 32
+        parser.error(f"--examples {examples_n}: give more than one batch of 32 (the default is 1024)")
     repeats = args.repeats or (1 if args.quick else 3)
     device = check_device(args.device)
     check_precision(args.precision, device)

@@ -6,6 +6,7 @@ import json
 import time
 
 import numpy as np
+import pytest
 
 from benchmarks import extract_throughput
 from benchmarks.common import interleave
@@ -88,3 +89,10 @@ def test_each_warmup_runs_once_untimed_before_the_rounds():
     warmup = {name: (lambda name=name: calls.append(f"warm {name}")) for name in ("a", "b")}
     times = interleave(competitors, 2, warmup)
     assert calls == ["warm a", "warm b", "a", "b", "a", "b"] and times == {"a": [1.0, 1.0], "b": [1.0, 1.0]}
+
+
+def test_fewer_examples_than_two_batches_is_refused_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        extract_throughput.main(["--quick", "--examples", "32", "--out", str(tmp_path)])
+    assert refused.value.code == 2 and "--examples 32" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
