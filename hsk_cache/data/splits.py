@@ -207,6 +207,7 @@ def _bbc_articles(root: str, version: str):
     """The BBC News articles under ``root`` as {"text", "label"} rows: classes in name order,
     files in name order, exact duplicates dropped (98 of 2,225). ``version``: the package's, so
     datasets' cache of these rows is rebuilt when it changes."""
+    # listed here, not passed in: from_generator splits a list in gen_kwargs into shards
     classes = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
     seen = set()
     for label, name in enumerate(classes):
